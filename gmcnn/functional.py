@@ -1,0 +1,162 @@
+"""Group-matrix operations as batched index gathers and matrix products.
+
+Functions on a group G of order N are tensors whose last dimension has length N. For the kernel
+support e_1..e_K, the convolution index is
+
+    index[k, u] = u * e_k^-1,
+
+and a GM convolution (DESIGN 2.1) is ``y[b, o, u] = sum_{c, k} w[o, c, k] x[b, c, index[k, u]]``.
+In "shared" channel mode (the original GM-CNN semantics) the weight has a single input channel
+that is applied to the channel sum, so the channels are summed *before* the gather.
+
+Each row ``index[k]`` is a permutation of the N positions. The gather's adjoint, normally a
+scatter-add, is therefore a gather with the inverse permutations followed by a sum over k; the
+two autograd functions below are each other's backward, so higher derivatives work too.
+
+For products of cyclic groups the convolution is a circular convolution, which
+:func:`circular_gm_conv` computes with the vendor convolution (cuDNN / oneDNN).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gmcnn.groups import CyclicGroup, FiniteGroup, ProductGroup
+
+
+def conv_index(group: FiniteGroup, neighbourhood: np.ndarray) -> Tensor:
+    """``index[k, u] = u * e_k^-1`` as a (K, N) int64 tensor."""
+    neighbourhood = np.asarray(neighbourhood)
+    positions = np.arange(group.order)
+    index = group.multiply(positions[None, :], group.inverse[neighbourhood][:, None])
+    return torch.as_tensor(index, dtype=torch.long)
+
+
+def inverse_permutations(index: Tensor) -> Tensor:
+    """Row-wise inverse: ``out[k, index[k, u]] = u``. Every row must be a permutation."""
+    out = torch.empty_like(index)
+    positions = torch.arange(index.shape[-1], device=index.device).expand_as(index)
+    out.scatter_(-1, index, positions)
+    if not torch.equal(torch.gather(out, -1, index), positions):
+        raise ValueError("index rows are not permutations of the positions")
+    return out
+
+
+def _flat(index: Tensor) -> Tensor:
+    """Offsets row k into the flattened (K * N) axis: flat[k, u] = k * N + index[k, u]."""
+    k, n = index.shape
+    return (index + n * torch.arange(k, device=index.device)[:, None]).reshape(-1)
+
+
+class _PermutationGather(torch.autograd.Function):
+    """(..., N) -> (..., K, N): out[..., k, u] = x[..., index[k, u]]."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+        ctx.save_for_backward(index, inverse)
+        return x.index_select(-1, index.reshape(-1)).unflatten(-1, index.shape)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        index, inverse = ctx.saved_tensors
+        return _PermutationGatherAdjoint.apply(grad, index, inverse), None, None
+
+
+class _PermutationGatherAdjoint(torch.autograd.Function):
+    """(..., K, N) -> (..., N): out[..., m] = sum_k y[..., k, inverse[k, m]] (the gather's adjoint)."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+        ctx.save_for_backward(index, inverse)
+        k, n = inverse.shape
+        picked = y.reshape(*y.shape[:-2], k * n).index_select(-1, _flat(inverse))
+        return picked.unflatten(-1, (k, n)).sum(-2)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        index, inverse = ctx.saved_tensors
+        return _PermutationGather.apply(grad, index, inverse), None, None
+
+
+def permutation_gather(x: Tensor, index: Tensor, inverse: Tensor | None = None) -> Tensor:
+    """``x[..., index]`` for an index whose rows are permutations, with a gather backward.
+
+    ``index`` is (K, N) with x's last dimension N; the result is (..., K, N). ``inverse`` is
+    :func:`inverse_permutations` of ``index`` (computed if not given; cache it in hot loops).
+    """
+    if inverse is None:
+        inverse = inverse_permutations(index)
+    return _PermutationGather.apply(x, index, inverse)
+
+
+def gm_conv(x: Tensor, weight: Tensor, index: Tensor, inverse: Tensor,
+            bias: Tensor | None = None) -> Tensor:
+    """GM convolution as one gather and one batched matrix product.
+
+    x: (B, C, N); weight: (O, C', K) with C' = 1 (shared mode: applied to the channel sum) or
+    C' = C (full mode); index/inverse: (K, N). Returns (B, O, N).
+    """
+    if weight.shape[1] == 1:
+        x = x.sum(1, keepdim=True)
+    gathered = permutation_gather(x, index, inverse).flatten(1, 2)  # (B, C' * K, N)
+    y = torch.matmul(weight.flatten(1), gathered)
+    return y if bias is None else y + bias[:, None]
+
+
+def gm_conv_naive(x: Tensor, weight: Tensor, index: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Reference formulation (what the original code did): gather every input channel into a
+    (B, C, K, N) tensor, then contract. Memory grows with C * K * N; use only to check."""
+    gathered = x[:, :, index]
+    if weight.shape[1] == 1:
+        y = torch.einsum("bckn,ok->bon", gathered, weight[:, 0])
+    else:
+        y = torch.einsum("bckn,ock->bon", gathered, weight)
+    return y if bias is None else y + bias[:, None]
+
+
+def cyclic_axes(group: FiniteGroup) -> tuple[int, ...] | None:
+    """Axis lengths if ``group`` is a product of at most three cyclic groups, else None."""
+    factors = group.factors if isinstance(group, ProductGroup) else (group,)
+    if len(factors) <= 3 and all(isinstance(f, CyclicGroup) for f in factors):
+        return tuple(f.order for f in factors)
+    return None
+
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def circular_gm_conv(x: Tensor, weight: Tensor, axes: tuple[int, ...], t: int,
+                     bias: Tensor | None = None) -> Tensor:
+    """GM convolution on C_n1 x ... x C_nd (d <= 3) with the radius-t neighbourhood, computed as
+    a circular convolution: y(a) = sum_e w(e) x(a - e), i.e. cross-correlation with the flipped
+    kernel. Same arguments and result as :func:`gm_conv`."""
+    batch, out_channels = x.shape[0], weight.shape[0]
+    if weight.shape[1] == 1:
+        x = x.sum(1, keepdim=True)
+    d, width = len(axes), 2 * t + 1
+    kernel = weight.reshape(out_channels, weight.shape[1], *(width,) * d).flip(list(range(2, 2 + d)))
+    padded = F.pad(x.reshape(batch, x.shape[1], *axes), (t,) * (2 * d), mode="circular")
+    return _CONV[d](padded, kernel, bias).reshape(batch, out_channels, -1)
+
+
+def group_matrix_index(group: FiniteGroup) -> Tensor:
+    """``index[i, j] = g_i^-1 g_j`` (N x N), so that GM(w)[i, j] = w[index[i, j]]."""
+    positions = np.arange(group.order)
+    return torch.as_tensor(group.multiply(group.inverse[positions][:, None], positions[None, :]))
+
+
+def gm_linear(x: Tensor, weight: Tensor, index: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Full-support group-matrix layer y = GM(w) x, built as an explicit N x N matrix per channel
+    pair: ``y[b, o, u] = sum_{c, m} w[o, c, u^-1 m] x[b, c, m]``.
+
+    x: (B, C, N); weight: (O, C', N) (C' = 1: shared mode on the channel sum); index from
+    :func:`group_matrix_index`. Returns (B, O, N).
+    """
+    if weight.shape[1] == 1:
+        x = x.sum(1, keepdim=True)
+    matrices = weight[:, :, index]  # (O, C', N, N)
+    y = torch.einsum("ocum,bcm->bou", matrices, x)
+    return y if bias is None else y + bias[:, None]

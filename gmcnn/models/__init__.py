@@ -1,0 +1,6 @@
+"""Models built from GM layers, and baselines."""
+
+from gmcnn.models.cnn import CNN
+from gmcnn.models.gmcnn import GMCNN
+
+__all__ = ["CNN", "GMCNN"]

@@ -1,0 +1,10 @@
+"""Neural-network layers on functions over finite groups."""
+
+from gmcnn.nn.base import EquivariantModule, GroupMatrixLayer
+from gmcnn.nn.conv import GMConv
+from gmcnn.nn.linear import GMLinear
+from gmcnn.nn.pool import GMPool, GMUnpool
+from gmcnn.nn.relaxation import AdditiveRelaxation, MultiplicativeRelaxation, relaxation_penalty
+
+__all__ = ["EquivariantModule", "GroupMatrixLayer", "GMConv", "GMLinear", "GMPool", "GMUnpool",
+           "AdditiveRelaxation", "MultiplicativeRelaxation", "relaxation_penalty"]

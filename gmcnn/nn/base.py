@@ -1,0 +1,121 @@
+"""Shared machinery of the group-matrix layers.
+
+Every layer maps functions on an input space to functions on an output space. A *space* is a
+:class:`~gmcnn.groups.FiniteGroup` (functions on the group, acted on by left translation) or a
+:class:`~gmcnn.groups.Subgroup` (functions on the parent group, acted on by the subgroup's
+elements). ``in_space`` and ``out_space`` say which, so a layer can check its own equivariance.
+
+:class:`GroupMatrixLayer` is the common skeleton of GMConv and GMLinear:
+
+    y = combine(GM(expand(w)) x) + b
+
+where GM(.) is the layer's group-matrix product (gather-matmul, circular convolution, or an explicit
+N x N matrix) and ``expand``/``combine`` come from the optional relaxation (identity when exact).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from gmcnn.groups import FiniteGroup, Subgroup, make_group
+from gmcnn.nn.relaxation import make_relaxation
+
+Space = FiniteGroup | Subgroup
+
+CHANNEL_MODES = ("shared", "full")
+
+
+def num_positions(space: Space) -> int:
+    """Length of the last axis of a function on ``space``."""
+    return space.parent.order if isinstance(space, Subgroup) else space.order
+
+
+def check_input(x: Tensor, positions: int, channels: int | None, layer: str,
+                space_name: str) -> None:
+    """Raise a ValueError naming the expected (batch, channels, positions) shape."""
+    if x.dim() != 3 or x.shape[2] != positions or channels not in (None, x.shape[1]):
+        expected = "channels" if channels is None else channels
+        raise ValueError(
+            f"{layer} expects input of shape (batch, {expected}, {positions}) for a function on "
+            f"{space_name}; got {tuple(x.shape)}. Images are flattened row-major with "
+            "x.flatten(2), the first group factor along the rows.")
+
+
+class EquivariantModule(nn.Module):
+    """A module that knows its input and output spaces (``out_space`` None: invariant output)."""
+
+    in_space: Space
+    out_space: Space | None
+
+    def example_input(self, batch_size: int = 2) -> Tensor:
+        raise NotImplementedError
+
+    def check_equivariance(self, x: Tensor | None = None,
+                           elements: Sequence[int] | None = None) -> float:
+        """Largest relative equivariance error over ``elements`` (default: the whole group)."""
+        from gmcnn.equivariance import equivariance_error
+
+        x = self.example_input() if x is None else x
+        return equivariance_error(self, x, elements=elements, reduction="max")
+
+
+class GroupMatrixLayer(EquivariantModule):
+    """Skeleton of a layer y = GM(w) x (+ b) on ``group`` with an optional relaxation."""
+
+    def __init__(self, group: FiniteGroup | str | Sequence[str], in_channels: int,
+                 out_channels: int, num_taps: int, channel_mode: str = "shared",
+                 bias: bool = True, rank: int = 0, relaxation: str = "additive"):
+        super().__init__()
+        self.group = make_group(group)
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if channel_mode not in CHANNEL_MODES:
+            raise ValueError(f"channel_mode must be one of {CHANNEL_MODES}, got {channel_mode!r}")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.channel_mode = channel_mode
+        self.in_space = self.out_space = self.group
+        weight_in = 1 if channel_mode == "shared" else self.in_channels
+        bound = 1 / math.sqrt(self.in_channels * num_taps)
+        self.weight = nn.Parameter(torch.empty(out_channels, weight_in, num_taps).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(out_channels).uniform_(-bound, bound)) if bias else None
+        self.relaxation = make_relaxation(relaxation, rank, tuple(self.weight.shape), self.group.order)
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.relaxation is None else self.relaxation.rank
+
+    def position_coefficients(self) -> Tensor:
+        """F[o, c, k, u]: the weight that tap k applies at output position u, shape (O, C', K, N).
+
+        Constant along u exactly when the layer is equivariant; for a rank-r relaxation the
+        displacement F - F P has rank <= r (see :func:`gmcnn.equivariance.displacement_rank`).
+        """
+        if self.relaxation is None:
+            return self.weight[..., None].expand(*self.weight.shape, self.group.order)
+        return self.relaxation.position_coefficients(self.weight)
+
+    def group_matrix_product(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """(B, C, N) x (O', C', K) -> (B, O', N), adding ``bias`` if given."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(x, self.group.order, self.in_channels, type(self).__name__, self.group.name)
+        if self.relaxation is None:
+            return self.group_matrix_product(x, self.weight, self.bias)
+        y = self.relaxation.combine(
+            self.group_matrix_product(x, self.relaxation.expand_weight(self.weight), None))
+        return y if self.bias is None else y + self.bias[:, None].to(y.dtype)
+
+    def example_input(self, batch_size: int = 2) -> Tensor:
+        return torch.randn(batch_size, self.in_channels, self.group.order,
+                           dtype=self.weight.dtype, device=self.weight.device)
+
+    def extra_repr(self) -> str:
+        return (f"{self.group.name}, {self.in_channels} -> {self.out_channels}, "
+                f"channel_mode={self.channel_mode}, taps={self.weight.shape[-1]}, "
+                f"bias={self.bias is not None}")

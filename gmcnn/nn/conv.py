@@ -1,0 +1,72 @@
+"""GM convolution (DESIGN 2.1).
+
+For the neighbourhood e_1..e_K of radius t and each output position u in G,
+
+    shared mode:  y_o(u) = b_o + sum_k w[o, k] sum_c x_c(u e_k^-1)     (C_out K + C_out params)
+    full mode:    y_o(u) = b_o + sum_{c,k} w[o, c, k] x_c(u e_k^-1)    (C_out C_in K + C_out)
+
+Shared mode is the original GM-CNN layer (channel mixing happens in 1x1 convolutions elsewhere);
+full mode is a G-CNN-style layer. Both are exactly equivariant to left translation,
+y(g^-1 u) for x(g^-1 u), unless a relaxation of rank > 0 is requested.
+
+Backends: "gather" (a gather by the permutation rows of index[k, u] = u e_k^-1, then one batched
+matmul; any group) and "conv" (circular convolution; products of up to three cyclic groups with
+the standard neighbourhood). "auto" takes "conv" for full mode on cyclic products, where the
+vendor convolution avoids materialising the C K-times larger gathered input, and "gather"
+otherwise (in shared mode the gather is the faster of the two on CPU; see benchmarks/).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from torch import Tensor
+
+from gmcnn import functional as GF
+from gmcnn.groups import FiniteGroup, make_group
+from gmcnn.nn.base import GroupMatrixLayer
+
+BACKENDS = ("auto", "gather", "conv")
+
+
+class GMConv(GroupMatrixLayer):
+    """Group-matrix convolution on functions (B, C, N) over a finite group of order N."""
+
+    def __init__(self, group: FiniteGroup | str | Sequence[str], in_channels: int,
+                 out_channels: int, t: int = 1, *, neighbourhood: Sequence[int] | None = None,
+                 channel_mode: str = "shared", bias: bool = True, rank: int = 0,
+                 relaxation: str = "additive", backend: str = "auto"):
+        group = make_group(group)
+        support = group.neighbourhood(t) if neighbourhood is None else np.asarray(neighbourhood)
+        if neighbourhood is not None and (support.ndim != 1 or len(support) == 0
+                                          or support.min() < 0 or support.max() >= group.order):
+            raise ValueError(f"neighbourhood must be a non-empty list of element indices of "
+                             f"{group.name} in [0, {group.order})")
+        super().__init__(group, in_channels, out_channels, len(support), channel_mode, bias,
+                         rank, relaxation)
+        self.t = t if neighbourhood is None else None
+        self.register_buffer("index", GF.conv_index(group, support), persistent=False)
+        self.register_buffer("inverse_index", GF.inverse_permutations(self.index), persistent=False)
+        self.backend = self._resolve_backend(backend)
+
+    def _resolve_backend(self, backend: str) -> str:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        conv_ok = self.t is not None and GF.cyclic_axes(self.group) is not None
+        if backend == "conv" and not conv_ok:
+            raise ValueError(f"backend='conv' needs a product of at most three cyclic groups and "
+                             f"the standard radius-t neighbourhood; {self.group.name} with this "
+                             "neighbourhood needs backend='gather'")
+        if backend == "auto":
+            return "conv" if conv_ok and self.channel_mode == "full" else "gather"
+        return backend
+
+    def group_matrix_product(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if self.backend == "conv":
+            return GF.circular_gm_conv(x, weight, GF.cyclic_axes(self.group), self.t, bias)
+        return GF.gm_conv(x, weight, self.index, self.inverse_index, bias)
+
+    def extra_repr(self) -> str:
+        radius = "custom neighbourhood" if self.t is None else f"t={self.t}"
+        return f"{super().extra_repr()}, {radius}, rank={self.rank}, backend={self.backend}"
