@@ -255,8 +255,10 @@ class TableGroup(FiniteGroup):
         table = np.asarray(table, dtype=np.int64)
         n = table.shape[0]
         if table.ndim != 2 or table.shape != (n, n) or not (
-                np.sort(table, axis=1) == np.arange(n)).all():
-            raise ValueError("a Cayley table must be square with every row a permutation of 0..n-1")
+                (np.sort(table, axis=1) == np.arange(n)).all()
+                and (np.sort(table, axis=0) == np.arange(n)[:, None]).all()):
+            raise ValueError("a Cayley table must be square with every row and column a "
+                             "permutation of 0..n-1")
         identities = [e for e in range(n) if np.array_equal(table[e], np.arange(n))]
         if len(identities) != 1 or not np.array_equal(table[:, identities[0]], np.arange(n)):
             raise ValueError("the Cayley table has no two-sided identity")
