@@ -51,13 +51,19 @@ def _flat(index: Tensor) -> Tensor:
     return (index + n * torch.arange(k, device=index.device)[:, None]).reshape(-1)
 
 
+def _gather_last(x: Tensor, flat_index: Tensor) -> Tensor:
+    """``x[..., flat_index]``; torch.gather with a broadcast index is several times faster on
+    CPU than index_select along the last dimension."""
+    return x.gather(-1, flat_index.expand(*x.shape[:-1], flat_index.numel()))
+
+
 class _PermutationGather(torch.autograd.Function):
     """(..., N) -> (..., K, N): out[..., k, u] = x[..., index[k, u]]."""
 
     @staticmethod
     def forward(ctx, x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
         ctx.save_for_backward(index, inverse)
-        return x.index_select(-1, index.reshape(-1)).unflatten(-1, index.shape)
+        return _gather_last(x, index.reshape(-1)).unflatten(-1, index.shape)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -72,7 +78,7 @@ class _PermutationGatherAdjoint(torch.autograd.Function):
     def forward(ctx, y: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
         ctx.save_for_backward(index, inverse)
         k, n = inverse.shape
-        picked = y.reshape(*y.shape[:-2], k * n).index_select(-1, _flat(inverse))
+        picked = _gather_last(y.reshape(*y.shape[:-2], k * n), _flat(inverse))
         return picked.unflatten(-1, (k, n)).sum(-2)
 
     @staticmethod
@@ -102,8 +108,12 @@ def gm_conv(x: Tensor, weight: Tensor, index: Tensor, inverse: Tensor,
     if weight.shape[1] == 1:
         x = x.sum(1, keepdim=True)
     gathered = permutation_gather(x, index, inverse).flatten(1, 2)  # (B, C' * K, N)
-    y = torch.matmul(weight.flatten(1), gathered)
-    return y if bias is None else y + bias[:, None]
+    # bmm with the weight broadcast keeps y contiguous and avoids copying the gathered tensor
+    # (matmul's 2-D x 3-D path transposes it into one large GEMM); baddbmm fuses the bias.
+    weight = weight.flatten(1).expand(x.shape[0], -1, -1)
+    if bias is None:
+        return torch.bmm(weight, gathered)
+    return torch.baddbmm(bias[:, None].expand(x.shape[0], -1, x.shape[-1]), weight, gathered)
 
 
 def gm_conv_naive(x: Tensor, weight: Tensor, index: Tensor, bias: Tensor | None = None) -> Tensor:
