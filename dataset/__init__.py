@@ -1,0 +1,12 @@
+"""Datasets of the paper behind one registry (DESIGN 4): ``build_dataset(name, root, **options)``.
+
+Registered: cifar10, rot-mnist, mnist-bg-rot, mnist-noise, rectangles, norb, smallnorb (real data,
+see each module's docstring for format, download and split), rectangles-generated and
+rot-mnist-generated (offline generators). The plume / JetFlow task files are read by
+:func:`dataset.plume.load_tasks`.
+"""
+
+from dataset import cifar, larochelle, norb, rotmnist, synthetic  # noqa: F401  (register builders)
+from dataset.registry import DatasetError, Splits, available, build_dataset, register
+
+__all__ = ["DatasetError", "Splits", "available", "build_dataset", "register"]

@@ -1,0 +1,108 @@
+"""Smoke-plume and JetFlow task files and the task lists of DESIGN 4.2.
+
+Format: one file per task in ``root``, ``raw_data_{i}_{j}.pt`` for a pair task (translation,
+rotation, JetFlow) and ``raw_data_{i}.pt`` for a scale task, each a ``torch.save``-d tensor
+(T, 2, H, W) float32 laid out [time, (v_x, v_y), y, x]: 64 x 64 for the plumes, 62 x 23 for JetFlow.
+The task lists and time windows below are the ones ``configs/data/{plume-*,jetflow}.yaml`` hold as
+YAML lists; the training protocol built on them belongs to the dynamics engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+from dataset.registry import DatasetError
+
+Task = tuple[int, int] | int
+
+PLUME_SHAPE = (2, 64, 64)
+JETFLOW_SHAPE = (2, 62, 23)
+
+TRANSLATION_TEST = [(32, 20), (32, 5), (24, 20), (16, 25), (24, 5), (16, 10), (40, 20), (8, 25), (24, 25), (40, 10)]
+TRANSLATION_TRAIN = [(i, j) for i in range(8, 57, 8) for j in range(5, 26, 5) if (i, j) not in TRANSLATION_TEST]
+ROTATION_TEST = [(6, 1), (14, 1), (15, 2), (10, 1), (18, 1), (20, 3), (24, 3), (13, 0), (21, 0), (5, 0)]
+ROTATION_TRAIN = [(k, (k - 1) % 4) for k in range(1, 37) if (k, (k - 1) % 4) not in ROTATION_TEST]
+SCALE_TEST = [5, 30, 16, 23, 33, 6, 17, 22, 21, 32]
+SCALE_TRAIN = [i for i in range(38) if i not in SCALE_TEST]
+JETFLOW_TRAIN = [(1, 4), (3, 4), (2, 4), (1, 1), (2, 6), (3, 5), (3, 3), (3, 1), (1, 8), (3, 8), (3, 6), (2, 1),
+                 (1, 3), (1, 6), (2, 8), (1, 7), (1, 2), (2, 2)]
+JETFLOW_TEST = [(2, 3), (3, 7), (2, 7), (2, 5), (3, 2), (1, 5)]
+
+# name -> (train tasks, held-out test tasks, frame shape (C, H, W))
+TASK_SETS: dict[str, tuple[list[Task], list[Task], tuple[int, int, int]]] = {
+    "plume-translation": (TRANSLATION_TRAIN, TRANSLATION_TEST, PLUME_SHAPE),
+    "plume-rotation": (ROTATION_TRAIN, ROTATION_TEST, PLUME_SHAPE),
+    "plume-scale": (SCALE_TRAIN, SCALE_TEST, PLUME_SHAPE),
+    "jetflow": (JETFLOW_TRAIN, JETFLOW_TEST, JETFLOW_SHAPE),
+}
+
+# DESIGN 4.2: input frames [mid - input_frames + t, mid + t), target [mid + t, mid + t + out_len);
+# ranges of the start index t are half-open [start, stop).
+WINDOWS: dict[str, int | list[int]] = {
+    "input_frames": 10, "mid": 12,
+    "train_starts": [0, 160], "valid_starts": [160, 200], "train_out_len": 6,
+    "future_starts": [200, 250], "domain_starts": [0, 100], "test_out_len": 20,
+}
+
+
+def as_task(task: int | Iterable[int]) -> Task:
+    """A task as an int (scale) or an (i, j) tuple, from an int or a 2-element list/tuple."""
+    if isinstance(task, int) and not isinstance(task, bool):
+        return task
+    try:
+        items = tuple(int(x) for x in task)
+    except (TypeError, ValueError):
+        items = ()
+    if len(items) != 2:
+        raise DatasetError(f"a task is an integer or a pair [i, j], got {task!r}")
+    return items
+
+
+def task_filename(task: Task, pattern: str | None = None) -> str:
+    """``raw_data_{i}_{j}.pt`` or ``raw_data_{i}.pt``, or ``pattern`` formatted with ``i`` and ``j``."""
+    i, j = (task, None) if isinstance(task, int) else task
+    if pattern is None:
+        pattern = "raw_data_{i}.pt" if j is None else "raw_data_{i}_{j}.pt"
+    return pattern.format(i=i, j=j)
+
+
+def frames_needed(windows: dict = WINDOWS, held_out: bool = False) -> int:
+    """Frames a task file must have for the last test window (future tests on training tasks,
+    domain tests on held-out tasks)."""
+    starts = windows["domain_starts" if held_out else "future_starts"]
+    return windows["mid"] + starts[1] - 1 + windows["test_out_len"]
+
+
+def load_tasks(root: Path, tasks: Sequence, frame_shape: Sequence[int] = PLUME_SHAPE,
+               min_frames: int = 1, pattern: str | None = None) -> dict[Task, torch.Tensor]:
+    """The (T, C, H, W) float32 tensor of every task, keyed by task (an int or an (i, j) tuple);
+    raises listing every missing file at once, or naming the first file that is unreadable, not
+    floating point, non-finite, of the wrong frame shape or shorter than ``min_frames``."""
+    root = Path(root)
+    keys = [as_task(task) for task in tasks]
+    missing = [task_filename(k, pattern) for k in keys if not (root / task_filename(k, pattern)).is_file()]
+    if missing:
+        raise DatasetError(f"{len(missing)} of {len(keys)} task files missing in {root}: {', '.join(missing)}. "
+                           f"Copy the raw_data files there or regenerate the plumes (DESIGN 4.2)")
+    frame_shape = tuple(frame_shape)
+    out: dict[Task, torch.Tensor] = {}
+    for key in keys:
+        path = root / task_filename(key, pattern)
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001  (pickle, zip and EOF errors alike)
+            raise DatasetError(f"{path} cannot be loaded ({type(error).__name__}: {error}); "
+                               f"it is corrupt or truncated: replace it") from None
+        if not isinstance(data, torch.Tensor) or not data.is_floating_point():
+            raise DatasetError(f"{path} must hold a float tensor, got {type(data).__name__} "
+                               f"{getattr(data, 'dtype', '')}")
+        if data.ndim != 4 or tuple(data.shape[1:]) != frame_shape or len(data) < min_frames:
+            raise DatasetError(f"{path} has shape {tuple(data.shape)}, expected (T, {', '.join(map(str, frame_shape))})"
+                               f" with T >= {min_frames}")
+        if not torch.isfinite(data).all():
+            raise DatasetError(f"{path} contains NaN or infinite values; regenerate it")
+        out[key] = data.to(torch.float32).contiguous()
+    return out
