@@ -1,6 +1,7 @@
 """Models built from GM layers, and baselines."""
 
 from gmcnn.models.cnn import CNN
+from gmcnn.models.dynamics import CNNDynamics, GMDynamics
 from gmcnn.models.gmcnn import GMCNN
 
-__all__ = ["CNN", "GMCNN"]
+__all__ = ["CNN", "CNNDynamics", "GMCNN", "GMDynamics"]

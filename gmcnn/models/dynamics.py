@@ -1,0 +1,76 @@
+"""The GM regression network for fluid dynamics (DESIGN 3.2), and a plain CNN of the same shape.
+
+    input_frames stacked velocity fields (B, input_frames * 2, H, W)
+    -> 1x1 conv to C channels
+    -> blocks x [x + PReLU(GMConv(x))]           (relaxed GMConv: rank r > 0 breaks symmetry)
+    -> 1x1 conv to 2 channels: the next velocity field (B, 2, H, W)
+
+Pointwise convolutions commute with every permutation of positions, so with rank 0 the network
+is exactly equivariant to the translations (or other elements) of its group G = G_rows x G_cols.
+Predictions are rolled out autoregressively by the training protocol, not here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from gmcnn.groups import axis_sizes, make_group
+from gmcnn.nn import EquivariantModule, GMConv
+
+
+class GMDynamics(EquivariantModule):
+    """Next-frame predictor on a grid whose axes carry ``group`` (e.g. ``["C64", "C64"]``)."""
+
+    def __init__(self, group: str | Sequence[str], input_frames: int = 10, field_channels: int = 2,
+                 channels: int = 120, blocks: int = 2, t: int = 1, rank: int = 1,
+                 relaxation: str = "additive", channel_mode: str = "shared",
+                 backend: str = "auto"):
+        super().__init__()
+        if input_frames < 1 or blocks < 1 or channels < 1:
+            raise ValueError("input_frames, blocks and channels must be >= 1, got "
+                             f"{input_frames}, {blocks}, {channels}")
+        self.group = make_group(group)
+        self.image_shape = axis_sizes(self.group)
+        self.in_space = self.out_space = self.group
+        self.in_channels = input_frames * field_channels
+        self.lift = nn.Conv1d(self.in_channels, channels, 1)
+        self.convs = nn.ModuleList(
+            GMConv(self.group, channels, channels, t=t, channel_mode=channel_mode, rank=rank,
+                   relaxation=relaxation, backend=backend) for _ in range(blocks))
+        self.activations = nn.ModuleList(nn.PReLU() for _ in range(blocks))
+        self.project = nn.Conv1d(channels, field_channels, 1)
+
+    def forward(self, frames: Tensor) -> Tensor:
+        if tuple(frames.shape[1:]) != (self.in_channels, *self.image_shape):
+            raise ValueError(f"GMDynamics on {self.group.name} expects input of shape (batch, "
+                             f"{self.in_channels}, {', '.join(map(str, self.image_shape))}); got "
+                             f"{tuple(frames.shape)}")
+        x = self.lift(frames.flatten(2))
+        for conv, activation in zip(self.convs, self.activations):
+            x = x + activation(conv(x))
+        return self.project(x).reshape(frames.shape[0], -1, *self.image_shape)
+
+    def example_input(self, batch_size: int = 2) -> Tensor:
+        return torch.randn(batch_size, self.in_channels, *self.image_shape)
+
+
+class CNNDynamics(nn.Module):
+    """Baseline: the same network with ordinary zero-padded k x k convolutions."""
+
+    def __init__(self, input_frames: int = 10, field_channels: int = 2, channels: int = 128,
+                 blocks: int = 4, kernel_size: int = 3):
+        super().__init__()
+        self.lift = nn.Conv2d(input_frames * field_channels, channels, 1)
+        self.convs = nn.ModuleList(nn.Conv2d(channels, channels, kernel_size,
+                                             padding=kernel_size // 2) for _ in range(blocks))
+        self.activations = nn.ModuleList(nn.PReLU() for _ in range(blocks))
+        self.project = nn.Conv2d(channels, field_channels, 1)
+
+    def forward(self, frames: Tensor) -> Tensor:
+        x = self.lift(frames)
+        for conv, activation in zip(self.convs, self.activations):
+            x = x + activation(conv(x))
+        return self.project(x)

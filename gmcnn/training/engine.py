@@ -1,0 +1,260 @@
+"""The training engine: one run of one experiment, from a composed config to metrics.json.
+
+    config -> validate -> model (+ summary) -> data -> [train epoch -> validate -> checkpoint]*
+           -> best-validation weights -> test -> metrics.json, metrics.csv, curves.png
+
+Every epoch ends with an atomic checkpoint of everything needed to continue bit-for-bit (model,
+optimizer, scheduler, AMP scaler, RNG states, history); shuffling draws from a generator seeded
+by (seed, epoch), so a resumed run on CPU reproduces the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, TensorDataset
+from tqdm.auto import tqdm
+
+from gmcnn.nn import relaxation_penalty
+from gmcnn.training import checkpoint
+from gmcnn.training.config import ConfigError, instantiate, resolve_device, validate
+from gmcnn.training.tracking import RunTracker, write_json
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite."""
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def model_summary(model: nn.Module) -> str:
+    """One line per leaf module with its parameter count, then the total."""
+    rows = [(name, type(m).__name__, sum(p.numel() for p in m.parameters()))
+            for name, m in model.named_modules()
+            if name and (not list(m.children()) or list(m.parameters(recurse=False)))]
+    width = max([len(name) for name, _, _ in rows] + [5])
+    lines = [f"{'layer':<{width}}  {'type':<16} {'params':>10}"]
+    lines += [f"{name:<{width}}  {kind:<16} {count:>10,}" for name, kind, count in rows]
+    lines.append(f"{'total':<{width}}  {'':<16} {count_parameters(model):>10,}")
+    return "\n".join(lines)
+
+
+def build_model(cfg: DictConfig) -> nn.Module:
+    model = instantiate("model", cfg.model)
+    expected = tuple(getattr(model, "image_shape", cfg.data.image_size))
+    if expected != tuple(cfg.data.image_size):
+        raise ConfigError(
+            f"model.group {list(cfg.model.group)} is laid out on {'x'.join(map(str, expected))} "
+            f"images, but data {cfg.data.name} has {'x'.join(map(str, cfg.data.image_size))}; "
+            "choose factors whose orders equal the image size (Cn has n pixels, Dn has 2n)")
+    return model
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, cfg: DictConfig,
+                device: torch.device) -> DataLoader:
+    """Batches drawn from a generator seeded by ``seed``. Datasets that take a list of indices
+    (tensor datasets, ``batch_indexable`` ones) are indexed a whole batch at a time, which is much
+    faster than collating single samples."""
+    generator = torch.Generator().manual_seed(seed)
+    sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    common = dict(num_workers=cfg.trainer.num_workers, pin_memory=device.type == "cuda")
+    if isinstance(dataset, TensorDataset) or getattr(dataset, "batch_indexable", False):
+        return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last=False),
+                          batch_size=None, **common)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **common)
+
+
+class Trainer:
+    """Holds the model, optimisation state and the epoch loops of one classification run."""
+
+    def __init__(self, cfg: DictConfig, model: nn.Module, device: torch.device):
+        self.cfg, self.model, self.device = cfg, model.to(device), device
+        self.optimizer = instantiate("optimizer", cfg.optimizer, model.parameters())
+        has_scheduler = cfg.get("scheduler") and "_target_" in cfg.scheduler
+        self.scheduler = instantiate("scheduler", cfg.scheduler, self.optimizer) if has_scheduler else None
+        self.amp = bool(cfg.trainer.amp) and device.type == "cuda"
+        self.amp_dtype = getattr(torch, cfg.trainer.amp_dtype)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp and self.amp_dtype == torch.float16)
+        self.penalty_weight = float(cfg.trainer.relaxation_penalty)
+
+    def _batches(self, loader: DataLoader, desc: str):
+        for images, labels in tqdm(loader, desc=desc, leave=False, disable=None):
+            yield (images.to(self.device, non_blocking=True),
+                   labels.to(self.device, non_blocking=True))
+
+    def train_epoch(self, loader: DataLoader, epoch: int) -> dict[str, float]:
+        self.model.train()
+        total_loss, correct, seen = 0.0, 0, 0
+        for step, (images, labels) in enumerate(self._batches(loader, f"train {epoch}")):
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                logits = self.model(images)
+                loss = F.cross_entropy(logits, labels)
+                if self.penalty_weight:
+                    loss = loss + self.penalty_weight * relaxation_penalty(self.model)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(f"the training loss became {loss_value} at epoch {epoch}, "
+                                       f"step {step}")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.cfg.trainer.grad_clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.trainer.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total_loss += loss_value * len(labels)
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += len(labels)
+        return {"train_loss": total_loss / seen, "train_acc": correct / seen}
+
+    @torch.no_grad()
+    def evaluate(self, loader: DataLoader, desc: str) -> dict[str, float]:
+        self.model.eval()
+        total_loss, correct, seen = 0.0, 0, 0
+        for images, labels in self._batches(loader, desc):
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                logits = self.model(images)
+            total_loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += len(labels)
+        return {"loss": total_loss / seen, "acc": correct / seen}
+
+    def step_scheduler(self, val_loss: float) -> None:
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(val_loss)
+        elif self.scheduler is not None:
+            self.scheduler.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None and state["scheduler"] is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+        except (KeyError, RuntimeError, ValueError) as error:
+            raise checkpoint.CheckpointError(
+                f"the checkpoint does not match this run's model or optimizer "
+                f"({str(error).splitlines()[0]}); resume with the configuration it was written "
+                "with, or start afresh with trainer.resume=false") from None
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train, validate and test one experiment; returns the metrics written to metrics.json."""
+    validate(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.seed_everything(cfg.seed)
+    device = resolve_device(cfg.trainer.device)
+    model = build_model(cfg)
+    num_params = count_parameters(model)
+    log.info("model %s on %s\n%s", cfg.model._target_, device, model_summary(model))
+    log.info("parameters: %s", f"{num_params:,}")
+    if cfg.summary_only:
+        metrics = {"num_params": num_params, "name": cfg.name}
+        write_json(run_dir / "metrics.json", metrics)
+        return metrics
+
+    if cfg.task != "classification":
+        raise ConfigError(f"training {cfg.task} experiments is not available yet (it comes with "
+                          "the dynamics protocol); summary_only=true builds and summarises the "
+                          "model")
+    from dataset import DatasetError, build_dataset
+
+    try:
+        splits = build_dataset(cfg.data.name, cfg.data.root,
+                               **OmegaConf.to_container(cfg.data.options, resolve=True))
+    except DatasetError as error:
+        raise ConfigError(str(error)) from None
+    if tuple(splits.image_shape) != tuple(cfg.data.image_size):
+        raise ConfigError(f"data {cfg.data.name} has images of {splits.image_shape}, but "
+                          f"data.image_size says {list(cfg.data.image_size)}")
+
+    trainer = Trainer(cfg, model, device)
+    ckpt_dir = run_dir / "checkpoints"
+    config = OmegaConf.to_container(cfg, resolve=True)
+    tracker = RunTracker(run_dir, config, cfg.logger.wandb, cfg.name)
+    monitor, better = cfg.trainer.monitor, (max if cfg.trainer.monitor == "val_acc" else min)
+    state = {"epoch": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "history": [],
+             "train_seconds": 0.0}
+
+    try:
+        resume_from = checkpoint.find_resume_checkpoint(cfg.trainer.resume, run_dir)
+        if resume_from is not None:
+            saved = checkpoint.load(resume_from)
+            trainer.load_state_dict(saved["trainer"])
+            checkpoint.set_rng_state(saved["rng"])
+            state = saved["progress"]
+            tracker.restore(state["history"])
+            if resume_from.parent != ckpt_dir:  # continuing another run: carry its best weights
+                best = checkpoint.load(resume_from.parent / "best.pt")
+                checkpoint.save(ckpt_dir / "best.pt", best)
+            log.info("resumed from %s after epoch %d", resume_from, state["epoch"])
+
+        valid_loader = make_loader(splits.valid, cfg.trainer.batch_size, False, 0, cfg, device)
+        for epoch in range(state["epoch"] + 1, cfg.trainer.epochs + 1):
+            if cfg.trainer.early_stopping_patience and \
+                    state["bad_epochs"] >= cfg.trainer.early_stopping_patience:
+                log.info("early stopping: no improvement of %s for %d epochs", monitor,
+                         state["bad_epochs"])
+                break
+            start = time.perf_counter()
+            loader = make_loader(splits.train, cfg.trainer.batch_size, True,
+                                 cfg.seed * 100_003 + epoch, cfg, device)
+            row = {"epoch": epoch, **trainer.train_epoch(loader, epoch)}
+            val = trainer.evaluate(valid_loader, f"valid {epoch}")
+            row.update(val_loss=val["loss"], val_acc=val["acc"],
+                       lr=trainer.optimizer.param_groups[0]["lr"])
+            trainer.step_scheduler(val["loss"])
+            state["train_seconds"] += time.perf_counter() - start
+            if state["best"] is None or better(row[monitor], state["best"]) != state["best"]:
+                state.update(best=row[monitor], best_epoch=epoch, bad_epochs=0)
+                checkpoint.save(ckpt_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch})
+            else:
+                state["bad_epochs"] += 1
+            state["epoch"] = epoch
+            state["history"].append(row)
+            checkpoint.save(ckpt_dir / "last.pt", {"trainer": trainer.state_dict(),
+                                                    "rng": checkpoint.rng_state(),
+                                                    "progress": state, "config": config})
+            tracker.log_epoch(row)
+            log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  (%.1fs)",
+                     epoch, cfg.trainer.epochs, row["train_loss"], row["train_acc"],
+                     row["val_loss"], row["val_acc"], time.perf_counter() - start)
+    except TrainingDiverged as error:
+        tracker.close()
+        last = ckpt_dir / "last.pt"
+        kept = f"the last good checkpoint is {last}" if last.is_file() else "no epoch completed"
+        raise TrainingDiverged(f"{error}; {kept}. Lower optimizer.lr or set trainer.grad_clip "
+                               "(e.g. 1.0), then resume with trainer.resume=true") from None
+    except BaseException:
+        tracker.close()
+        raise
+
+    model.load_state_dict(checkpoint.load(ckpt_dir / "best.pt")["model"])
+    test = trainer.evaluate(make_loader(splits.test, cfg.trainer.batch_size, False, 0, cfg, device),
+                            "test")
+    metrics = {"name": cfg.name, "num_params": num_params, "best_epoch": state["best_epoch"],
+               f"best_{monitor}": state["best"], "epochs_completed": state["epoch"],
+               "train_seconds": round(state["train_seconds"], 3), "test_acc": test["acc"],
+               "test_loss": test["loss"], "device": str(device)}
+    tracker.finish(metrics)
+    log.info("test accuracy %.4f (best epoch %s); outputs in %s", test["acc"],
+             state["best_epoch"], run_dir)
+    return metrics

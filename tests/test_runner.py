@@ -1,0 +1,189 @@
+"""The runner end to end: real configs, real subprocess runs into temporary directories."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from gmcnn.training import TrainingDiverged, run
+from gmcnn.training.engine import build_model, count_parameters
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSIFICATION = ["cifar10", "rot-mnist", "mnist-bg-rot", "mnist-noise", "rectangles", "norb",
+                  "smallnorb"]
+PAPER_PARAMS = {"cifar10": 13_691, "rot-mnist": 48_731, "mnist-bg-rot": 25_691,
+                "mnist-noise": 13_451, "rectangles": 12_483, "norb": 12_967, "smallnorb": 12_846}
+FAST = ["logger=none", "data.options.train_size=300", "data.options.valid_size=100",
+        "data.options.test_size=300"]
+
+
+def compose_config(*overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def runner(*overrides, timeout=300, **kwargs):
+    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, str(ROOT / "runner.py"), *overrides], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def metrics_of(run_dir):
+    return json.loads((Path(run_dir) / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("exp", CLASSIFICATION)
+def test_paper_experiments_compose_and_build(exp):
+    cfg = compose_config(f"exp={exp}")
+    assert cfg.name == exp
+    assert count_parameters(build_model(cfg)) == PAPER_PARAMS[exp]
+
+
+@pytest.mark.parametrize("exp,group", [("plume-rotation", "C64xC64"), ("plume-translation", "C64xC64"),
+                                       ("plume-scale", "C64xC64"), ("jetflow", "D31xC23")])
+def test_dynamics_experiments_compose_and_build(exp, group):
+    cfg = compose_config(f"exp={exp}")
+    model = build_model(cfg)
+    assert cfg.task == "dynamics" and model.group.name == group
+    first = cfg.data.options.train_tasks[0]
+    assert isinstance(first if isinstance(first, int) else first[0], int)  # real lists, not text
+    frames = torch.randn(1, 20, *cfg.data.image_size)
+    assert model(frames).shape == (1, 2, *cfg.data.image_size)
+
+
+@pytest.mark.parametrize("exp", ["quickstart", "rot-mnist-generated"])
+def test_offline_experiments_compose_and_build(exp):
+    cfg = compose_config(f"exp={exp}")
+    assert build_model(cfg)(torch.randn(2, 1, 28, 28)).shape == (2, cfg.data.num_classes)
+
+
+def test_paper_recipe_is_real_config():
+    cfg = compose_config("exp=rot-mnist")
+    assert cfg.optimizer.lr == 0.004 and cfg.optimizer.weight_decay == 0.0153
+    assert (cfg.scheduler.patience, cfg.scheduler.factor) == (5, 0.7)
+    assert (cfg.trainer.batch_size, cfg.trainer.epochs, cfg.seed) == (128, 120, 42)
+    assert list(cfg.model.group) == ["D14", "D14"]
+
+
+def test_default_run_learns_and_writes_outputs(tmp_path):
+    result = runner("trainer.epochs=3", "logger.wandb.mode=offline", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = metrics_of(tmp_path)
+    assert metrics["test_acc"] > 0.7  # two balanced classes: chance is 0.5
+    assert metrics["epochs_completed"] == 3 and metrics["num_params"] > 0
+    for key in ("best_epoch", "train_seconds"):
+        assert key in metrics
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
+    assert (tmp_path / "checkpoints" / "best.pt").is_file()
+    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 4  # header + 3 epochs
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_summary_only_writes_num_params_without_data(tmp_path):
+    result = runner("exp=cifar10", "summary_only=true", "data.root=/nonexistent",
+                    f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert metrics_of(tmp_path)["num_params"] == 13_691
+    assert "13,691" in result.stdout + result.stderr
+
+
+def test_multirun_produces_one_run_per_value(tmp_path):
+    result = runner("-m", *FAST, "trainer.epochs=1", "model.channels=4,8",
+                    f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    params = sorted(metrics_of(tmp_path / job)["num_params"] for job in ("0", "1"))
+    assert params[0] < params[1]
+
+
+def test_killed_run_resumes_to_the_same_metrics(tmp_path):
+    args = [*FAST, "trainer.epochs=4", "data.options.train_size=600"]
+    uninterrupted = runner(*args, f"hydra.run.dir={tmp_path / 'full'}")
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
+
+    killed_dir = tmp_path / "killed"
+    env = {**os.environ, "WANDB_SILENT": "true"}
+    process = subprocess.Popen([sys.executable, str(ROOT / "runner.py"), *args,
+                                f"hydra.run.dir={killed_dir}"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = killed_dir / "checkpoints" / "last.pt"
+    deadline = time.time() + 240
+    while not last.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed_dir / "metrics.json").exists()
+
+    resumed = runner(*args, "trainer.resume=true", f"hydra.run.dir={killed_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    full, again = metrics_of(tmp_path / "full"), metrics_of(killed_dir)
+    for key in ("test_acc", "test_loss", "best_epoch", "best_val_acc", "epochs_completed"):
+        assert full[key] == again[key], key
+    assert (tmp_path / "full" / "metrics.csv").read_text().split("\n")[0] == \
+        (killed_dir / "metrics.csv").read_text().split("\n")[0]
+    rows = [line.split(",") for line in (killed_dir / "metrics.csv").read_text().splitlines()]
+    full_rows = [line.split(",") for line in (tmp_path / "full" / "metrics.csv").read_text().splitlines()]
+    assert [r[:5] for r in rows] == [r[:5] for r in full_rows]  # epoch, losses, accuracies
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    result = runner(*FAST, "trainer.resume=true", f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0
+    assert "corrupt" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = compose_config(*FAST, "trainer.epochs=3")
+    real_build = build_model
+
+    class BreaksInEpochTwo(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model, self.calls = model, 0
+
+        def forward(self, x):
+            self.calls += 1 if self.training else 0
+            out = self.model(x)
+            return out * float("nan") if self.calls > 5 else out  # 5 batches of 64 per epoch
+
+    monkeypatch.setattr("gmcnn.training.engine.build_model",
+                        lambda c: BreaksInEpochTwo(real_build(c)))
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2.*last good checkpoint"):
+        run(cfg, tmp_path)
+    saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    assert saved["progress"]["epoch"] == 1
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["exp=nope"], "Could not find 'exp/nope'"),
+    (["model.group=[Q8,C28]"], "unknown group 'Q8'"),
+    (["model.group=[C32,C32]"], "laid out on 32x32 images, but data rectangles-generated has 28x28"),
+    (["optimizer.lr=-1"], "optimizer.lr must be a number > 0"),
+    (["trainer.device=tpu"], "trainer.device='tpu'"),
+    (["logger.wandb.mode=sometimes"], "choose one of auto, online, offline, disabled"),
+    (["trainer.epochs=0"], "trainer.epochs must be an integer >= 1"),
+    (["model.channel_mode=depthwise"], "channel_mode must be one of"),
+    (["trainer.foo=1"], "foo"),
+    (["+model.widht=3"], "unknown key model.widht"),
+    (["exp=rectangles", "data.root=/nonexistent/rectangles", "data.options.download=false"],
+     "/nonexistent/rectangles"),
+])
+def test_bad_overrides_exit_with_a_short_message(overrides, message):
+    result = runner("logger=none", "trainer.epochs=1", "hydra.run.dir=/tmp/gmcnn-bad-override",
+                    *overrides)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert message in output, output[-2000:]
+    assert "Traceback" not in output
