@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from gmcnn import functional as GF
 from gmcnn.equivariance import assert_equivariant, displacement_rank, equivariance_error
 from gmcnn.groups import make_group, symmetric_group
-from gmcnn.nn import GMConv, GMLinear, GMPool, GMUnpool, relaxation_penalty
+from gmcnn.nn import GMConv, GMLinear, GMPool, GMUnpool, PointwiseConv, relaxation_penalty
 
 torch.manual_seed(0)
 
@@ -273,3 +273,12 @@ def test_bad_input_shape():
         layer(torch.randn(2, 3, 8, 8))
     with pytest.raises(ValueError, match=r"\(batch, 3, 64\)"):
         layer(torch.randn(2, 3, 49))
+
+
+def test_pointwise_conv_equals_conv1d():
+    layer = PointwiseConv(3, 5)
+    x = torch.randn(2, 3, 7)
+    torch.testing.assert_close(layer(x), F.conv1d(x, layer.weight[:, :, None], layer.bias))
+    group = symmetric_group(3)  # any permutation of the 6 positions commutes with it
+    x = torch.randn(2, 3, group.order)
+    assert_equivariant(layer, x, in_space=group, out_space=group)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from gmcnn.groups import axis_sizes, make_group
-from gmcnn.nn import EquivariantModule, GMConv
+from gmcnn.nn import EquivariantModule, GMConv, PointwiseConv
 
 
 class GMDynamics(EquivariantModule):
@@ -36,12 +36,12 @@ class GMDynamics(EquivariantModule):
         self.image_shape = axis_sizes(self.group)
         self.in_space = self.out_space = self.group
         self.in_channels = input_frames * field_channels
-        self.lift = nn.Conv1d(self.in_channels, channels, 1)
+        self.lift = PointwiseConv(self.in_channels, channels)
         self.convs = nn.ModuleList(
             GMConv(self.group, channels, channels, t=t, channel_mode=channel_mode, rank=rank,
                    relaxation=relaxation, backend=backend) for _ in range(blocks))
         self.activations = nn.ModuleList(nn.PReLU() for _ in range(blocks))
-        self.project = nn.Conv1d(channels, field_channels, 1)
+        self.project = PointwiseConv(channels, field_channels)
 
     def forward(self, frames: Tensor) -> Tensor:
         if tuple(frames.shape[1:]) != (self.in_channels, *self.image_shape):

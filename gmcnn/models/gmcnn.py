@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gmcnn.groups import axis_sizes, make_group
-from gmcnn.nn import EquivariantModule, GMConv
+from gmcnn.nn import EquivariantModule, GMConv, PointwiseConv
 
 
 class GMCNN(EquivariantModule):
@@ -51,7 +51,7 @@ class GMCNN(EquivariantModule):
             layers = [GMConv(self.group, width if i == 0 else channels, channels, **conv)
                       for i in range(layers_per_block)]
             self.blocks.append(nn.ModuleList(layers))
-            self.shortcuts.append(nn.Conv1d(width, channels, 1) if width != channels
+            self.shortcuts.append(PointwiseConv(width, channels) if width != channels
                                   else nn.Identity())
             width = channels
         self.activation = nn.PReLU()

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, TensorDataset
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from gmcnn.nn import relaxation_penalty
 from gmcnn.training import checkpoint
@@ -156,6 +157,86 @@ class Trainer:
                 "with, or start afresh with trainer.resume=false") from None
 
 
+def load_data(cfg: DictConfig):
+    """The dataset splits of ``cfg.data``; data problems become a ConfigError."""
+    if cfg.task != "classification":
+        raise ConfigError(f"training {cfg.task} experiments is not available yet (it comes with "
+                          "the dynamics protocol); summary_only=true builds and summarises the "
+                          "model")
+    from dataset import DatasetError, build_dataset
+
+    try:
+        splits = build_dataset(cfg.data.name, cfg.data.root,
+                               **OmegaConf.to_container(cfg.data.options, resolve=True))
+    except DatasetError as error:
+        raise ConfigError(str(error)) from None
+    if tuple(splits.image_shape) != tuple(cfg.data.image_size):
+        raise ConfigError(f"data {cfg.data.name} has images of {splits.image_shape}, but "
+                          f"data.image_size says {list(cfg.data.image_size)}")
+    return splits
+
+
+def fresh_progress() -> dict[str, Any]:
+    return {"epoch": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "history": [],
+            "train_seconds": 0.0}
+
+
+def resume(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, ckpt_dir: Path) -> dict[str, Any]:
+    """Restore the trainer, RNGs and progress from the checkpoint ``trainer.resume`` selects."""
+    resume_from = checkpoint.find_resume_checkpoint(cfg.trainer.resume, ckpt_dir.parent)
+    if resume_from is None:
+        return fresh_progress()
+    saved = checkpoint.load(resume_from)
+    trainer.load_state_dict(saved["trainer"])
+    checkpoint.set_rng_state(saved["rng"])
+    tracker.restore(saved["progress"]["history"])
+    if resume_from.parent != ckpt_dir:  # continuing another run: carry its best weights over
+        checkpoint.save(ckpt_dir / "best.pt", checkpoint.load(resume_from.parent / "best.pt"))
+    log.info("resumed from %s after epoch %d", resume_from, saved["progress"]["epoch"])
+    return saved["progress"]
+
+
+def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits, progress: dict[str, Any],
+        ckpt_dir: Path) -> None:
+    """Epochs from ``progress["epoch"] + 1``: train, validate, step the scheduler, keep the best
+    weights (``trainer.monitor``), checkpoint everything, log; early stopping if configured."""
+    monitor, sign = cfg.trainer.monitor, (1 if cfg.trainer.monitor == "val_acc" else -1)
+    patience = cfg.trainer.early_stopping_patience
+    config = OmegaConf.to_container(cfg, resolve=True)
+    valid_loader = make_loader(splits.valid, cfg.trainer.batch_size, False, 0, cfg, trainer.device)
+    with logging_redirect_tqdm(), tqdm(
+            range(progress["epoch"] + 1, cfg.trainer.epochs + 1), desc="epochs",
+            initial=progress["epoch"], total=cfg.trainer.epochs, disable=None) as epochs:
+        for epoch in epochs:
+            if patience and progress["bad_epochs"] >= patience:
+                log.info("early stopping: no improvement of %s for %d epochs", monitor, patience)
+                break
+            start = time.perf_counter()
+            loader = make_loader(splits.train, cfg.trainer.batch_size, True,
+                                 cfg.seed * 100_003 + epoch, cfg, trainer.device)
+            row = {"epoch": epoch, **trainer.train_epoch(loader, epoch)}
+            val = trainer.evaluate(valid_loader, f"valid {epoch}")
+            row.update(val_loss=val["loss"], val_acc=val["acc"],
+                       lr=trainer.optimizer.param_groups[0]["lr"])
+            trainer.step_scheduler(val["loss"])
+            progress["train_seconds"] += time.perf_counter() - start
+            if progress["best"] is None or sign * (row[monitor] - progress["best"]) > 0:
+                progress.update(best=row[monitor], best_epoch=epoch, bad_epochs=0)
+                checkpoint.save(ckpt_dir / "best.pt",
+                                {"model": trainer.model.state_dict(), "epoch": epoch})
+            else:
+                progress["bad_epochs"] += 1
+            progress["epoch"] = epoch
+            progress["history"].append(row)
+            checkpoint.save(ckpt_dir / "last.pt", {"trainer": trainer.state_dict(),
+                                                    "rng": checkpoint.rng_state(),
+                                                    "progress": progress, "config": config})
+            tracker.log_epoch(row)
+            log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  (%.1fs)",
+                     epoch, cfg.trainer.epochs, row["train_loss"], row["train_acc"],
+                     row["val_loss"], row["val_acc"], time.perf_counter() - start)
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train, validate and test one experiment; returns the metrics written to metrics.json."""
     validate(cfg)
@@ -171,72 +252,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         write_json(run_dir / "metrics.json", metrics)
         return metrics
 
-    if cfg.task != "classification":
-        raise ConfigError(f"training {cfg.task} experiments is not available yet (it comes with "
-                          "the dynamics protocol); summary_only=true builds and summarises the "
-                          "model")
-    from dataset import DatasetError, build_dataset
-
-    try:
-        splits = build_dataset(cfg.data.name, cfg.data.root,
-                               **OmegaConf.to_container(cfg.data.options, resolve=True))
-    except DatasetError as error:
-        raise ConfigError(str(error)) from None
-    if tuple(splits.image_shape) != tuple(cfg.data.image_size):
-        raise ConfigError(f"data {cfg.data.name} has images of {splits.image_shape}, but "
-                          f"data.image_size says {list(cfg.data.image_size)}")
-
+    splits = load_data(cfg)
     trainer = Trainer(cfg, model, device)
     ckpt_dir = run_dir / "checkpoints"
-    config = OmegaConf.to_container(cfg, resolve=True)
-    tracker = RunTracker(run_dir, config, cfg.logger.wandb, cfg.name)
-    monitor, better = cfg.trainer.monitor, (max if cfg.trainer.monitor == "val_acc" else min)
-    state = {"epoch": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "history": [],
-             "train_seconds": 0.0}
-
+    tracker = RunTracker(run_dir, OmegaConf.to_container(cfg, resolve=True), cfg.logger.wandb,
+                         cfg.name)
     try:
-        resume_from = checkpoint.find_resume_checkpoint(cfg.trainer.resume, run_dir)
-        if resume_from is not None:
-            saved = checkpoint.load(resume_from)
-            trainer.load_state_dict(saved["trainer"])
-            checkpoint.set_rng_state(saved["rng"])
-            state = saved["progress"]
-            tracker.restore(state["history"])
-            if resume_from.parent != ckpt_dir:  # continuing another run: carry its best weights
-                best = checkpoint.load(resume_from.parent / "best.pt")
-                checkpoint.save(ckpt_dir / "best.pt", best)
-            log.info("resumed from %s after epoch %d", resume_from, state["epoch"])
-
-        valid_loader = make_loader(splits.valid, cfg.trainer.batch_size, False, 0, cfg, device)
-        for epoch in range(state["epoch"] + 1, cfg.trainer.epochs + 1):
-            if cfg.trainer.early_stopping_patience and \
-                    state["bad_epochs"] >= cfg.trainer.early_stopping_patience:
-                log.info("early stopping: no improvement of %s for %d epochs", monitor,
-                         state["bad_epochs"])
-                break
-            start = time.perf_counter()
-            loader = make_loader(splits.train, cfg.trainer.batch_size, True,
-                                 cfg.seed * 100_003 + epoch, cfg, device)
-            row = {"epoch": epoch, **trainer.train_epoch(loader, epoch)}
-            val = trainer.evaluate(valid_loader, f"valid {epoch}")
-            row.update(val_loss=val["loss"], val_acc=val["acc"],
-                       lr=trainer.optimizer.param_groups[0]["lr"])
-            trainer.step_scheduler(val["loss"])
-            state["train_seconds"] += time.perf_counter() - start
-            if state["best"] is None or better(row[monitor], state["best"]) != state["best"]:
-                state.update(best=row[monitor], best_epoch=epoch, bad_epochs=0)
-                checkpoint.save(ckpt_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch})
-            else:
-                state["bad_epochs"] += 1
-            state["epoch"] = epoch
-            state["history"].append(row)
-            checkpoint.save(ckpt_dir / "last.pt", {"trainer": trainer.state_dict(),
-                                                    "rng": checkpoint.rng_state(),
-                                                    "progress": state, "config": config})
-            tracker.log_epoch(row)
-            log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  (%.1fs)",
-                     epoch, cfg.trainer.epochs, row["train_loss"], row["train_acc"],
-                     row["val_loss"], row["val_acc"], time.perf_counter() - start)
+        progress = resume(cfg, trainer, tracker, ckpt_dir)
+        fit(cfg, trainer, tracker, splits, progress, ckpt_dir)
     except TrainingDiverged as error:
         tracker.close()
         last = ckpt_dir / "last.pt"
@@ -250,11 +273,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     model.load_state_dict(checkpoint.load(ckpt_dir / "best.pt")["model"])
     test = trainer.evaluate(make_loader(splits.test, cfg.trainer.batch_size, False, 0, cfg, device),
                             "test")
-    metrics = {"name": cfg.name, "num_params": num_params, "best_epoch": state["best_epoch"],
-               f"best_{monitor}": state["best"], "epochs_completed": state["epoch"],
-               "train_seconds": round(state["train_seconds"], 3), "test_acc": test["acc"],
+    monitor = cfg.trainer.monitor
+    metrics = {"name": cfg.name, "num_params": num_params, "best_epoch": progress["best_epoch"],
+               f"best_{monitor}": progress["best"], "epochs_completed": progress["epoch"],
+               "train_seconds": round(progress["train_seconds"], 3), "test_acc": test["acc"],
                "test_loss": test["loss"], "device": str(device)}
     tracker.finish(metrics)
     log.info("test accuracy %.4f (best epoch %s); outputs in %s", test["acc"],
-             state["best_epoch"], run_dir)
+             progress["best_epoch"], run_dir)
     return metrics
