@@ -6,7 +6,7 @@ rot-mnist-generated (offline generators). The plume / JetFlow task files are rea
 :func:`dataset.plume.load_tasks`.
 """
 
-from dataset import cifar, larochelle, norb, rotmnist, synthetic  # noqa: F401  (register builders)
+from dataset import cifar, larochelle, norb, plume, rotmnist, synthetic  # noqa: F401  (register builders)
 from dataset.registry import DatasetError, Splits, available, build_dataset, register
 
 __all__ = ["DatasetError", "Splits", "available", "build_dataset", "register"]

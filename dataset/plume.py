@@ -13,8 +13,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
+from torch.utils.data import Dataset
 
-from dataset.registry import DatasetError
+from dataset.registry import DatasetError, Splits, register
 
 Task = tuple[int, int] | int
 
@@ -106,3 +107,82 @@ def load_tasks(root: Path, tasks: Sequence, frame_shape: Sequence[int] = PLUME_S
             raise DatasetError(f"{path} contains NaN or infinite values; regenerate it")
         out[key] = data.to(torch.float32).contiguous()
     return out
+
+
+class WindowDataset(Dataset):
+    """Input/target windows of DESIGN 4.2 over several task series (T, C, H, W).
+
+    For a series and a start index t: input = frames [mid - input_frames + t, mid + t) stacked as
+    (input_frames * C, H, W); target = frames [mid + t, mid + t + out_len) as (out_len, C, H, W).
+    Items run over every series and every t in ``range(*starts)``.
+    """
+
+    def __init__(self, series: Sequence[torch.Tensor], starts: Sequence[int], input_frames: int,
+                 mid: int, out_len: int):
+        self.series, self.input_frames, self.mid, self.out_len = list(series), input_frames, mid, out_len
+        self.items = [(k, t) for k in range(len(self.series)) for t in range(*starts)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        k, t = self.items[i]
+        frames = self.series[k]
+        inputs = frames[self.mid - self.input_frames + t:self.mid + t]
+        return inputs.flatten(0, 1), frames[self.mid + t:self.mid + t + self.out_len]
+
+
+def _check_windows(windows: dict) -> None:
+    keys = set(WINDOWS)
+    if set(windows) != keys:
+        raise DatasetError(f"windows must have exactly the keys {', '.join(sorted(keys))}; got "
+                           f"{', '.join(sorted(windows))}")
+    if windows["mid"] < windows["input_frames"]:
+        raise DatasetError(f"windows.mid={windows['mid']} must be >= windows.input_frames="
+                           f"{windows['input_frames']} (the first input frame is mid - input_frames)")
+    for key in ("train_starts", "valid_starts", "future_starts", "domain_starts"):
+        low, high = windows[key]
+        if not 0 <= low < high:
+            raise DatasetError(f"windows.{key}={windows[key]} must be a range [start, stop) with "
+                               "0 <= start < stop")
+
+
+def _register_dynamics(name: str) -> None:
+    train_default, test_default, frame_shape = TASK_SETS[name]
+
+    @register(name)
+    def build(root: Path, train_tasks: Sequence = train_default,
+              test_tasks: Sequence = test_default, windows: dict | None = None,
+              pattern: str | None = None) -> Splits:
+        """Train windows (train_starts) and validation windows (valid_starts, train_out_len) on
+        the training tasks; test sets "future" (future_starts on the training tasks) and "domain"
+        (domain_starts on the held-out tasks), both with test_out_len."""
+        w = {**WINDOWS, **(windows or {})}
+        _check_windows(w)
+        train_end = max(w["valid_starts"][1], w["train_starts"][1]) + w["train_out_len"] - 1
+        need = {"train": max(w["mid"] + train_end, frames_needed(w, held_out=False)),
+                "held-out": frames_needed(w, held_out=True)}
+        series = {}
+        for role, tasks in (("train", train_tasks), ("held-out", test_tasks)):
+            loaded = load_tasks(root, tasks, frame_shape, pattern=pattern)
+            short = [task_filename(t, pattern) for t, x in loaded.items() if len(x) < need[role]]
+            if short:
+                raise DatasetError(
+                    f"{len(short)} {role} task files in {root} have fewer than {need[role]} frames, "
+                    f"which data.options.windows needs ({', '.join(short)}); shorten the windows or "
+                    "regenerate the tasks with more steps")
+            series[role] = list(loaded.values())
+        frames = dict(input_frames=w["input_frames"], mid=w["mid"])
+        return Splits(
+            WindowDataset(series["train"], w["train_starts"], out_len=w["train_out_len"], **frames),
+            WindowDataset(series["train"], w["valid_starts"], out_len=w["train_out_len"], **frames),
+            None, num_classes=0, in_channels=frame_shape[0], image_shape=frame_shape[1:],
+            test_sets={
+                "future": WindowDataset(series["train"], w["future_starts"],
+                                        out_len=w["test_out_len"], **frames),
+                "domain": WindowDataset(series["held-out"], w["domain_starts"],
+                                        out_len=w["test_out_len"], **frames)})
+
+
+for _name in TASK_SETS:
+    _register_dynamics(_name)

@@ -8,7 +8,7 @@ A builder is a function ``builder(root: Path, **options) -> Splits`` registered 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch.utils.data import Dataset
@@ -20,12 +20,21 @@ class DatasetError(Exception):
 
 @dataclass
 class Splits:
+    """Train / valid / test datasets. ``test_sets`` names every test set the engine evaluates
+    (``{"test": test}`` unless given, e.g. ``{"future": ..., "domain": ...}`` for dynamics);
+    ``num_classes`` is 0 for regression."""
+
     train: Dataset
     valid: Dataset
-    test: Dataset
+    test: Dataset | None
     num_classes: int
     in_channels: int
     image_shape: tuple[int, ...]
+    test_sets: dict[str, Dataset] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.test_sets:
+            self.test_sets = {"test": self.test}
 
 
 Builder = Callable[..., Splits]

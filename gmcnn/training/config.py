@@ -26,7 +26,7 @@ CHOICES = {
     "task": ("classification", "dynamics"),
     "trainer.device": None,  # checked by resolve_device
     "trainer.amp_dtype": ("float16", "bfloat16"),
-    "trainer.monitor": ("val_acc", "val_loss"),
+    "trainer.monitor": ("val_acc", "val_loss", "val_rmse"),
     "logger.wandb.mode": ("auto", "online", "offline", "disabled"),
 }
 TRAINER_KEYS = {"epochs", "batch_size", "device", "amp", "amp_dtype", "grad_clip",

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, TensorDataset
@@ -27,6 +26,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from gmcnn.nn import relaxation_penalty
 from gmcnn.training import checkpoint
 from gmcnn.training.config import ConfigError, instantiate, resolve_device, validate
+from gmcnn.training.diagnostics import equivariance_metric, plot_relaxation
+from gmcnn.training.objectives import OBJECTIVES
 from gmcnn.training.tracking import RunTracker, write_json
 
 log = logging.getLogger(__name__)
@@ -78,10 +79,11 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, cfg
 
 
 class Trainer:
-    """Holds the model, optimisation state and the epoch loops of one classification run."""
+    """Holds the model, optimisation state and the epoch loops of one run."""
 
     def __init__(self, cfg: DictConfig, model: nn.Module, device: torch.device):
         self.cfg, self.model, self.device = cfg, model.to(device), device
+        self.objective = OBJECTIVES[cfg.task]()
         self.optimizer = instantiate("optimizer", cfg.optimizer, model.parameters())
         has_scheduler = cfg.get("scheduler") and "_target_" in cfg.scheduler
         self.scheduler = instantiate("scheduler", cfg.scheduler, self.optimizer) if has_scheduler else None
@@ -91,17 +93,17 @@ class Trainer:
         self.penalty_weight = float(cfg.trainer.relaxation_penalty)
 
     def _batches(self, loader: DataLoader, desc: str):
-        for images, labels in tqdm(loader, desc=desc, leave=False, disable=None):
-            yield (images.to(self.device, non_blocking=True),
-                   labels.to(self.device, non_blocking=True))
+        for inputs, targets in tqdm(loader, desc=desc, leave=False, disable=None):
+            yield (inputs.to(self.device, non_blocking=True),
+                   targets.to(self.device, non_blocking=True))
 
     def train_epoch(self, loader: DataLoader, epoch: int) -> dict[str, float]:
         self.model.train()
-        total_loss, correct, seen = 0.0, 0, 0
-        for step, (images, labels) in enumerate(self._batches(loader, f"train {epoch}")):
+        total_loss, total_score, seen = 0.0, 0.0, 0
+        for step, (inputs, targets) in enumerate(self._batches(loader, f"train {epoch}")):
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                logits = self.model(images)
-                loss = F.cross_entropy(logits, labels)
+                outputs = self.objective.predict(self.model, inputs, targets)
+                loss = self.objective.loss(outputs, targets)
                 if self.penalty_weight:
                     loss = loss + self.penalty_weight * relaxation_penalty(self.model)
             loss_value = loss.item()
@@ -115,22 +117,25 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.trainer.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            total_loss += loss_value * len(labels)
-            correct += int((logits.argmax(1) == labels).sum())
-            seen += len(labels)
-        return {"train_loss": total_loss / seen, "train_acc": correct / seen}
+            total_loss += loss_value * len(targets)
+            total_score += self.objective.sample_scores(outputs.detach(), targets).sum().item()
+            seen += len(targets)
+        score = self.objective.finish(total_score / seen)
+        return {"train_loss": total_loss / seen, f"train_{self.objective.score}": score}
 
     @torch.no_grad()
     def evaluate(self, loader: DataLoader, desc: str) -> dict[str, float]:
+        """Mean loss and the score over ``loader`` (keys "loss" and the objective's score)."""
         self.model.eval()
-        total_loss, correct, seen = 0.0, 0, 0
-        for images, labels in self._batches(loader, desc):
+        total_loss, total_score, seen = 0.0, 0.0, 0
+        for inputs, targets in self._batches(loader, desc):
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                logits = self.model(images)
-            total_loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
-            correct += int((logits.argmax(1) == labels).sum())
-            seen += len(labels)
-        return {"loss": total_loss / seen, "acc": correct / seen}
+                outputs = self.objective.predict(self.model, inputs, targets)
+            total_loss += self.objective.loss(outputs, targets).item() * len(targets)
+            total_score += self.objective.sample_scores(outputs, targets).sum().item()
+            seen += len(targets)
+        return {"loss": total_loss / seen,
+                self.objective.score: self.objective.finish(total_score / seen)}
 
     def step_scheduler(self, val_loss: float) -> None:
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -159,10 +164,6 @@ class Trainer:
 
 def load_data(cfg: DictConfig):
     """The dataset splits of ``cfg.data``; data problems become a ConfigError."""
-    if cfg.task != "classification":
-        raise ConfigError(f"training {cfg.task} experiments is not available yet (it comes with "
-                          "the dynamics protocol); summary_only=true builds and summarises the "
-                          "model")
     from dataset import DatasetError, build_dataset
 
     try:
@@ -200,7 +201,13 @@ def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits, progress
         ckpt_dir: Path) -> None:
     """Epochs from ``progress["epoch"] + 1``: train, validate, step the scheduler, keep the best
     weights (``trainer.monitor``), checkpoint everything, log; early stopping if configured."""
-    monitor, sign = cfg.trainer.monitor, (1 if cfg.trainer.monitor == "val_acc" else -1)
+    score = trainer.objective.score
+    monitor, sign = cfg.trainer.monitor, (1 if trainer.objective.higher_is_better else -1)
+    if monitor == "val_loss":
+        sign = -1
+    elif monitor != f"val_{score}":
+        raise ConfigError(f"trainer.monitor={monitor} does not apply to {cfg.task}; use val_loss "
+                          f"or val_{score}")
     patience = cfg.trainer.early_stopping_patience
     config = OmegaConf.to_container(cfg, resolve=True)
     valid_loader = make_loader(splits.valid, cfg.trainer.batch_size, False, 0, cfg, trainer.device)
@@ -216,8 +223,8 @@ def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits, progress
                                  cfg.seed * 100_003 + epoch, cfg, trainer.device)
             row = {"epoch": epoch, **trainer.train_epoch(loader, epoch)}
             val = trainer.evaluate(valid_loader, f"valid {epoch}")
-            row.update(val_loss=val["loss"], val_acc=val["acc"],
-                       lr=trainer.optimizer.param_groups[0]["lr"])
+            row.update({"val_loss": val["loss"], f"val_{score}": val[score],
+                        "lr": trainer.optimizer.param_groups[0]["lr"]})
             trainer.step_scheduler(val["loss"])
             progress["train_seconds"] += time.perf_counter() - start
             if progress["best"] is None or sign * (row[monitor] - progress["best"]) > 0:
@@ -232,9 +239,9 @@ def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits, progress
                                                     "rng": checkpoint.rng_state(),
                                                     "progress": progress, "config": config})
             tracker.log_epoch(row)
-            log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  (%.1fs)",
-                     epoch, cfg.trainer.epochs, row["train_loss"], row["train_acc"],
-                     row["val_loss"], row["val_acc"], time.perf_counter() - start)
+            log.info("epoch %d/%d  train loss %.4g %s %.4g  val loss %.4g %s %.4g  (%.1fs)",
+                     epoch, cfg.trainer.epochs, row["train_loss"], score, row[f"train_{score}"],
+                     row["val_loss"], score, row[f"val_{score}"], time.perf_counter() - start)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -271,14 +278,33 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         raise
 
     model.load_state_dict(checkpoint.load(ckpt_dir / "best.pt")["model"])
-    test = trainer.evaluate(make_loader(splits.test, cfg.trainer.batch_size, False, 0, cfg, device),
-                            "test")
-    monitor = cfg.trainer.monitor
     metrics = {"name": cfg.name, "num_params": num_params, "best_epoch": progress["best_epoch"],
-               f"best_{monitor}": progress["best"], "epochs_completed": progress["epoch"],
-               "train_seconds": round(progress["train_seconds"], 3), "test_acc": test["acc"],
-               "test_loss": test["loss"], "device": str(device)}
+               f"best_{cfg.trainer.monitor}": progress["best"],
+               "epochs_completed": progress["epoch"],
+               "train_seconds": round(progress["train_seconds"], 3), "device": str(device)}
+    metrics.update(test_metrics(cfg, trainer, splits))
+    if plot_relaxation(model, run_dir / "relaxation.png"):
+        log.info("symmetry-breaking maps of the relaxed layers: %s", run_dir / "relaxation.png")
     tracker.finish(metrics)
-    log.info("test accuracy %.4f (best epoch %s); outputs in %s", test["acc"],
+    log.info("test: %s (best epoch %s); outputs in %s",
+             ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("test_")),
              progress["best_epoch"], run_dir)
+    return metrics
+
+
+def test_metrics(cfg: DictConfig, trainer: Trainer, splits) -> dict[str, float]:
+    """Loss and score on every test set (``test_acc``; ``test_future_rmse``, ...), and the
+    equivariance error of the model on the first test batch."""
+    metrics: dict[str, float] = {}
+    for name, dataset in splits.test_sets.items():
+        loader = make_loader(dataset, cfg.trainer.batch_size, False, 0, cfg, trainer.device)
+        prefix = "test" if name == "test" else f"test_{name}"
+        result = trainer.evaluate(loader, name)
+        metrics[f"{prefix}_loss"] = result["loss"]
+        metrics[f"{prefix}_{trainer.objective.score}"] = result[trainer.objective.score]
+    inputs = next(iter(make_loader(next(iter(splits.test_sets.values())), 8, False, 0, cfg,
+                                   trainer.device)))[0].to(trainer.device)
+    error = equivariance_metric(trainer.model, inputs)
+    if error is not None:
+        metrics["equivariance_error"] = error
     return metrics

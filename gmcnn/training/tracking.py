@@ -93,14 +93,15 @@ class RunTracker:
 
 
 def plot_curves(history: list[dict[str, float]], path: Path) -> None:
-    """Loss and accuracy per epoch, train and validation."""
+    """Loss and the score (accuracy or RMSE) per epoch, train and validation."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [row["epoch"] for row in history]
-    panels = [("loss", ["train_loss", "val_loss"]), ("accuracy", ["train_acc", "val_acc"])]
+    score = next(k[len("val_"):] for k in history[0] if k.startswith("val_") and k != "val_loss")
+    panels = [("loss", ["train_loss", "val_loss"]), (score, [f"train_{score}", f"val_{score}"])]
     fig, axes = plt.subplots(1, len(panels), figsize=(10, 4))
     for axis, (title, keys) in zip(axes, panels):
         for key in keys:

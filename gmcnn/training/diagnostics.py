@@ -1,0 +1,72 @@
+"""Symmetry diagnostics of a trained model.
+
+* ``equivariance_metric``: the relative equivariance (or, for logits, invariance) error of the
+  model on a batch, averaged over a fixed random set of group elements (DESIGN 2.5).
+* ``plot_relaxation``: for every relaxed GM layer, the map over positions u of
+  ||F(., u) - mean_u F||, where F[o, c, k, u] is the weight tap k applies at position u; it is zero
+  where the layer is exactly equivariant, so the picture shows where the learned relaxation breaks
+  the symmetry. Saved as one PNG with a panel per layer, positions laid out as the image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from gmcnn.equivariance import acting_group, equivariance_error
+from gmcnn.groups import axis_sizes
+from gmcnn.nn import EquivariantModule, GroupMatrixLayer
+
+
+@torch.no_grad()
+def equivariance_metric(model: nn.Module, inputs: Tensor, num_elements: int = 8,
+                        seed: int = 0) -> float | None:
+    """None if the model does not declare its input/output spaces."""
+    if not isinstance(model, EquivariantModule):
+        return None
+    group = acting_group(model.in_space)
+    generator = torch.Generator().manual_seed(seed)
+    others = torch.tensor([g for g in range(group.order) if g != group.identity])
+    elements = others[torch.randperm(len(others), generator=generator)[:num_elements]].tolist()
+    return equivariance_error(model.eval(), inputs, elements=elements)
+
+
+def symmetry_breaking_maps(model: nn.Module) -> dict[str, Tensor]:
+    """Layer name -> (H, W) map of the relaxation's deviation from equivariance per position."""
+    maps = {}
+    for name, layer in model.named_modules():
+        if isinstance(layer, GroupMatrixLayer) and layer.relaxation is not None:
+            with torch.no_grad():
+                coefficients = layer.position_coefficients().float()
+                deviation = coefficients - coefficients.mean(-1, keepdim=True)
+                per_position = deviation.pow(2).flatten(0, -2).sum(0).sqrt()
+            sizes = axis_sizes(layer.group)
+            shape = sizes if len(sizes) == 2 else (1, layer.group.order)
+            maps[name] = per_position.reshape(shape).cpu()
+    return maps
+
+
+def plot_relaxation(model: nn.Module, path: Path) -> bool:
+    """Write the maps of :func:`symmetry_breaking_maps` to ``path``; False if there are none."""
+    maps = symmetry_breaking_maps(model)
+    if not maps:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(maps), figsize=(4 * len(maps), 4), squeeze=False)
+    for axis, (name, image) in zip(axes[0], maps.items()):
+        shown = axis.imshow(image.numpy(), cmap="magma")
+        axis.set_title(f"{name}\nmax {image.max():.3g}")
+        axis.set_xticks([])
+        axis.set_yticks([])
+        fig.colorbar(shown, ax=axis, fraction=0.046)
+    fig.suptitle("where the relaxed layers break the symmetry: ||F(., u) - mean F||")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True

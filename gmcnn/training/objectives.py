@@ -1,0 +1,66 @@
+"""What a task predicts, its loss and its score.
+
+* classification: logits = model(images); cross-entropy; score "acc" = mean of correct.
+* dynamics (DESIGN 4.2): the target is ``out_len`` future frames; the model is rolled out
+  autoregressively, each predicted frame appended to the input window (the oldest frame dropped);
+  loss = mean per-step MSE; score "rmse" = sqrt(mean over samples of the per-sample mean per-step
+  MSE).
+
+``sample_scores`` returns one number per sample, so that scores of many batches combine exactly
+(``finish`` turns their mean into the reported score).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Classification:
+    score = "acc"
+    higher_is_better = True
+
+    def predict(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
+        return model(inputs)
+
+    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(outputs.float(), targets)
+
+    def sample_scores(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return (outputs.argmax(1) == targets).float()
+
+    def finish(self, mean_score: float) -> float:
+        return mean_score
+
+
+def rollout(model: nn.Module, window: Tensor, steps: int, field_channels: int) -> Tensor:
+    """Predict ``steps`` frames: (B, frames * C, H, W) -> (B, steps, C, H, W)."""
+    predictions = []
+    for _ in range(steps):
+        frame = model(window)
+        predictions.append(frame)
+        window = torch.cat([window[:, field_channels:], frame.to(window.dtype)], 1)
+    return torch.stack(predictions, 1)
+
+
+class Dynamics:
+    score = "rmse"
+    higher_is_better = False
+
+    def predict(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
+        return rollout(model, inputs, targets.shape[1], targets.shape[2])
+
+    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return F.mse_loss(outputs.float(), targets)
+
+    def sample_scores(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return (outputs.float() - targets).pow(2).flatten(1).mean(1)
+
+    def finish(self, mean_score: float) -> float:
+        return math.sqrt(mean_score)
+
+
+OBJECTIVES = {"classification": Classification, "dynamics": Dynamics}

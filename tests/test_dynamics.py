@@ -1,0 +1,101 @@
+"""Dynamics experiments: window arithmetic, roll-outs, the equivariance of the regression model,
+and a real run of the runner on small task files."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dataset import DatasetError, build_dataset
+from dataset.plume import WindowDataset
+from gmcnn.equivariance import equivariance_error
+from gmcnn.models import GMDynamics
+from gmcnn.training.objectives import Dynamics, rollout
+from tests.test_runner import runner
+
+SMALL_WINDOWS = ("{input_frames: 10, mid: 12, train_starts: [0, 10], valid_starts: [10, 14], "
+                 "train_out_len: 3, future_starts: [14, 18], domain_starts: [0, 8], "
+                 "test_out_len: 4}")
+
+
+def test_window_indices_match_hand_computed_frames():
+    frames = torch.arange(40.0)[:, None, None, None].expand(40, 2, 3, 3).contiguous()
+    windows = WindowDataset([frames, frames + 100], starts=[0, 5], input_frames=10, mid=12, out_len=6)
+    assert len(windows) == 10
+    inputs, target = windows[3]  # first series, t = 3: inputs frames 5..14, target 15..20
+    assert inputs.shape == (20, 3, 3) and target.shape == (6, 2, 3, 3)
+    assert inputs[::2, 0, 0].tolist() == list(range(5, 15))
+    assert target[:, 0, 0, 0].tolist() == list(range(15, 21))
+    inputs, target = windows[5]  # second series, t = 0: inputs 2..11, target 12..17
+    assert inputs[::2, 0, 0].tolist() == [100 + f for f in range(2, 12)]
+    assert target[:, 1, 0, 0].tolist() == [100 + f for f in range(12, 18)]
+
+
+def test_rollout_feeds_predictions_back():
+    model = lambda window: window[:, -2:] + 1  # noqa: E731  (next frame = last frame + 1)
+    window = torch.zeros(1, 20, 4, 4)
+    predictions = rollout(model, window, steps=3, field_channels=2)
+    assert predictions[:, :, 0, 0, 0].tolist() == [[1.0, 2.0, 3.0]]
+    targets = predictions + 0.5
+    assert Dynamics().finish(Dynamics().sample_scores(predictions, targets).mean().item()) == 0.5
+
+
+def test_exact_dynamics_model_is_equivariant_and_relaxed_is_not():
+    exact = GMDynamics(["C16", "C16"], channels=8, rank=0).eval()
+    x = exact.example_input(2)
+    assert equivariance_error(exact, x, elements=range(0, 256, 7), reduction="max") < 1e-5
+    relaxed = GMDynamics(["C16", "C16"], channels=8, rank=1).eval()
+    with torch.no_grad():
+        for conv in relaxed.convs:
+            conv.relaxation.coefficients.normal_()
+    assert equivariance_error(relaxed, x, elements=range(1, 256, 7)) > 1e-3
+
+
+def write_translating_fields(root: Path, tasks, frames: int = 40) -> None:
+    """Smooth random velocity fields moving one cell per frame along x: translation-equivariant
+    dynamics that a GM model can learn."""
+    root.mkdir(parents=True, exist_ok=True)
+    for n, (i, j) in enumerate(tasks):
+        torch.manual_seed(n)
+        field = torch.nn.functional.avg_pool2d(torch.randn(1, 2, 64, 64), 9, 1, 4,
+                                               count_include_pad=False)[0]
+        series = torch.stack([torch.roll(field, t, dims=-1) for t in range(frames)])
+        torch.save(series.float(), root / f"raw_data_{i}_{j}.pt")
+
+
+def test_missing_and_short_task_files_are_reported(tmp_path):
+    with pytest.raises(DatasetError, match=r"2 of 2 task files missing.*raw_data_8_5\.pt"):
+        build_dataset("plume-translation", tmp_path, train_tasks=[[8, 5], [8, 10]],
+                      test_tasks=[[8, 5]])
+    write_translating_fields(tmp_path, [(8, 5)], frames=30)
+    with pytest.raises(DatasetError, match="fewer than 281 frames"):
+        build_dataset("plume-translation", tmp_path, train_tasks=[[8, 5]], test_tasks=[[8, 5]])
+
+
+def test_dynamics_run_trains_and_reports_both_rmses(tmp_path):
+    data = tmp_path / "data"
+    write_translating_fields(data, [(8, 5), (8, 10), (16, 5)])
+    run_dir = tmp_path / "run"
+    result = runner("exp=plume-translation", "logger=none", f"data.root={data}",
+                    "data.options.train_tasks=[[8,5],[8,10]]", "data.options.test_tasks=[[16,5]]",
+                    f"data.options.windows={SMALL_WINDOWS}", "model.channels=16",
+                    "trainer.epochs=3", "trainer.batch_size=4", "optimizer.lr=0.003",
+                    f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("test_future_rmse", "test_domain_rmse", "equivariance_error", "num_params"):
+        assert key in metrics
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    val_rmse = [float(r.split(",")[header.index("val_rmse")]) for r in rows[1:]]
+    assert val_rmse[-1] < val_rmse[0]  # validation RMSE goes down
+    assert metrics["equivariance_error"] > 0  # rank-1 relaxed layers moved off exact symmetry
+    assert (run_dir / "relaxation.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_grid_must_match_group(tmp_path):
+    result = runner("exp=jetflow", "model.group=[C64,C64]", "logger=none",
+                    f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0
+    assert "laid out on 64x64 images, but data jetflow has 62x23" in result.stdout + result.stderr
