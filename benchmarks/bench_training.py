@@ -1,12 +1,17 @@
-"""Training throughput of the cifar10 GM-CNN (13,691 parameters): ours against the same model
-whose GMConv layers use the naive formulation (gather every channel into (B, C, K, N), then
-einsum), side by side in one run, on random CIFAR-shaped tensors.
+"""Training throughput of a GM model against the same model whose GMConv layers use the naive
+formulation (gather every channel into (B, C, K, N), then einsum), side by side in one run, on
+random tensors of the experiment's shapes.
 
-One step = forward, cross-entropy, backward, AdamW update, with the cifar10 experiment's batch
-size (256, override with --batch). Reports images per second over --steps timed steps after
---warmup steps. Target on CPU: at least 50x the naive model's throughput.
+* ``--model cifar10`` (default): the cifar10 GM-CNN (13,691 parameters), batch 256; one step =
+  forward, cross-entropy, backward, AdamW update. Target on CPU: 50x the naive throughput.
+* ``--model plume``: the plume GMDynamics network (C64 x C64, t = 1, 2 blocks of 120 channels,
+  rank-1 relaxed), batch 16; one step = a 6-step autoregressive roll-out, mean per-step MSE,
+  backward, AdamW update.
 
-    python benchmarks/bench_training.py [--steps N] [--warmup N] [--batch B] [--device cpu|cuda]
+Reports samples per second over --steps timed steps after --warmup steps.
+
+    python benchmarks/bench_training.py [--model cifar10|plume] [--steps N] [--batch B]
+                                        [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -21,13 +26,19 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 from gmcnn import functional as GF  # noqa: E402
-from gmcnn.models import GMCNN  # noqa: E402
+from gmcnn.models import GMCNN, GMDynamics  # noqa: E402
 from gmcnn.nn import GMConv  # noqa: E402
+from gmcnn.training.objectives import rollout  # noqa: E402
+
+PLUME_STEPS = 6  # training roll-out length (DESIGN 4.2)
 
 
-def cifar10_model(naive: bool) -> GMCNN:
+def build_model(name: str, naive: bool) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = GMCNN(["C32", "C32"], 3, 10, t=3, blocks=2, channels=120, dropout=0.1)
+    if name == "cifar10":
+        model = GMCNN(["C32", "C32"], 3, 10, t=3, blocks=2, channels=120, dropout=0.1)
+    else:
+        model = GMDynamics(["C64", "C64"], channels=120, blocks=2, t=1, rank=1)
     if naive:
         for layer in model.modules():
             if isinstance(layer, GMConv):
@@ -36,14 +47,21 @@ def cifar10_model(naive: bool) -> GMCNN:
     return model
 
 
-def throughput(naive: bool, steps: int, warmup: int, batch: int, device: torch.device) -> float:
-    model = cifar10_model(naive).to(device)
+def throughput(name: str, naive: bool, steps: int, warmup: int, batch: int,
+               device: torch.device) -> float:
+    model = build_model(name, naive).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.004, weight_decay=0.0153)
-    images = torch.randn(batch, 3, 32, 32, device=device)
-    labels = torch.randint(0, 10, (batch,), device=device)
+    if name == "cifar10":
+        inputs = torch.randn(batch, 3, 32, 32, device=device)
+        targets = torch.randint(0, 10, (batch,), device=device)
+        objective = lambda: F.cross_entropy(model(inputs), targets)  # noqa: E731
+    else:
+        inputs = torch.randn(batch, 20, 64, 64, device=device)
+        targets = torch.randn(batch, PLUME_STEPS, 2, 64, 64, device=device)
+        objective = lambda: F.mse_loss(rollout(model, inputs, PLUME_STEPS, 2), targets)  # noqa: E731
 
     def step() -> None:
-        loss = F.cross_entropy(model(images), labels)
+        loss = objective()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -62,20 +80,23 @@ def throughput(naive: bool, steps: int, warmup: int, batch: int, device: torch.d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=("cifar10", "plume"), default="cifar10")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--naive-steps", type=int, default=1, help="the naive model is slow")
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=None, help="256 (cifar10) or 16 (plume)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}; cifar10 "
-          f"GM-CNN, batch {args.batch}")
-    ours = throughput(False, args.steps, args.warmup, args.batch, device)
-    naive = throughput(True, args.naive_steps, args.warmup, args.batch, device)
-    print("\n| model | images / s |\n|---|---|")
-    print(f"| ours | {ours:.0f} |\n| naive GMConv | {naive:.1f} |")
-    print(f"\nours / naive throughput: {ours / naive:.1f}x (target 50x)")
+    batch = args.batch or (256 if args.model == "cifar10" else 16)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}; {args.model} "
+          f"model, batch {batch}")
+    ours = throughput(args.model, False, args.steps, args.warmup, batch, device)
+    naive = throughput(args.model, True, args.naive_steps, args.warmup, batch, device)
+    print("\n| model | samples / s |\n|---|---|")
+    print(f"| ours | {ours:.1f} |\n| naive GMConv | {naive:.2f} |")
+    target = " (target 50x)" if args.model == "cifar10" else ""
+    print(f"\nours / naive throughput: {ours / naive:.1f}x{target}")
 
 
 if __name__ == "__main__":

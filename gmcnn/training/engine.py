@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from gmcnn.nn import relaxation_penalty
-from gmcnn.training import checkpoint
+from gmcnn.training import checkpoint, distributed
 from gmcnn.training.config import ConfigError, instantiate, resolve_device, validate
 from gmcnn.training.diagnostics import equivariance_metric, plot_relaxation
 from gmcnn.training.objectives import OBJECTIVES
@@ -66,16 +66,18 @@ def build_model(cfg: DictConfig) -> nn.Module:
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, cfg: DictConfig,
                 device: torch.device) -> DataLoader:
-    """Batches drawn from a generator seeded by ``seed``. Datasets that take a list of indices
-    (tensor datasets, ``batch_indexable`` ones) are indexed a whole batch at a time, which is much
-    faster than collating single samples."""
+    """Global batches drawn from a generator seeded by ``seed`` (this process's share of each
+    under torchrun). Datasets that take a list of indices (tensor datasets, ``batch_indexable``
+    ones) are indexed a whole batch at a time, much faster than collating single samples."""
     generator = torch.Generator().manual_seed(seed)
     sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    batches = BatchSampler(sampler, batch_size, drop_last=False)
+    if distributed.world_size() > 1:
+        batches = distributed.ShardedBatches(batches)
     common = dict(num_workers=cfg.trainer.num_workers, pin_memory=device.type == "cuda")
     if isinstance(dataset, TensorDataset) or getattr(dataset, "batch_indexable", False):
-        return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last=False),
-                          batch_size=None, **common)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **common)
+        return DataLoader(dataset, sampler=batches, batch_size=None, **common)
+    return DataLoader(dataset, batch_sampler=batches, **common)
 
 
 class Trainer:
@@ -104,22 +106,29 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 outputs = self.objective.predict(self.model, inputs, targets)
                 loss = self.objective.loss(outputs, targets)
-                if self.penalty_weight:
-                    loss = loss + self.penalty_weight * relaxation_penalty(self.model)
-            loss_value = loss.item()
+            # this process's share of the global batch (1 without torchrun)
+            count, loss_sum = distributed.all_sum([len(targets), loss.item() * len(targets)],
+                                                  self.device)
+            loss_value = loss_sum / count
             if not math.isfinite(loss_value):
                 raise TrainingDiverged(f"the training loss became {loss_value} at epoch {epoch}, "
                                        f"step {step}")
+            loss = loss * (len(targets) / count)
+            if self.penalty_weight:
+                penalty = relaxation_penalty(self.model) / distributed.world_size()
+                loss = loss + self.penalty_weight * penalty
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            distributed.sum_gradients(self.model)
             if self.cfg.trainer.grad_clip is not None:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.trainer.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            total_loss += loss_value * len(targets)
+            total_loss += loss_sum
             total_score += self.objective.sample_scores(outputs.detach(), targets).sum().item()
             seen += len(targets)
+        total_score, seen = distributed.all_sum([total_score, seen], self.device)
         score = self.objective.finish(total_score / seen)
         return {"train_loss": total_loss / seen, f"train_{self.objective.score}": score}
 
@@ -134,6 +143,8 @@ class Trainer:
             total_loss += self.objective.loss(outputs, targets).item() * len(targets)
             total_score += self.objective.sample_scores(outputs, targets).sum().item()
             seen += len(targets)
+        total_loss, total_score, seen = distributed.all_sum([total_loss, total_score, seen],
+                                                            self.device)
         return {"loss": total_loss / seen,
                 self.objective.score: self.objective.finish(total_score / seen)}
 
@@ -191,7 +202,7 @@ def resume(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, ckpt_dir: Pat
     trainer.load_state_dict(saved["trainer"])
     checkpoint.set_rng_state(saved["rng"])
     tracker.restore(saved["progress"]["history"])
-    if resume_from.parent != ckpt_dir:  # continuing another run: carry its best weights over
+    if resume_from.parent != ckpt_dir and distributed.is_main():  # carry its best weights over
         checkpoint.save(ckpt_dir / "best.pt", checkpoint.load(resume_from.parent / "best.pt"))
     log.info("resumed from %s after epoch %d", resume_from, saved["progress"]["epoch"])
     return saved["progress"]
@@ -200,7 +211,9 @@ def resume(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, ckpt_dir: Pat
 def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits, progress: dict[str, Any],
         ckpt_dir: Path) -> None:
     """Epochs from ``progress["epoch"] + 1``: train, validate, step the scheduler, keep the best
-    weights (``trainer.monitor``), checkpoint everything, log; early stopping if configured."""
+    weights (``trainer.monitor``), checkpoint everything, log; early stopping if configured.
+    Under torchrun every rank computes the same numbers; rank 0 writes the files."""
+    main = distributed.is_main()
     score = trainer.objective.score
     monitor, sign = cfg.trainer.monitor, (1 if trainer.objective.higher_is_better else -1)
     if monitor == "val_loss":
@@ -229,15 +242,17 @@ def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits, progress
             progress["train_seconds"] += time.perf_counter() - start
             if progress["best"] is None or sign * (row[monitor] - progress["best"]) > 0:
                 progress.update(best=row[monitor], best_epoch=epoch, bad_epochs=0)
-                checkpoint.save(ckpt_dir / "best.pt",
-                                {"model": trainer.model.state_dict(), "epoch": epoch})
+                if main:
+                    checkpoint.save(ckpt_dir / "best.pt",
+                                    {"model": trainer.model.state_dict(), "epoch": epoch})
             else:
                 progress["bad_epochs"] += 1
             progress["epoch"] = epoch
             progress["history"].append(row)
-            checkpoint.save(ckpt_dir / "last.pt", {"trainer": trainer.state_dict(),
-                                                    "rng": checkpoint.rng_state(),
-                                                    "progress": progress, "config": config})
+            if main:
+                checkpoint.save(ckpt_dir / "last.pt", {"trainer": trainer.state_dict(),
+                                                        "rng": checkpoint.rng_state(),
+                                                        "progress": progress, "config": config})
             tracker.log_epoch(row)
             log.info("epoch %d/%d  train loss %.4g %s %.4g  val loss %.4g %s %.4g  (%.1fs)",
                      epoch, cfg.trainer.epochs, row["train_loss"], score, row[f"train_{score}"],
@@ -247,23 +262,32 @@ def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits, progress
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train, validate and test one experiment; returns the metrics written to metrics.json."""
     validate(cfg)
+    device = distributed.setup(resolve_device(cfg.trainer.device))
+    try:
+        return _run(cfg, distributed.broadcast(run_dir), device)
+    finally:
+        distributed.teardown()
+
+
+def _run(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, Any]:
+    main = distributed.is_main()
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.seed_everything(cfg.seed)
-    device = resolve_device(cfg.trainer.device)
     model = build_model(cfg)
     num_params = count_parameters(model)
     log.info("model %s on %s\n%s", cfg.model._target_, device, model_summary(model))
     log.info("parameters: %s", f"{num_params:,}")
     if cfg.summary_only:
         metrics = {"num_params": num_params, "name": cfg.name}
-        write_json(run_dir / "metrics.json", metrics)
+        if main:
+            write_json(run_dir / "metrics.json", metrics)
         return metrics
 
     splits = load_data(cfg)
     trainer = Trainer(cfg, model, device)
     ckpt_dir = run_dir / "checkpoints"
     tracker = RunTracker(run_dir, OmegaConf.to_container(cfg, resolve=True), cfg.logger.wandb,
-                         cfg.name)
+                         cfg.name, enabled=main)
     try:
         progress = resume(cfg, trainer, tracker, ckpt_dir)
         fit(cfg, trainer, tracker, splits, progress, ckpt_dir)
@@ -277,13 +301,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         tracker.close()
         raise
 
+    distributed.barrier()  # rank 0 has written best.pt
     model.load_state_dict(checkpoint.load(ckpt_dir / "best.pt")["model"])
     metrics = {"name": cfg.name, "num_params": num_params, "best_epoch": progress["best_epoch"],
                f"best_{cfg.trainer.monitor}": progress["best"],
                "epochs_completed": progress["epoch"],
                "train_seconds": round(progress["train_seconds"], 3), "device": str(device)}
     metrics.update(test_metrics(cfg, trainer, splits))
-    if plot_relaxation(model, run_dir / "relaxation.png"):
+    if main and plot_relaxation(model, run_dir / "relaxation.png"):
         log.info("symmetry-breaking maps of the relaxed layers: %s", run_dir / "relaxation.png")
     tracker.finish(metrics)
     log.info("test: %s (best epoch %s); outputs in %s",

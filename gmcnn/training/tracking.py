@@ -36,14 +36,16 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 class RunTracker:
-    """Collects per-epoch metrics and writes them to the run directory (and wandb)."""
+    """Collects per-epoch metrics and writes them to the run directory (and wandb); writes
+    nothing when not ``enabled`` (the other ranks of a torchrun job)."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], wandb_cfg: Any, name: str):
-        self.run_dir = run_dir
+    def __init__(self, run_dir: Path, config: dict[str, Any], wandb_cfg: Any, name: str,
+                 enabled: bool = True):
+        self.run_dir, self.enabled = run_dir, enabled
         self.history: list[dict[str, float]] = []
         self._wandb = None
         mode = wandb_mode(wandb_cfg.mode)
-        if mode == "disabled":
+        if mode == "disabled" or not enabled:
             return
         try:
             import wandb
@@ -67,6 +69,8 @@ class RunTracker:
         self._write_csv()
 
     def _write_csv(self) -> None:
+        if not self.enabled:
+            return
         path = self.run_dir / "metrics.csv"
         fields = list(self.history[0])
         tmp = path.with_name(".metrics.csv.tmp")
@@ -78,6 +82,8 @@ class RunTracker:
 
     def finish(self, metrics: dict[str, Any]) -> None:
         """Write metrics.json and curves.png, send the summary to wandb and close the run."""
+        if not self.enabled:
+            return
         write_json(self.run_dir / "metrics.json", metrics)
         if self.history:
             plot_curves(self.history, self.run_dir / "curves.png")
