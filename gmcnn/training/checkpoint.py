@@ -57,15 +57,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def find_resume_checkpoint(resume: bool | str, run_dir: Path) -> Path | None:
-    """The checkpoint to resume from: ``resume`` may be false, true (this run directory, else the
-    newest sibling run of the same experiment), a run directory or a ``.pt`` file."""
+def find_resume_checkpoint(resume: bool | str, run_dir: Path,
+                           search_siblings: bool = True) -> Path | None:
+    """The checkpoint to resume from: ``resume`` may be false, true (this run directory, else,
+    with ``search_siblings``, the newest sibling run of the same experiment), a run directory or
+    a ``.pt`` file."""
     if resume is False or resume is None:
         return None
     if resume is True:
         own = run_dir / "checkpoints" / "last.pt"
-        if own.is_file():
-            return own
+        if own.is_file() or not search_siblings:
+            return own if own.is_file() else None
         siblings = sorted(run_dir.parent.glob("*/checkpoints/last.pt"),
                           key=lambda p: p.stat().st_mtime)
         if not siblings:

@@ -58,9 +58,10 @@ def build_model(cfg: DictConfig) -> nn.Module:
     expected = tuple(getattr(model, "image_shape", cfg.data.image_size))
     if expected != tuple(cfg.data.image_size):
         raise ConfigError(
-            f"model.group {list(cfg.model.group)} is laid out on {'x'.join(map(str, expected))} "
+            f"the group {list(cfg.model.group)} is laid out on {'x'.join(map(str, expected))} "
             f"images, but data {cfg.data.name} has {'x'.join(map(str, cfg.data.image_size))}; "
-            "choose factors whose orders equal the image size (Cn has n pixels, Dn has 2n)")
+            "set symmetry.group to factors whose orders equal the image size (Cn has n pixels, "
+            "Dn has 2n)")
     return model
 
 
@@ -75,6 +76,8 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, cfg
     if distributed.world_size() > 1:
         batches = distributed.ShardedBatches(batches)
     common = dict(num_workers=cfg.trainer.num_workers, pin_memory=device.type == "cuda")
+    if cfg.trainer.num_workers > 0:  # also inside joblib/submitit workers, whose default fails
+        common["multiprocessing_context"] = "fork"
     if isinstance(dataset, TensorDataset) or getattr(dataset, "batch_indexable", False):
         return DataLoader(dataset, sampler=batches, batch_size=None, **common)
     return DataLoader(dataset, batch_sampler=batches, **common)
@@ -193,9 +196,11 @@ def fresh_progress() -> dict[str, Any]:
             "train_seconds": 0.0}
 
 
-def resume(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, ckpt_dir: Path) -> dict[str, Any]:
+def resume(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, ckpt_dir: Path,
+           search_siblings: bool = True) -> dict[str, Any]:
     """Restore the trainer, RNGs and progress from the checkpoint ``trainer.resume`` selects."""
-    resume_from = checkpoint.find_resume_checkpoint(cfg.trainer.resume, ckpt_dir.parent)
+    resume_from = checkpoint.find_resume_checkpoint(cfg.trainer.resume, ckpt_dir.parent,
+                                                     search_siblings)
     if resume_from is None:
         return fresh_progress()
     saved = checkpoint.load(resume_from)
@@ -259,17 +264,19 @@ def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits, progress
                      row["val_loss"], score, row[f"val_{score}"], time.perf_counter() - start)
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Train, validate and test one experiment; returns the metrics written to metrics.json."""
+def run(cfg: DictConfig, run_dir: Path, sweep_job: bool = False) -> dict[str, Any]:
+    """Train, validate and test one experiment; returns the metrics written to metrics.json.
+    ``sweep_job``: one job of a multirun, whose ``trainer.resume=true`` looks only at its own
+    run directory (its siblings are other sweep points)."""
     validate(cfg)
     device = distributed.setup(resolve_device(cfg.trainer.device))
     try:
-        return _run(cfg, distributed.broadcast(run_dir), device)
+        return _run(cfg, distributed.broadcast(run_dir), device, sweep_job)
     finally:
         distributed.teardown()
 
 
-def _run(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, Any]:
+def _run(cfg: DictConfig, run_dir: Path, device: torch.device, sweep_job: bool) -> dict[str, Any]:
     main = distributed.is_main()
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.seed_everything(cfg.seed)
@@ -289,7 +296,7 @@ def _run(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, Any]
     tracker = RunTracker(run_dir, OmegaConf.to_container(cfg, resolve=True), cfg.logger.wandb,
                          cfg.name, enabled=main)
     try:
-        progress = resume(cfg, trainer, tracker, ckpt_dir)
+        progress = resume(cfg, trainer, tracker, ckpt_dir, search_siblings=not sweep_job)
         fit(cfg, trainer, tracker, splits, progress, ckpt_dir)
     except TrainingDiverged as error:
         tracker.close()

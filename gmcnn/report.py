@@ -1,0 +1,248 @@
+"""Sweep report: every job of one or more Hydra multiruns in one table and one plot.
+
+``python -m gmcnn.report MULTIRUN_DIR [--out DIR]`` finds every job directory below MULTIRUN_DIR
+(recursively: one sweep or a parent of several; a job directory is one with
+``.hydra/overrides.yaml``), reads its ``metrics.json``, overrides and composed config, and writes
+to DIR (default MULTIRUN_DIR):
+
+* ``report.csv``: one row per job, every metric;
+* ``report.md``: experiment, model, swept overrides, parameters, test metric, epochs, status;
+* ``report.png``: test metric against parameter count (log axis), one series per experiment and
+  model: GM-CNN against its baselines.
+
+The test metric is ``test_acc`` for classification and the ``test_*rmse`` scores (e.g.
+``test_future_rmse``, ``test_domain_rmse``) for regression. A job's status is ``ok``, ``summary``
+(``summary_only=true``: parameters, no training), ``failed`` (the runner recorded the error in
+its metrics.json) or ``incomplete`` (no metrics.json: running, killed or crashed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+FIRST_COLUMNS = ["job", "experiment", "model", "swept", "num_params", "status", "error"]
+FILES = ("report.csv", "report.md", "report.png")
+
+
+def find_jobs(root: Path) -> list[Path]:
+    """Every run directory (one with ``.hydra/overrides.yaml``) at or below ``root``."""
+    return sorted(path.parent.parent for path in root.rglob("overrides.yaml")
+                  if path.parent.name == ".hydra")
+
+
+def _load_yaml(path: Path) -> Any:
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as error:  # a broken file costs its job a column, not the report
+        log.warning("cannot read %s: %s", path, error)
+        return None
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _sweep_root(job: Path, stop: Path) -> Path:
+    """The directory with the job's multirun.yaml (its sweep), else the job's parent."""
+    for parent in [job, *job.parents]:
+        if (parent / "multirun.yaml").is_file():
+            return parent
+        if parent == stop:
+            break
+    return job.parent
+
+
+def _swept_keys(sweep: Path, jobs: list[Path]) -> set[str]:
+    """Keys given as sweeps on the command line (multirun.yaml), plus any that differ between
+    the sweep's jobs."""
+    keys: set[str] = set()
+    multirun = _load_yaml(sweep / "multirun.yaml") if (sweep / "multirun.yaml").is_file() else None
+    task = (((multirun or {}).get("hydra") or {}).get("overrides") or {}).get("task") or []
+    if task:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        try:
+            parsed = OverridesParser.create().parse_overrides(task)
+            keys |= {_key(o.input_line or "") for o in parsed if o.is_sweep_override()}
+        except Exception as error:
+            log.warning("cannot parse the overrides in %s: %s", sweep / "multirun.yaml", error)
+    per_job = [{_key(o): o for o in _load_yaml(job / ".hydra" / "overrides.yaml") or []}
+               for job in jobs]
+    every = {key for overrides in per_job for key in overrides}
+    return keys | {key for key in every if len({o.get(key) for o in per_job}) > 1}
+
+
+def read_job(job: Path, root: Path, swept: set[str]) -> Row:
+    """One job's row: its identity, swept overrides, status and every number in metrics.json."""
+    overrides = _load_yaml(job / ".hydra" / "overrides.yaml") or []
+    config = _load_yaml(job / ".hydra" / "config.yaml") or {}
+    hydra = _load_yaml(job / ".hydra" / "hydra.yaml") or {}
+    choices = ((hydra.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
+    target = str((config.get("model") or {}).get("_target_", ""))
+    metrics_path = job / "metrics.json"
+    try:
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+        if metrics is not None and not isinstance(metrics, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as error:
+        metrics = {"status": "failed", "error": f"unreadable metrics.json: {error}"}
+    row: Row = {
+        "job": str(job.relative_to(root)) if job != root else ".",
+        "experiment": (metrics or {}).get("name") or config.get("name") or "",
+        "model": choices.get("model") or target.rsplit(".", 1)[-1],
+        "swept": " ".join(o for o in overrides if _key(o) in swept),
+    }
+    if metrics is None:
+        row.update(status="incomplete", error="no metrics.json (running, killed or crashed)")
+        return row
+    row.update({k: v for k, v in metrics.items() if k not in row and k != "name"})
+    row["status"] = metrics.get("status") or ("ok" if "epochs_completed" in metrics else "summary")
+    row.setdefault("error", "")
+    return row
+
+
+def collect(root: Path) -> list[Row]:
+    """The rows of every job below ``root``, by experiment, model, size (unknown last), job."""
+    jobs = find_jobs(root)
+    by_sweep: dict[Path, list[Path]] = defaultdict(list)
+    for job in jobs:
+        by_sweep[_sweep_root(job, root)].append(job)
+    rows = [read_job(job, root, _swept_keys(sweep, members))
+            for sweep, members in by_sweep.items() for job in members]
+
+    def order(row: Row) -> tuple[Any, ...]:
+        params = _number(row.get("num_params"))
+        return row["experiment"], row["model"], params is None, params or 0, row["job"]
+
+    return sorted(rows, key=order)
+
+
+def metric_columns(rows: list[Row]) -> list[str]:
+    """The test metrics present: test_acc (classification), then test_*rmse (regression)."""
+    keys = {key for row in rows for key in row if _number(row.get(key)) is not None}
+    rmse = sorted((k for k in keys if k.startswith("test_") and k.endswith("rmse")),
+                  key=lambda k: (k != "test_future_rmse", k != "test_domain_rmse", k))
+    return (["test_acc"] if "test_acc" in keys else []) + rmse
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return None
+    return float(value)
+
+
+def write_csv(rows: list[Row], path: Path) -> None:
+    extra = sorted({key for row in rows for key in row} - set(FIRST_COLUMNS))
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=FIRST_COLUMNS + extra, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        text = f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3g}"
+    elif isinstance(value, int) and not isinstance(value, bool):
+        text = f"{value:,}"
+    else:
+        text = "" if value is None else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def write_markdown(rows: list[Row], path: Path) -> None:
+    metrics = metric_columns(rows) or ["test_acc"]
+    header = ["experiment", "model", "swept overrides", "parameters", *metrics, "epochs", "status",
+              "job"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        status = row["status"] + (f": {row['error']}" if row.get("error") else "")
+        cells = [row["experiment"], row["model"], row["swept"], row.get("num_params"),
+                 *(row.get(m) for m in metrics), row.get("epochs_completed"), status, row["job"]]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_plot(rows: list[Row], path: Path) -> None:
+    """Test metrics against parameters, one panel per metric, one series per experiment and
+    model; every job a marker, the line through the mean at each parameter count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, dict[tuple[str, str], list[tuple[float, float]]]] = defaultdict(
+        lambda: defaultdict(list))
+    for row in rows:
+        params = _number(row.get("num_params"))
+        for metric in metric_columns([row]) if row["status"] == "ok" and params else []:
+            series[metric][(row["experiment"], row["model"])].append((params, row[metric]))
+    panels = sorted(series, key=lambda m: m != "test_acc") or ["test_acc"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for axis, metric in zip(axes[0], panels):
+        for (experiment, model), points in sorted(series[metric].items()):
+            by_size: dict[float, list[float]] = defaultdict(list)
+            for params, value in points:
+                by_size[params].append(value)
+            sizes = sorted(by_size)
+            line, = axis.plot(sizes, [sum(by_size[s]) / len(by_size[s]) for s in sizes],
+                              label=f"{experiment}: {model}")
+            axis.scatter(*zip(*points), color=line.get_color(), s=18)
+        if not series[metric]:
+            axis.text(0.5, 0.5, "no finished jobs", ha="center", va="center",
+                      transform=axis.transAxes)
+        else:
+            axis.set_xscale("log")
+            axis.legend(fontsize=8)
+        axis.set_xlabel("parameters")
+        axis.set_ylabel(metric)
+        axis.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def report(root: Path, out: Path | None = None) -> list[Row]:
+    """Write report.csv, report.md and report.png for the jobs below ``root`` to ``out``."""
+    out = out or root
+    out.mkdir(parents=True, exist_ok=True)
+    rows = collect(root)
+    log.info("%d jobs under %s", len(rows), root)
+    write_csv(rows, out / "report.csv")
+    write_markdown(rows, out / "report.md")
+    write_plot(rows, out / "report.png")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gmcnn.report",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("multirun_dir", type=Path, help="a sweep directory or a parent of several")
+    parser.add_argument("--out", type=Path, help="where to write the report (default: there)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    if not args.multirun_dir.is_dir():
+        parser.error(f"{args.multirun_dir} is not a directory")
+    if not find_jobs(args.multirun_dir):
+        parser.error(f"no runs (directories with .hydra/overrides.yaml) under {args.multirun_dir}")
+    rows = report(args.multirun_dir, args.out)
+    counts = Counter(row["status"] for row in rows)
+    out = args.out or args.multirun_dir
+    print(f"{len(rows)} jobs (" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+          + f"): {', '.join(str(out / name) for name in FILES)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,196 @@
+"""Sweeps end to end: real multiruns (basic, joblib and submitit launchers) with failing jobs, and
+the sweep report over all of them."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from gmcnn.report import main as report_main
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["logger=none", "trainer.epochs=1", "data.options.train_size=300",
+        "data.options.valid_size=100", "data.options.test_size=300"]
+BAD_LR = "optimizer.lr must be a number > 0, got -1"
+
+
+def sweep(sweep_dir, *overrides):
+    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    result = subprocess.run([sys.executable, str(ROOT / "runner.py"), "-m", *FAST, *overrides,
+                             f"hydra.sweep.dir={sweep_dir}"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    return result.stdout + result.stderr
+
+
+def metrics(job_dir):
+    return json.loads((Path(job_dir) / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+    """Three sweeps under one directory; the first two have jobs with a bad learning rate."""
+    root = tmp_path_factory.mktemp("multirun")
+    # basic launcher, the failing jobs first: jobs 0, 2 fail, 1, 3 train
+    basic = sweep(root / "basic", "model.channels=4,8", "optimizer.lr=-1,0.004")
+    joblib = sweep(root / "joblib", "hydra/launcher=parallel", "model.channels=4",
+                   "optimizer.lr=-1,0.004")
+    # the SLURM launcher's local twin, one job; summary_only: parameters only, no training
+    submitit = sweep(root / "submitit", "hydra/launcher=slurm_local",
+                     "hydra.launcher.gpus_per_node=0", "summary_only=true", "model.channels=8")
+    return root, {"basic": basic, "joblib": joblib, "submitit": submitit}
+
+
+def test_a_failed_job_is_recorded_and_the_sweep_goes_on(sweeps):
+    root, output = sweeps
+    for job in ("0", "2"):
+        assert metrics(root / "basic" / job) == {"name": "quickstart", "status": "failed",
+                                                 "error": BAD_LR}
+    sizes = [metrics(root / "basic" / job)["num_params"] for job in ("1", "3")]
+    assert sizes[0] < sizes[1]
+    assert all(0 <= metrics(root / "basic" / job)["test_acc"] <= 1 for job in ("1", "3"))
+    assert BAD_LR in output["basic"] and "Traceback" not in output["basic"]
+
+
+CRASH_ONE_JOB = """
+import sys
+import runner
+real_run = runner.run
+def crash_at_4_channels(cfg, run_dir, **options):
+    if cfg.model.channels == 4:
+        raise RuntimeError("simulated crash")
+    return real_run(cfg, run_dir, **options)
+runner.run = crash_at_4_channels
+sys.argv = ["runner.py", "--config-path", sys.argv[1], "-m", "logger=none", "summary_only=true",
+            "model.channels=4,8", "hydra.sweep.dir=" + sys.argv[2]]
+runner.main()
+"""
+
+
+def test_an_unexpected_error_is_recorded_and_the_other_jobs_still_run(tmp_path):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", CRASH_ONE_JOB, str(ROOT / "configs"),
+                             str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0  # Hydra's own report, after every job ran
+    assert "simulated crash" in result.stderr
+    assert metrics(tmp_path / "0") == {"name": "quickstart", "status": "failed",
+                                       "error": "RuntimeError: simulated crash"}
+    assert metrics(tmp_path / "1")["num_params"] > 0
+
+
+def test_joblib_and_submitit_launchers_run_the_jobs(sweeps):
+    root, output = sweeps
+    assert "Joblib.Parallel(n_jobs=2" in output["joblib"]
+    assert metrics(root / "joblib" / "0")["status"] == "failed"
+    assert metrics(root / "joblib" / "1")["epochs_completed"] == 1
+    assert "Submitit 'local'" in output["submitit"]
+    assert metrics(root / "submitit" / "0")["num_params"] > 0
+    assert list((root / "submitit" / ".submitit").glob("*/*_log.out"))
+
+
+def test_report_lists_every_job(sweeps, tmp_path, capsys):
+    root, _ = sweeps
+    assert report_main([str(root), "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("7 jobs (3 failed, 3 ok, 1 summary)")
+    with (tmp_path / "report.csv").open() as handle:
+        rows = {row["job"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"basic/0", "basic/1", "basic/2", "basic/3", "joblib/0", "joblib/1",
+                         "submitit/0"}
+    assert {row["experiment"] for row in rows.values()} == {"quickstart"}
+    assert {row["model"] for row in rows.values()} == {"gmcnn"}
+    assert rows["basic/0"]["status"] == "failed" and rows["basic/0"]["error"] == BAD_LR
+    assert rows["basic/0"]["swept"] == "model.channels=4 optimizer.lr=-1"  # not logger=none
+    assert rows["basic/3"]["swept"] == "model.channels=8 optimizer.lr=0.004"
+    assert rows["joblib/1"]["swept"] == "optimizer.lr=0.004"
+    assert float(rows["basic/3"]["test_acc"]) == metrics(root / "basic" / "3")["test_acc"]
+    assert int(rows["basic/3"]["num_params"]) == metrics(root / "basic" / "3")["num_params"]
+    assert rows["submitit/0"]["status"] == "summary" and rows["submitit/0"]["test_acc"] == ""
+
+    table = (tmp_path / "report.md").read_text().splitlines()
+    assert table[0] == ("| experiment | model | swept overrides | parameters | test_acc | epochs "
+                        "| status | job |")
+    assert len(table) == 2 + 7
+    assert sum(f"failed: {BAD_LR}" in line for line in table) == 3
+    assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_of_a_directory_without_runs_fails(tmp_path):
+    with pytest.raises(SystemExit):
+        report_main([str(tmp_path)])
+
+
+def test_slurm_launcher_keys_can_be_overridden():
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="config", return_hydra_config=True, overrides=[
+            "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4",
+            "hydra.launcher.timeout_min=600", "hydra.launcher.partition=gpu", "exp=cifar10"])
+        launcher = cfg.hydra.launcher
+        assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+        assert (launcher.gpus_per_node, launcher.timeout_min, launcher.partition) == (4, 600, "gpu")
+        assert launcher.name == "cifar10" and launcher.cpus_per_task and launcher.mem_gb
+        with pytest.raises(Exception, match="gpus_per_nod"):  # the plugin's schema types the keys
+            compose(config_name="config", overrides=["hydra/launcher=slurm",
+                                                     "hydra.launcher.gpus_per_nod=4"])
+
+
+def test_slurm_sweep_submits_the_configured_sbatch_script(tmp_path):
+    """No cluster here: stub sbatch/srun/sacct, and read the script submitit hands to sbatch."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    submitted = tmp_path / "submitted.sh"
+    (stubs / "sbatch").write_text(  # the script is sbatch's last argument
+        f'#!/bin/sh\nfor a; do last="$a"; done\ncp "$last" {submitted}.tmp\n'
+        f'mv {submitted}.tmp {submitted}\necho "Submitted batch job 4242"\n')
+    for name in ("srun", "sacct", "scancel"):
+        (stubs / name).write_text("#!/bin/sh\nexit 0\n")
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}"}
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "runner.py"), "-m", "hydra/launcher=slurm", "exp=cifar10",
+         "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=4",
+         "hydra.launcher.timeout_min=600", "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not submitted.exists() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+    finally:  # it would wait for the (stubbed) jobs forever
+        process.kill()
+        process.wait()
+    script = submitted.read_text()
+    for line in ("--array=0-1", "--partition=gpu", "--gpus-per-node=4", "--time=600",
+                 "--cpus-per-task=8", "--mem=32GB", "--job-name=cifar10"):
+        assert f"#SBATCH {line}" in script, script
+
+
+def fake_job(job_dir, model, overrides, metrics_json=None):
+    (job_dir / ".hydra").mkdir(parents=True)
+    (job_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (job_dir / ".hydra" / "config.yaml").write_text(
+        f"name: plume-rotation\nmodel:\n  _target_: gmcnn.models.{model}\n")
+    if metrics_json is not None:
+        (job_dir / "metrics.json").write_text(json.dumps(metrics_json))
+
+
+def test_report_of_regression_jobs_and_an_unfinished_one(tmp_path, capsys):
+    done = {"name": "plume-rotation", "epochs_completed": 2, "test_future_rmse": 0.5,
+            "test_domain_rmse": 0.7}
+    fake_job(tmp_path / "0", "GMDynamics", ["model.rank=1"], {**done, "num_params": 100})
+    fake_job(tmp_path / "1", "GMDynamics", ["model.rank=2"], {**done, "num_params": 200})
+    fake_job(tmp_path / "2", "CNNDynamics", ["model.rank=3"], None)  # killed
+    assert report_main([str(tmp_path)]) == 0
+    assert "3 jobs (1 incomplete, 2 ok)" in capsys.readouterr().out
+    table = (tmp_path / "report.md").read_text().splitlines()
+    assert "| test_future_rmse | test_domain_rmse |" in table[0] and "test_acc" not in table[0]
+    assert table[2].startswith("| plume-rotation | CNNDynamics | model.rank=3 |")
+    assert "incomplete: no metrics.json" in table[2]
+    assert "| GMDynamics | model.rank=2 | 200 | 0.5000 | 0.7000 | 2 | ok |" in table[4]
+    assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
