@@ -1,21 +1,20 @@
 """Data-parallel training: a 2-process gloo run on CPU equals the single-process run."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.test_runner import ROOT, runner
+from tests.helpers import ENV, ROOT, runner
 
 ARGS = ["logger=none", "model.dropout=0", "data.options.train_size=300",
         "data.options.valid_size=100", "data.options.test_size=300"]
 
 
 def torchrun(*overrides):
-    env = {**os.environ, "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
+    env = {**ENV, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                str(ROOT / "runner.py"), *overrides]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

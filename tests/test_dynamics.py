@@ -12,7 +12,7 @@ from dataset.plume import WindowDataset
 from gmcnn.equivariance import equivariance_error
 from gmcnn.models import GMDynamics
 from gmcnn.training.objectives import Dynamics, rollout
-from tests.test_runner import runner
+from tests.helpers import runner
 
 SMALL_WINDOWS = ("{input_frames: 10, mid: 12, train_starts: [0, 10], valid_starts: [10, 14], "
                  "train_out_len: 3, future_starts: [14, 18], domain_starts: [0, 8], "

@@ -7,30 +7,21 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
 from gmcnn.report import main as report_main
+from tests.helpers import FAST, ROOT, metrics_of, runner
 
-ROOT = Path(__file__).resolve().parents[1]
-FAST = ["logger=none", "trainer.epochs=1", "data.options.train_size=300",
-        "data.options.valid_size=100", "data.options.test_size=300"]
+FAST = [*FAST, "trainer.epochs=1"]
 BAD_LR = "optimizer.lr must be a number > 0, got -1"
 
 
 def sweep(sweep_dir, *overrides):
-    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
-    result = subprocess.run([sys.executable, str(ROOT / "runner.py"), "-m", *FAST, *overrides,
-                             f"hydra.sweep.dir={sweep_dir}"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=240)
+    result = runner("-m", *FAST, *overrides, f"hydra.sweep.dir={sweep_dir}", timeout=240)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     return result.stdout + result.stderr
-
-
-def metrics(job_dir):
-    return json.loads((Path(job_dir) / "metrics.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +41,11 @@ def sweeps(tmp_path_factory):
 def test_a_failed_job_is_recorded_and_the_sweep_goes_on(sweeps):
     root, output = sweeps
     for job in ("0", "2"):
-        assert metrics(root / "basic" / job) == {"name": "quickstart", "status": "failed",
+        assert metrics_of(root / "basic" / job) == {"name": "quickstart", "status": "failed",
                                                  "error": BAD_LR}
-    sizes = [metrics(root / "basic" / job)["num_params"] for job in ("1", "3")]
+    sizes = [metrics_of(root / "basic" / job)["num_params"] for job in ("1", "3")]
     assert sizes[0] < sizes[1]
-    assert all(0 <= metrics(root / "basic" / job)["test_acc"] <= 1 for job in ("1", "3"))
+    assert all(0 <= metrics_of(root / "basic" / job)["test_acc"] <= 1 for job in ("1", "3"))
     assert BAD_LR in output["basic"] and "Traceback" not in output["basic"]
 
 
@@ -80,18 +71,18 @@ def test_an_unexpected_error_is_recorded_and_the_other_jobs_still_run(tmp_path):
                             timeout=120)
     assert result.returncode != 0  # Hydra's own report, after every job ran
     assert "simulated crash" in result.stderr
-    assert metrics(tmp_path / "0") == {"name": "quickstart", "status": "failed",
+    assert metrics_of(tmp_path / "0") == {"name": "quickstart", "status": "failed",
                                        "error": "RuntimeError: simulated crash"}
-    assert metrics(tmp_path / "1")["num_params"] > 0
+    assert metrics_of(tmp_path / "1")["num_params"] > 0
 
 
 def test_joblib_and_submitit_launchers_run_the_jobs(sweeps):
     root, output = sweeps
     assert "Joblib.Parallel(n_jobs=2" in output["joblib"]
-    assert metrics(root / "joblib" / "0")["status"] == "failed"
-    assert metrics(root / "joblib" / "1")["epochs_completed"] == 1
+    assert metrics_of(root / "joblib" / "0")["status"] == "failed"
+    assert metrics_of(root / "joblib" / "1")["epochs_completed"] == 1
     assert "Submitit 'local'" in output["submitit"]
-    assert metrics(root / "submitit" / "0")["num_params"] > 0
+    assert metrics_of(root / "submitit" / "0")["num_params"] > 0
     assert list((root / "submitit" / ".submitit").glob("*/*_log.out"))
 
 
@@ -109,8 +100,8 @@ def test_report_lists_every_job(sweeps, tmp_path, capsys):
     assert rows["basic/0"]["swept"] == "model.channels=4 optimizer.lr=-1"  # not logger=none
     assert rows["basic/3"]["swept"] == "model.channels=8 optimizer.lr=0.004"
     assert rows["joblib/1"]["swept"] == "optimizer.lr=0.004"
-    assert float(rows["basic/3"]["test_acc"]) == metrics(root / "basic" / "3")["test_acc"]
-    assert int(rows["basic/3"]["num_params"]) == metrics(root / "basic" / "3")["num_params"]
+    assert float(rows["basic/3"]["test_acc"]) == metrics_of(root / "basic" / "3")["test_acc"]
+    assert int(rows["basic/3"]["num_params"]) == metrics_of(root / "basic" / "3")["num_params"]
     assert rows["submitit/0"]["status"] == "summary" and rows["submitit/0"]["test_acc"] == ""
 
     table = (tmp_path / "report.md").read_text().splitlines()

@@ -1,42 +1,20 @@
 """The runner end to end: real configs, real subprocess runs into temporary directories."""
 
-import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-
 from gmcnn.training import TrainingDiverged, run
 from gmcnn.training.engine import build_model, count_parameters
+from tests.helpers import ENV, FAST, ROOT, compose_config, metrics_of, runner
 
-ROOT = Path(__file__).resolve().parents[1]
 CLASSIFICATION = ["cifar10", "rot-mnist", "mnist-bg-rot", "mnist-noise", "rectangles", "norb",
                   "smallnorb"]
 PAPER_PARAMS = {"cifar10": 13_691, "rot-mnist": 48_731, "mnist-bg-rot": 25_691,
                 "mnist-noise": 13_451, "rectangles": 12_483, "norb": 12_967, "smallnorb": 12_846}
-FAST = ["logger=none", "data.options.train_size=300", "data.options.valid_size=100",
-        "data.options.test_size=300"]
-
-
-def compose_config(*overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
-
-
-def runner(*overrides, timeout=300, **kwargs):
-    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, str(ROOT / "runner.py"), *overrides], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout, **kwargs)
-
-
-def metrics_of(run_dir):
-    return json.loads((Path(run_dir) / "metrics.json").read_text())
 
 
 @pytest.mark.parametrize("exp", CLASSIFICATION)
@@ -109,9 +87,8 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
 
     killed_dir = tmp_path / "killed"
-    env = {**os.environ, "WANDB_SILENT": "true"}
     process = subprocess.Popen([sys.executable, str(ROOT / "runner.py"), *args,
-                                f"hydra.run.dir={killed_dir}"], cwd=ROOT, env=env,
+                                f"hydra.run.dir={killed_dir}"], cwd=ROOT, env=ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = killed_dir / "checkpoints" / "last.pt"
     deadline = time.time() + 240
