@@ -1,0 +1,164 @@
+"""The smoke-plume generator (dataset.plume_generate) on tiny runs: a few steps of one or two tasks.
+
+The simulation tests skip when phiflow is not installed (pip install -e '.[plume]'); the argument and
+error checks run without it.
+"""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from dataset import DatasetError, plume
+from dataset import plume_generate as gen
+
+STEPS = 6  # translation fixture: T = 6
+
+
+@pytest.fixture(scope="module")
+def phi():
+    return pytest.importorskip("phi")
+
+
+@pytest.fixture(scope="module")
+def translation(phi, tmp_path_factory):
+    """The first translation task, (8, 5), STEPS steps, through the public entry point."""
+    out = tmp_path_factory.mktemp("plume-translation")
+    result = gen.generate("translation", out, limit=1, steps=STEPS, progress=False)
+    return out, result
+
+
+def region_mean(frames: torch.Tensor, channel: int, x: tuple[int, int], y: tuple[int, int]) -> float:
+    """Mean of v_x (channel 0) or v_y (1) over columns x[0]:x[1], rows y[0]:y[1] of every frame."""
+    return frames[:, channel, y[0]:y[1], x[0]:x[1]].mean().item()
+
+
+def test_translation_files(translation):
+    out, result = translation
+    assert result == {"generated": [(8, 5)], "skipped": []}
+    assert sorted(p.name for p in out.iterdir()) == ["raw_data_8_5.pt"]  # no temporary files left
+    data = torch.load(out / "raw_data_8_5.pt", weights_only=True)
+    assert data.dtype == torch.float32 and data.shape == (STEPS, 2, 64, 64)
+    assert torch.isfinite(data).all() and data.abs().max() > 0.1
+    # the plume rises: upward velocity in the column above the inflow at x = 8, y = 5
+    assert region_mean(data, 1, (3, 13), (5, 25)) > 0.05
+    # incompressible flow in a closed box: the domain mean of each component vanishes
+    assert data.mean(dim=(2, 3)).abs().max() < 1e-3
+    loaded = plume.load_tasks(out, [(8, 5)], min_frames=STEPS)
+    assert torch.equal(loaded[(8, 5)], data)
+
+
+def test_deterministic(translation):
+    out, _ = translation
+    again = gen.simulate(gen.setup_for("translation", (8, 5)), STEPS)
+    assert torch.equal(torch.from_numpy(again), torch.load(out / "raw_data_8_5.pt", weights_only=True))
+
+
+def test_resume_skips_finished_and_cleans_temporaries(translation):
+    out, _ = translation
+    path = out / "raw_data_8_5.pt"
+    stamp = path.stat().st_mtime_ns
+    stale = out / f".raw_data_8_5.pt.{2**22 + 12345}.tmp"  # from a (dead) process of a killed run
+    stale.write_bytes(b"partial")
+    result = gen.generate("translation", out, tasks=["8,5"], steps=STEPS, progress=False)
+    assert result == {"generated": [], "skipped": [(8, 5)]}
+    assert path.stat().st_mtime_ns == stamp and not stale.exists()
+    assert gen.main(["--variant", "translation", "--out", str(out), "--tasks", "8_5", "--steps", str(STEPS),
+                     "--no-progress", "--quiet"]) == 0
+    assert path.stat().st_mtime_ns == stamp
+
+
+def test_rotation_incomplete_files_are_regenerated(phi, tmp_path):
+    (tmp_path / "raw_data_1_0.pt").write_bytes(b"truncated")
+    torch.save(torch.zeros(9, 2, 64, 64), tmp_path / "raw_data_8_1.pt")  # a run of another length
+    result = gen.generate("rotation", tmp_path, tasks=[(1, 0), "8,1"], steps=5, progress=False)
+    assert result == {"generated": [(1, 0), (8, 1)], "skipped": []}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw_data_1_0.pt", "raw_data_8_1.pt"]
+    frames = plume.load_tasks(tmp_path, [(8, 1)])[(8, 1)]
+    assert frames.shape == (4, 2, 64, 64)  # T = steps - 1: the first frame is dropped
+    # side 1: inflow at (59, 32) on the right wall, buoyancy k * (-0.01, 0): the flow goes to -x
+    along, across = region_mean(frames, 0, (39, 59), (27, 37)), region_mean(frames, 1, (39, 59), (27, 37))
+    assert along < -0.05 and abs(across) < 0.2 * abs(along)
+
+
+def test_scale_in_parallel_workers(phi, tmp_path):
+    """Scale tasks 0 (64 x 64) and 1 (70 x 70, resized to 64 x 64 and divided by 1.1) in two processes."""
+    result = gen.generate("scale", tmp_path, tasks=["0", "1"], steps=3, workers=2, progress=False)
+    assert sorted(result["generated"]) == [0, 1] and result["skipped"] == []
+    data = plume.load_tasks(tmp_path, [0, 1], min_frames=3)
+    for task, frames in data.items():
+        assert frames.shape == (3, 2, 64, 64) and torch.isfinite(frames).all()
+        assert region_mean(frames, 1, (27, 37), (5, 20)) > 0.05, task  # rises above (32, 5) (scaled)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw_data_0.pt", "raw_data_1.pt"]
+
+
+def test_task_lists_and_setups():
+    for variant, count in [("translation", 35), ("rotation", 36), ("scale", 38)]:
+        train, test, _ = plume.TASK_SETS[f"plume-{variant}"]
+        tasks = gen.variant_tasks(variant)
+        assert tasks == list(train) + list(test) and len(set(tasks)) == count
+        assert gen.variant_tasks(variant, "test") == list(test)
+        for task in tasks:
+            setup = gen.setup_for(variant, task)
+            n = setup.resolution
+            assert setup.radius <= setup.inflow[0] <= n - setup.radius and 0 < setup.inflow[1] < n
+    assert gen.setup_for("translation", (16, 25)).inflow == (16.0, 25.0)  # (i, j) = (x, y)
+    rotation = {side: gen.setup_for("rotation", (10, side)) for side in range(4)}
+    assert [r.inflow for r in rotation.values()] == [(32, 5), (59, 32), (32, 59), (5, 32)]
+    assert rotation[0].buoyancy == pytest.approx((0, 0.1)) and rotation[2].buoyancy == pytest.approx((0, -0.11))
+    assert rotation[1].buoyancy == pytest.approx((-0.1, 0)) and rotation[3].buoyancy == pytest.approx((0.1, 0))
+    assert rotation[0].dt == 1 and rotation[0].drop_first and gen.frames_for("rotation", 310) == 309
+    scale = gen.setup_for("scale", 37)
+    assert scale.resolution == 300 and scale.factor == pytest.approx(4.7) and scale.radius == pytest.approx(23.5)
+    assert [gen.setup_for("scale", i).resolution for i in (0, 1, 3, 5, 10)] == [64, 70, 83, 96, 128]
+    assert gen.parse_task("rotation", "(3, 2)") == (3, 2) and gen.parse_task("scale", "7") == 7
+
+
+@pytest.mark.parametrize("variant,task", [
+    ("translation", "8"), ("translation", "0,5"), ("translation", "8,64"), ("translation", "a,b"),
+    ("rotation", "3,4"), ("rotation", "0,1"), ("rotation", "1,2,3"), ("scale", "41"), ("scale", "-1"),
+    ("scale", "1,2"),
+])
+def test_bad_task_ids(variant, task, tmp_path):
+    with pytest.raises(DatasetError, match=f"bad {variant} task id"):
+        gen.generate(variant, tmp_path, tasks=[task], steps=3, progress=False)
+
+
+def test_bad_arguments(tmp_path, caplog):
+    with pytest.raises(DatasetError, match="unknown plume variant 'jetflow'"):
+        gen.generate("jetflow", tmp_path)
+    with pytest.raises(DatasetError, match="split"):
+        gen.variant_tasks("scale", "valid")
+    for kwargs, message in [({"steps": 1}, "steps"), ({"workers": 0}, "workers"), ({"limit": 0}, "limit")]:
+        with pytest.raises(DatasetError, match=message):
+            gen.generate("scale", tmp_path, **kwargs)
+    assert gen.main(["--variant", "vortex", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "unknown plume variant 'vortex'" in caplog.text
+    assert not (tmp_path / "x").exists()
+
+
+def test_missing_phiflow_says_how_to_install(monkeypatch, tmp_path):
+    for name in [m for m in sys.modules if m == "phi" or m.startswith("phi.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "phi", None)  # import phi -> ImportError
+    with pytest.raises(DatasetError, match=r"pip install -e '\.\[plume\]'"):
+        gen.generate("rotation", tmp_path, limit=1, steps=3, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_large_grid_index_overflow_is_widened(phi):
+    """phiml's numpy backend wrapped int32 linear indices on grids over 215 x 215 (scale i >= 24)."""
+    gen.phi_modules()
+    from phiml.backend._numpy_backend import NUMPY
+    index = NUMPY.ravel_multi_index(np.array([[50_000, 50_000]], dtype=np.int32), (100_000, 100_000))
+    assert int(np.asarray(index).reshape(-1)[0]) == 5_000_050_000
+    small = NUMPY.ravel_multi_index(np.array([[2, 3]], dtype=np.int32), (10, 10))
+    assert small.dtype == np.int32 and int(small[0]) == 23
+
+
+@pytest.mark.skipif(os.environ.get("PLUME_LARGE") != "1", reason="set PLUME_LARGE=1: a 300 x 300 grid")
+def test_largest_scale_task_runs(phi):
+    frames = gen.simulate(gen.setup_for("scale", 37), 2)
+    assert frames.shape == (2, 2, 64, 64) and np.isfinite(frames).all()
