@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -29,6 +29,9 @@ from gmcnn.training.config import ConfigError, instantiate, resolve_device, vali
 from gmcnn.training.diagnostics import equivariance_metric, plot_relaxation
 from gmcnn.training.objectives import OBJECTIVES
 from gmcnn.training.tracking import RunTracker, write_json
+
+if TYPE_CHECKING:
+    from dataset import Splits
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +179,7 @@ class Trainer:
                 "with, or start afresh with trainer.resume=false") from None
 
 
-def load_data(cfg: DictConfig):
+def load_data(cfg: DictConfig) -> Splits:
     """The dataset splits of ``cfg.data``; data problems become a ConfigError."""
     from dataset import DatasetError, build_dataset
 
@@ -213,8 +216,8 @@ def resume(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, ckpt_dir: Pat
     return saved["progress"]
 
 
-def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits, progress: dict[str, Any],
-        ckpt_dir: Path) -> None:
+def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits: Splits,
+        progress: dict[str, Any], ckpt_dir: Path) -> None:
     """Epochs from ``progress["epoch"] + 1``: train, validate, step the scheduler, keep the best
     weights (``trainer.monitor``), checkpoint everything, log; early stopping if configured.
     Under torchrun every rank computes the same numbers; rank 0 writes the files."""
@@ -324,7 +327,7 @@ def _run(cfg: DictConfig, run_dir: Path, device: torch.device, sweep_job: bool) 
     return metrics
 
 
-def test_metrics(cfg: DictConfig, trainer: Trainer, splits) -> dict[str, float]:
+def test_metrics(cfg: DictConfig, trainer: Trainer, splits: Splits) -> dict[str, float]:
     """Loss and score on every test set (``test_acc``; ``test_future_rmse``, ...), and the
     equivariance error of the model on the first test batch."""
     metrics: dict[str, float] = {}
