@@ -112,6 +112,15 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     assert [r[:5] for r in rows] == [r[:5] for r in full_rows]  # epoch, losses, accuracies
 
 
+def test_compiled_run_matches_eager(tmp_path):
+    args = [*FAST, "trainer.epochs=1", "model.dropout=0"]
+    eager = runner(*args, f"hydra.run.dir={tmp_path / 'eager'}")
+    compiled = runner(*args, "trainer.compile=true", f"hydra.run.dir={tmp_path / 'compiled'}")
+    assert eager.returncode == 0 and compiled.returncode == 0, compiled.stderr[-2000:]
+    expected, got = metrics_of(tmp_path / "eager"), metrics_of(tmp_path / "compiled")
+    assert got["test_loss"] == pytest.approx(expected["test_loss"], rel=1e-3)
+
+
 def test_corrupt_checkpoint_is_reported(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
@@ -151,6 +160,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     (["trainer.device=tpu"], "trainer.device='tpu'"),
     (["logger.wandb.mode=sometimes"], "choose one of auto, online, offline, disabled"),
     (["trainer.epochs=0"], "trainer.epochs must be an integer >= 1"),
+    (["trainer.compile=sometimes"], "trainer.compile must be true or false"),
     (["model.channel_mode=depthwise"], "channel_mode must be one of"),
     (["trainer.foo=1"], "foo"),
     (["+model.widht=3"], "unknown key model.widht"),

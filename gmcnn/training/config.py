@@ -30,7 +30,8 @@ CHOICES = {
     "logger.wandb.mode": ("auto", "online", "offline", "disabled"),
 }
 TRAINER_KEYS = {"epochs", "batch_size", "device", "amp", "amp_dtype", "grad_clip",
-                "early_stopping_patience", "monitor", "relaxation_penalty", "resume", "num_workers"}
+                "early_stopping_patience", "monitor", "relaxation_penalty", "resume", "num_workers",
+                "compile"}
 
 
 def validate(cfg: DictConfig) -> None:
@@ -55,6 +56,8 @@ def validate(cfg: DictConfig) -> None:
         _positive_int("trainer.early_stopping_patience", t.early_stopping_patience)
     if t.grad_clip is not None and not t.grad_clip > 0:
         raise ConfigError(f"trainer.grad_clip must be > 0 or null, got {t.grad_clip}")
+    if not isinstance(t.compile, bool):
+        raise ConfigError(f"trainer.compile must be true or false, got {t.compile!r}")
     if not t.relaxation_penalty >= 0:
         raise ConfigError(f"trainer.relaxation_penalty must be >= 0, got {t.relaxation_penalty}")
     lr = OmegaConf.select(cfg, "optimizer.lr")

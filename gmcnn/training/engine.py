@@ -92,6 +92,8 @@ class Trainer:
     def __init__(self, cfg: DictConfig, model: nn.Module, device: torch.device):
         self.cfg, self.model, self.device = cfg, model.to(device), device
         self.objective = OBJECTIVES[cfg.task]()
+        # the forward pass used for training and evaluation; state is saved from self.model
+        self.network = torch.compile(self.model) if cfg.trainer.compile else self.model
         self.optimizer = instantiate("optimizer", cfg.optimizer, model.parameters())
         has_scheduler = cfg.get("scheduler") and "_target_" in cfg.scheduler
         self.scheduler = instantiate("scheduler", cfg.scheduler, self.optimizer) if has_scheduler else None
@@ -110,7 +112,7 @@ class Trainer:
         total_loss, total_score, seen = 0.0, 0.0, 0
         for step, (inputs, targets) in enumerate(self._batches(loader, f"train {epoch}")):
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                outputs = self.objective.predict(self.model, inputs, targets)
+                outputs = self.objective.predict(self.network, inputs, targets)
                 loss = self.objective.loss(outputs, targets)
             # this process's share of the global batch (1 without torchrun)
             count, loss_sum = distributed.all_sum([len(targets), loss.item() * len(targets)],
@@ -145,7 +147,7 @@ class Trainer:
         total_loss, total_score, seen = 0.0, 0.0, 0
         for inputs, targets in self._batches(loader, desc):
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                outputs = self.objective.predict(self.model, inputs, targets)
+                outputs = self.objective.predict(self.network, inputs, targets)
             total_loss += self.objective.loss(outputs, targets).item() * len(targets)
             total_score += self.objective.sample_scores(outputs, targets).sum().item()
             seen += len(targets)
