@@ -291,15 +291,12 @@ class TableGroup(FiniteGroup):
         for g in range(self.order):
             if g not in reached:
                 generators.append(g)
-                reached = set(self._closure(generators))
+                reached = set(self._word_length_order(generators)[0])
         return np.asarray(generators, dtype=np.int64)
-
-    def _closure(self, generators: Sequence[int]) -> list[int]:
-        return self._word_length_order(generators)[0]
 
     def _word_length_order(self, generators: Sequence[int]) -> tuple[list[int], list[int]]:
         """Breadth-first search over the Cayley graph: elements in order and their word lengths."""
-        steps = list(generators) + [int(self.inverse_of(g)) for g in generators]
+        steps = list(generators) + [int(self.inverse[g]) for g in generators]
         order, length = [self._identity], {self._identity: 0}
         for u in order:
             for s in steps:
@@ -308,9 +305,6 @@ class TableGroup(FiniteGroup):
                     length[v] = length[u] + 1
                     order.append(v)
         return order, [length[u] for u in order]
-
-    def inverse_of(self, g: int) -> int:
-        return int(np.argmax(self._table[g] == self._identity))
 
     @cached_property
     def _ball_order(self) -> tuple[IndexArray, IndexArray]:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from gmcnn.equivariance import equivariance_error
 from gmcnn.groups import FiniteGroup, Subgroup, make_group
 from gmcnn.nn.relaxation import make_relaxation
 
@@ -57,8 +58,6 @@ class EquivariantModule(nn.Module):
     def check_equivariance(self, x: Tensor | None = None,
                            elements: Sequence[int] | None = None) -> float:
         """Largest relative equivariance error over ``elements`` (default: the whole group)."""
-        from gmcnn.equivariance import equivariance_error
-
         x = self.example_input() if x is None else x
         return equivariance_error(self, x, elements=elements, reduction="max")
 

@@ -66,8 +66,10 @@ def find_resume_checkpoint(resume: bool | str, run_dir: Path,
         return None
     if resume is True:
         own = run_dir / "checkpoints" / "last.pt"
-        if own.is_file() or not search_siblings:
-            return own if own.is_file() else None
+        if own.is_file():
+            return own
+        if not search_siblings:
+            return None
         siblings = sorted(run_dir.parent.glob("*/checkpoints/last.pt"),
                           key=lambda p: p.stat().st_mtime)
         if not siblings:
