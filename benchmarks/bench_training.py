@@ -1,108 +1,132 @@
-"""Training throughput of a GM model against the same model whose GMConv layers use the naive
-formulation (gather every channel into (B, C, K, N), then einsum), side by side in one run, on
-random tensors of the experiment's shapes.
+"""Training throughput of an experiment's GM model against the same model whose GMConv layers use
+the naive formulation (gather every channel into (B, C, K, N), then einsum) and no fused
+kernels, side by side in one run, on random tensors of the experiment's shapes.
 
-* ``--model cifar10`` (default): the cifar10 GM-CNN (13,691 parameters), batch 256; one step =
-  forward, cross-entropy, backward, AdamW update. Target on CPU: 50x the naive throughput.
-* ``--model plume``: the plume GMDynamics network (C64 x C64, t = 1, 2 blocks of 120 channels,
-  rank-1 relaxed), batch 16; one step = a 6-step autoregressive roll-out, mean per-step MSE,
-  backward, AdamW update.
+Every step is the runner's own training step (``Trainer.train_step`` of the composed experiment
+config: forward, loss, backward, optimizer update, micro-batching as configured), so the figures
+are what ``python runner.py exp=...`` gets per step without data loading.
 
-Reports samples per second over --steps timed steps after --warmup steps, for our model eager
-and under torch.compile (the compilation is in the warm-up, not timed), and the naive model eager.
+* ``--exp cifar10`` (default): the cifar10 GM-CNN (13,691 parameters), batch 256.
+  Target on CPU: 50x the naive throughput.
+* ``--exp plume-rotation``: the plume GMDynamics network (C64 x C64, rank-1 relaxed), batch 16,
+  one step = a 6-step autoregressive roll-out.
 
-    python benchmarks/bench_training.py [--model cifar10|plume] [--steps N] [--batch B]
-                                        [--device cpu|cuda]
+Rows: ours as configured; ours without micro-batching (the whole batch at once); optionally
+ours under torch.compile (``--compile``; compilation happens in the warm-up); the naive model
+with the same trainer settings. After --warmup untimed steps each, --rounds rounds each run
+--steps steps of every fast variant and one naive step (alternating, so that a shared machine
+whose speed drifts affects all alike); reported: samples per second at the median step.
+
+    python benchmarks/bench_training.py [--exp cifar10|plume-rotation] [--rounds R] [--steps N]
+                                        [--device cpu|cuda] [--compile] [override ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 
 import torch
-import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 from gmcnn import functional as GF  # noqa: E402
-from gmcnn.models import GMCNN, GMDynamics  # noqa: E402
 from gmcnn.nn import GMConv  # noqa: E402
-from gmcnn.training.objectives import rollout  # noqa: E402
-
-PLUME_STEPS = 6  # training roll-out length (DESIGN 4.2)
+from gmcnn.training.engine import Trainer, build_model  # noqa: E402
 
 
-def build_model(name: str, naive: bool) -> torch.nn.Module:
-    torch.manual_seed(0)
-    if name == "cifar10":
-        model = GMCNN(["C32", "C32"], 3, 10, t=3, blocks=2, channels=120, dropout=0.1)
-    else:
-        model = GMDynamics(["C64", "C64"], channels=120, blocks=2, t=1, rank=1)
-    if naive:
-        for layer in model.modules():
-            if isinstance(layer, GMConv):
-                layer.group_matrix_product = (
-                    lambda x, w, b, layer=layer: GF.gm_conv_naive(x, w, layer.index, b))
+def make_naive(model: torch.nn.Module) -> torch.nn.Module:
+    """Every GMConv computes the naive gather-all-channels formula; no fused kernels."""
+    for layer in model.modules():
+        if isinstance(layer, GMConv):
+            layer.group_matrix_product = (
+                lambda x, w, b, layer=layer: GF.gm_conv_naive(x, w, layer.index, b))
+    if hasattr(model, "fused"):
+        model.fused = False
     return model
 
 
-def throughput(name: str, naive: bool, steps: int, warmup: int, batch: int,
-               device: torch.device, compiled: bool = False) -> float:
-    model = build_model(name, naive).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.004, weight_decay=0.0153)
-    if compiled:
-        model = torch.compile(model)
-    if name == "cifar10":
-        inputs = torch.randn(batch, 3, 32, 32, device=device)
-        targets = torch.randint(0, 10, (batch,), device=device)
-        objective = lambda: F.cross_entropy(model(inputs), targets)  # noqa: E731
-    else:
-        inputs = torch.randn(batch, 20, 64, 64, device=device)
-        targets = torch.randn(batch, PLUME_STEPS, 2, 64, 64, device=device)
-        objective = lambda: F.mse_loss(rollout(model, inputs, PLUME_STEPS, 2), targets)  # noqa: E731
+def random_batch(cfg, model: torch.nn.Module, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random inputs of the model's shape; class labels, or a training roll-out of frames."""
+    inputs = model.example_input(batch)
+    if cfg.task == "classification":
+        return inputs, torch.randint(0, cfg.model.num_classes, (batch,))
+    out_len = cfg.data.options.windows.train_out_len
+    return inputs, torch.randn(batch, out_len, cfg.data.in_channels, *inputs.shape[2:])
 
-    def step() -> None:
-        loss = objective()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
 
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - start)
+class Variant:
+    """One model and trainer, with the duration of each timed step."""
+
+    def __init__(self, label: str, cfg, naive: bool, device: torch.device, warmup: int):
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        self.label, self.device = label, device
+        self.trainer = Trainer(cfg, make_naive(model) if naive else model, device)
+        self.trainer.model.train()
+        self.batch = [t.to(device) for t in random_batch(cfg, model, cfg.trainer.batch_size)]
+        self.seconds: list[float] = []
+        for _ in range(warmup):  # compilation, allocator and cache warm-up, untimed
+            self.step(timed=False)
+
+    def step(self, timed: bool = True) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        self.trainer.train_step(*self.batch)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        if timed:
+            self.seconds.append(time.perf_counter() - start)
+
+    def throughput(self) -> float:
+        """Samples per second at the median step."""
+        return len(self.batch[1]) / statistics.median(self.seconds)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=("cifar10", "plume"), default="cifar10")
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--exp", default="cifar10")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of --steps steps of each fast variant and one naive step")
+    parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--naive-steps", type=int, default=1, help="the naive model is slow")
-    parser.add_argument("--batch", type=int, default=None, help="256 (cifar10) or 16 (plume)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compile", action="store_true", help="add a torch.compile row")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. trainer.batch_size=128")
     args = parser.parse_args()
     device = torch.device(args.device)
-    batch = args.batch or (256 if args.model == "cifar10" else 16)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}; {args.model} "
-          f"model, batch {batch}")
-    ours = throughput(args.model, False, args.steps, args.warmup, batch, device)
-    compiled = throughput(args.model, False, args.steps, args.warmup + 1, batch, device, True)
-    naive = throughput(args.model, True, args.naive_steps, args.warmup, batch, device)
+    overrides = [f"exp={args.exp}", f"trainer.device={args.device}", "logger=none",
+                 *args.overrides]
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+        whole = compose(config_name="config", overrides=[*overrides, "trainer.micro_batch_size=null"])
+        compiled = compose(config_name="config", overrides=[*overrides, "trainer.compile=true"])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}; exp={args.exp}, "
+          f"batch {cfg.trainer.batch_size}, trainer.micro_batch_size={cfg.trainer.micro_batch_size}")
+    variants = [Variant("ours", cfg, False, device, args.warmup),
+                Variant("ours, whole batch at once", whole, False, device, args.warmup)]
+    if args.compile:
+        variants.append(Variant("ours, torch.compile", compiled, False, device, args.warmup + 1))
+    naive = Variant("naive GMConv", cfg, True, device, args.warmup)
+    # rounds alternate between the variants, so that a machine whose speed drifts during the
+    # run (shared CPUs) affects all of them alike
+    for _ in range(args.rounds):
+        for variant in variants:
+            for _ in range(args.steps):
+                variant.step()
+        naive.step()
+    rows = [(v.label, v.throughput()) for v in variants + [naive]]
+    naive_rate = rows[-1][1]
     print("\n| model | samples / s | / naive |\n|---|---|---|")
-    for label, value in (("ours", ours), ("ours, torch.compile", compiled), ("naive GMConv", naive)):
-        print(f"| {label} | {value:.2f} | {value / naive:.1f}x |")
-    if args.model == "cifar10":
-        print(f"\ntarget: 50x the naive throughput; ours {ours / naive:.1f}x, compiled "
-              f"{compiled / naive:.1f}x")
+    for label, value in rows:
+        print(f"| {label} | {value:.1f} | {value / naive_rate:.1f}x |")
+    if args.exp == "cifar10":
+        print(f"\ntarget: 50x the naive throughput; ours {rows[0][1] / naive_rate:.1f}x")
 
 
 if __name__ == "__main__":

@@ -57,13 +57,26 @@ def _gather_last(x: Tensor, flat_index: Tensor) -> Tensor:
     return x.gather(-1, flat_index.expand(*x.shape[:-1], flat_index.numel()))
 
 
+def gather_taps(x: Tensor, index: Tensor) -> Tensor:
+    """(..., N) -> (..., K, N): out[..., k, u] = x[..., index[k, u]] (no autograd rule)."""
+    return _gather_last(x, index.reshape(-1)).unflatten(-1, index.shape)
+
+
+def gather_adjoint(y: Tensor, inverse: Tensor) -> Tensor:
+    """(..., K, N) -> (..., N): out[..., m] = sum_k y[..., k, inverse[k, m]], the adjoint of
+    :func:`gather_taps` when every row of the index is a permutation (no autograd rule)."""
+    k, n = inverse.shape
+    picked = _gather_last(y.reshape(*y.shape[:-2], k * n), _flat(inverse))
+    return picked.unflatten(-1, (k, n)).sum(-2)
+
+
 class _PermutationGather(torch.autograd.Function):
     """(..., N) -> (..., K, N): out[..., k, u] = x[..., index[k, u]]."""
 
     @staticmethod
     def forward(ctx, x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
         ctx.save_for_backward(index, inverse)
-        return _gather_last(x, index.reshape(-1)).unflatten(-1, index.shape)
+        return gather_taps(x, index)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -77,9 +90,7 @@ class _PermutationGatherAdjoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
         ctx.save_for_backward(index, inverse)
-        k, n = inverse.shape
-        picked = _gather_last(y.reshape(*y.shape[:-2], k * n), _flat(inverse))
-        return picked.unflatten(-1, (k, n)).sum(-2)
+        return gather_adjoint(y, inverse)
 
     @staticmethod
     def backward(ctx, grad: Tensor):

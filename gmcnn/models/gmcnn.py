@@ -9,6 +9,12 @@ One PReLU parameter is shared by all layers. Every layer commutes with left tran
 the global max is invariant, so the logits are G-invariant (exactly, for rank 0).
 With 2 blocks of 1 layer and C channels in shared mode the parameter count is
 2 (C K + C) + (C_in C + C) + 1 + (C classes + classes).
+
+With ``fused=True`` (default) exact shared-mode layers run as the kernels of
+:mod:`gmcnn.fused`: each GMConv -> LayerNorm -> PReLU as one function, and a last one-layer block
+with an identity shortcut together with the global max (its backward touches one position per
+channel). The numbers are those of the modules; ``fused=False`` composes the modules instead
+(needed for higher-order gradients).
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gmcnn.fused import gm_conv_norm_prelu, gm_residual_block_max
 from gmcnn.groups import axis_sizes, make_group
 from gmcnn.nn import EquivariantModule, GMConv, PointwiseConv
+from gmcnn.nn.base import check_input
 
 
 class GMCNN(EquivariantModule):
@@ -29,7 +37,7 @@ class GMCNN(EquivariantModule):
     def __init__(self, group: str | Sequence[str], in_channels: int, num_classes: int,
                  t: int = 3, blocks: int = 2, layers_per_block: int = 1, channels: int = 120,
                  dropout: float = 0.0, channel_mode: str = "shared", rank: int = 0,
-                 relaxation: str = "additive", backend: str = "auto"):
+                 relaxation: str = "additive", backend: str = "auto", fused: bool = True):
         super().__init__()
         for name, value, low in (("blocks", blocks, 1), ("layers_per_block", layers_per_block, 1),
                                  ("channels", channels, 1), ("num_classes", num_classes, 2),
@@ -55,6 +63,7 @@ class GMCNN(EquivariantModule):
                                   else nn.Identity())
             width = channels
         self.activation = nn.PReLU()
+        self.fused = fused
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(channels, num_classes)
 
@@ -62,16 +71,46 @@ class GMCNN(EquivariantModule):
         """(B, C_in, H, W) or (B, C_in, N) -> (B, channels, N), G-equivariant."""
         x = self._flatten(images)
         for layers, shortcut in zip(self.blocks, self.shortcuts):
-            residual = shortcut(x)
-            for conv in layers:
-                x = conv(x)
-                x = self.activation(F.layer_norm(x, x.shape[1:]))
-            x = x + residual
+            x = self._block(x, layers, shortcut)
         return x
 
     def forward(self, images: Tensor) -> Tensor:
-        pooled = self.features(images).amax(-1)
+        x = self._flatten(images)
+        *body, (layers, shortcut) = zip(self.blocks, self.shortcuts)
+        for block in body:
+            x = self._block(x, *block)
+        if len(layers) == 1 and isinstance(shortcut, nn.Identity) and self._fusable(layers[0], x):
+            conv = layers[0]  # the last block and the global max in one kernel
+            check_input(x, self.group.order, conv.in_channels, "GMConv", self.group.name)
+            pooled = gm_residual_block_max(x, conv.weight, conv.bias, self.activation.weight,
+                                           conv.index, conv.inverse_index)
+        else:
+            pooled = self._block(x, layers, shortcut).max(-1).values
         return self.head(self.dropout(pooled))
+
+    def _block(self, x: Tensor, layers: nn.ModuleList, shortcut: nn.Module) -> Tensor:
+        out = x
+        for conv in layers:
+            out = self._conv_norm_activation(conv, out)
+        # out is a fresh activation that autograd has not saved: add the shortcut in place
+        return shortcut.add_to(out, x) if isinstance(shortcut, PointwiseConv) else out.add_(x)
+
+    def _fusable(self, conv: GMConv, x: Tensor) -> bool:
+        """Whether the fused kernels of gmcnn.fused compute this layer: exact shared-mode gather
+        layers in eager mode outside autocast (the composed modules handle everything else;
+        under torch.compile the compiler fuses them)."""
+        return (self.fused and conv.relaxation is None and conv.channel_mode == "shared"
+                and conv.backend == "gather" and not torch.is_autocast_enabled(x.device.type)
+                and not torch.compiler.is_compiling())
+
+    def _conv_norm_activation(self, conv: GMConv, x: Tensor) -> Tensor:
+        """PReLU(LayerNorm(conv(x)))."""
+        if self._fusable(conv, x):
+            check_input(x, self.group.order, conv.in_channels, "GMConv", self.group.name)
+            return gm_conv_norm_prelu(x, conv.weight, conv.bias, self.activation.weight,
+                                      conv.index, conv.inverse_index)
+        x = conv(x)
+        return self.activation(F.layer_norm(x, x.shape[1:]))
 
     def _flatten(self, images: Tensor) -> Tensor:
         expected = (self.in_channels, *self.image_shape)

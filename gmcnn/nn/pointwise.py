@@ -30,5 +30,11 @@ class PointwiseConv(nn.Module):
             return torch.bmm(weight, x)
         return torch.baddbmm(self.bias[:, None].expand(x.shape[0], -1, x.shape[-1]), weight, x)
 
+    def add_to(self, y: Tensor, x: Tensor) -> Tensor:
+        """``y + self(x)``, accumulated into ``y`` in place (y must be a tensor autograd has not
+        saved): one activation-sized buffer less than adding the two."""
+        y = y.baddbmm_(self.weight.expand(x.shape[0], -1, -1), x)
+        return y if self.bias is None else y.add_(self.bias[:, None])
+
     def extra_repr(self) -> str:
         return f"{self.weight.shape[1]} -> {self.weight.shape[0]}, bias={self.bias is not None}"

@@ -31,7 +31,7 @@ CHOICES = {
 }
 TRAINER_KEYS = {"epochs", "batch_size", "device", "amp", "amp_dtype", "grad_clip",
                 "early_stopping_patience", "monitor", "relaxation_penalty", "resume", "num_workers",
-                "compile"}
+                "compile", "micro_batch_size"}
 
 
 def validate(cfg: DictConfig) -> None:
@@ -56,6 +56,9 @@ def validate(cfg: DictConfig) -> None:
         _positive_int("trainer.early_stopping_patience", t.early_stopping_patience)
     if t.grad_clip is not None and not t.grad_clip > 0:
         raise ConfigError(f"trainer.grad_clip must be > 0 or null, got {t.grad_clip}")
+    micro = t.get("micro_batch_size", "auto")
+    if micro not in ("auto", None):
+        _positive_int("trainer.micro_batch_size (or auto, or null)", micro)
     if not isinstance(t.compile, bool):
         raise ConfigError(f"trainer.compile must be true or false, got {t.compile!r}")
     if not t.relaxation_penalty >= 0:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, TensorDataset
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -27,6 +27,7 @@ from gmcnn.nn import relaxation_penalty
 from gmcnn.training import checkpoint, distributed
 from gmcnn.training.config import ConfigError, instantiate, resolve_device, validate
 from gmcnn.training.diagnostics import equivariance_metric, plot_relaxation
+from gmcnn.training.memory import retain_freed_memory
 from gmcnn.training.objectives import OBJECTIVES
 from gmcnn.training.tracking import RunTracker, write_json
 
@@ -86,6 +87,16 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, cfg
     return DataLoader(dataset, batch_sampler=batches, **common)
 
 
+def resolve_micro_batch_size(setting: int | str | None, model: nn.Module,
+                             device: torch.device) -> int | None:
+    """``auto``: 16 on CPU unless the model has batch statistics (then chunks would change its
+    gradient), else None (the whole batch at once)."""
+    if setting != "auto":
+        return setting
+    has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return 16 if device.type == "cpu" and not has_batch_norm else None
+
+
 class Trainer:
     """Holds the model, optimisation state and the epoch loops of one run."""
 
@@ -101,42 +112,61 @@ class Trainer:
         self.amp_dtype = getattr(torch, cfg.trainer.amp_dtype)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp and self.amp_dtype == torch.float16)
         self.penalty_weight = float(cfg.trainer.relaxation_penalty)
+        if device.type == "cpu":
+            retain_freed_memory()
+        self.micro_batch_size = resolve_micro_batch_size(cfg.trainer.get("micro_batch_size", "auto"),
+                                                         model, device)
 
     def _batches(self, loader: DataLoader, desc: str):
         for inputs, targets in tqdm(loader, desc=desc, leave=False, disable=None):
             yield (inputs.to(self.device, non_blocking=True),
                    targets.to(self.device, non_blocking=True))
 
+    def _micro_batches(self, inputs: Tensor, targets: Tensor):
+        size = self.micro_batch_size or len(targets)
+        return zip(inputs.split(size), targets.split(size))
+
+    def train_step(self, inputs: Tensor, targets: Tensor) -> tuple[float, float]:
+        """One optimizer step on a batch (this process's share of the global batch under
+        torchrun), forward and backward in micro-batches; returns this share's summed loss and
+        summed score. Raises TrainingDiverged, before the update, if the loss is not finite."""
+        count = distributed.all_sum([len(targets)], self.device)[0]  # the global batch size
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, score_sum = 0.0, 0.0
+        for chunk_inputs, chunk_targets in self._micro_batches(inputs, targets):
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                outputs = self.objective.predict(self.network, chunk_inputs, chunk_targets)
+                loss = self.objective.loss(outputs, chunk_targets) * len(chunk_targets)
+            self.scaler.scale(loss / count).backward()
+            loss_sum += loss.item()
+            score_sum += self.objective.sample_scores(outputs.detach(), chunk_targets).sum().item()
+        loss_value = distributed.all_sum([loss_sum], self.device)[0] / count
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(f"the training loss became {loss_value}")
+        if self.penalty_weight:
+            penalty = relaxation_penalty(self.model) / distributed.world_size()
+            self.scaler.scale(self.penalty_weight * penalty).backward()
+        distributed.sum_gradients(self.model)
+        if self.cfg.trainer.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.trainer.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss_sum, score_sum
+
     def train_epoch(self, loader: DataLoader, epoch: int) -> dict[str, float]:
         self.model.train()
         total_loss, total_score, seen = 0.0, 0.0, 0
         for step, (inputs, targets) in enumerate(self._batches(loader, f"train {epoch}")):
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                outputs = self.objective.predict(self.network, inputs, targets)
-                loss = self.objective.loss(outputs, targets)
-            # this process's share of the global batch (1 without torchrun)
-            count, loss_sum = distributed.all_sum([len(targets), loss.item() * len(targets)],
-                                                  self.device)
-            loss_value = loss_sum / count
-            if not math.isfinite(loss_value):
-                raise TrainingDiverged(f"the training loss became {loss_value} at epoch {epoch}, "
-                                       f"step {step}")
-            loss = loss * (len(targets) / count)
-            if self.penalty_weight:
-                penalty = relaxation_penalty(self.model) / distributed.world_size()
-                loss = loss + self.penalty_weight * penalty
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            distributed.sum_gradients(self.model)
-            if self.cfg.trainer.grad_clip is not None:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.trainer.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            try:
+                loss_sum, score_sum = self.train_step(inputs, targets)
+            except TrainingDiverged as error:
+                raise TrainingDiverged(f"{error} at epoch {epoch}, step {step}") from None
             total_loss += loss_sum
-            total_score += self.objective.sample_scores(outputs.detach(), targets).sum().item()
+            total_score += score_sum
             seen += len(targets)
-        total_score, seen = distributed.all_sum([total_score, seen], self.device)
+        total_loss, total_score, seen = distributed.all_sum([total_loss, total_score, seen],
+                                                            self.device)
         score = self.objective.finish(total_score / seen)
         return {"train_loss": total_loss / seen, f"train_{self.objective.score}": score}
 
@@ -145,12 +175,13 @@ class Trainer:
         """Mean loss and the score over ``loader`` (keys "loss" and the objective's score)."""
         self.model.eval()
         total_loss, total_score, seen = 0.0, 0.0, 0
-        for inputs, targets in self._batches(loader, desc):
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                outputs = self.objective.predict(self.network, inputs, targets)
-            total_loss += self.objective.loss(outputs, targets).item() * len(targets)
-            total_score += self.objective.sample_scores(outputs, targets).sum().item()
-            seen += len(targets)
+        for batch in self._batches(loader, desc):
+            for inputs, targets in self._micro_batches(*batch):
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                    outputs = self.objective.predict(self.network, inputs, targets)
+                total_loss += self.objective.loss(outputs, targets).item() * len(targets)
+                total_score += self.objective.sample_scores(outputs, targets).sum().item()
+                seen += len(targets)
         total_loss, total_score, seen = distributed.all_sum([total_loss, total_score, seen],
                                                             self.device)
         return {"loss": total_loss / seen,

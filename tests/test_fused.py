@@ -1,0 +1,99 @@
+"""The fused kernels of gmcnn.fused against the composition of the modules they replace."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gmcnn.fused import gm_conv_norm_prelu, gm_residual_block_max
+from gmcnn.models import GMCNN
+from gmcnn.nn import GMConv
+
+# (group, PReLU weight, input offset): a negative and a unit slope, and inputs whose mean is large
+# against their spread (the variance must not cancel)
+CASES = [(["C8", "C6"], 0.25, 0.0), ("D5", -0.3, 50.0), ("S4", 1.0, 3.0)]
+
+
+def composed(conv, x, slope):
+    return F.prelu(F.layer_norm(conv(x), (conv.out_channels, conv.group.order)), slope)
+
+
+def assert_same_function(fused, reference, inputs):
+    """Equal values and equal gradients for every input, in float64."""
+    out, ref = fused(*inputs), reference(*inputs)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    grad = torch.randn_like(ref)
+    for got, want in zip(torch.autograd.grad(out, inputs, grad),
+                         torch.autograd.grad(ref, inputs, grad)):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+def layer_and_inputs(group, slope, offset, in_channels, bias=True):
+    torch.manual_seed(0)
+    conv = GMConv(group, in_channels, 6, t=1, bias=bias).double()
+    x = (torch.randn(3, in_channels, conv.group.order, dtype=torch.double) + offset)
+    a = torch.tensor([slope], dtype=torch.double)
+    params = [x, conv.weight, a] + ([conv.bias] if bias else [])
+    for p in params:
+        p.requires_grad_(True)
+    return conv, x, a
+
+
+@pytest.mark.parametrize("group,slope,offset", CASES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_norm_prelu_equals_composition(group, slope, offset, bias):
+    conv, x, a = layer_and_inputs(group, slope, offset, 4, bias)
+    inputs = (x, conv.weight, a) + ((conv.bias,) if bias else ())
+
+    def fused(x, w, a, b=None):
+        return gm_conv_norm_prelu(x, w, b, a, conv.index, conv.inverse_index)
+
+    assert_same_function(fused, lambda x, w, a, b=None: composed(conv, x, a), inputs)
+
+
+@pytest.mark.parametrize("group,slope,offset", CASES)
+def test_residual_block_max_equals_composition(group, slope, offset):
+    conv, x, a = layer_and_inputs(group, slope, offset, 6)
+
+    def fused(x, w, b, a):
+        return gm_residual_block_max(x, w, b, a, conv.index, conv.inverse_index)
+
+    assert_same_function(fused, lambda x, w, b, a: (x + composed(conv, x, a)).amax(-1),
+                         (x, conv.weight, conv.bias, a))
+
+
+def test_fused_functions_pass_gradcheck():
+    conv, x, a = layer_and_inputs("D3", 0.2, 1.0, 6)
+    index, inverse = conv.index, conv.inverse_index
+    args = (x, conv.weight, conv.bias, a)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b, a: gm_conv_norm_prelu(x, w, b, a, index, inverse), args)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b, a: gm_residual_block_max(x, w, b, a, index, inverse), args)
+
+
+def test_fused_functions_reject_what_they_do_not_compute():
+    full = GMConv("C5", 2, 2, t=1, channel_mode="full")
+    x = torch.randn(1, 2, 5)
+    with pytest.raises(ValueError, match="shared channel mode"):
+        gm_conv_norm_prelu(x, full.weight, full.bias, torch.ones(1), full.index, full.inverse_index)
+    conv = GMConv("C5", 2, 3, t=1)
+    with pytest.raises(ValueError, match="identity shortcut"):
+        gm_residual_block_max(x, conv.weight, conv.bias, torch.ones(1), conv.index,
+                              conv.inverse_index)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(rank=1), dict(blocks=3, layers_per_block=2)])
+def test_fused_model_equals_composed_model(options):
+    """GMCNN(fused=True) computes what GMCNN(fused=False) does, logits and every gradient;
+    relaxed layers fall back to the modules."""
+    models = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        models.append(GMCNN(["C6", "C6"], 2, 3, t=1, channels=5, fused=fused, **options).double())
+    images = torch.randn(4, 2, 6, 6, dtype=torch.double)
+    outputs = [m(images) for m in models]
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-10, atol=1e-10)
+    for out in outputs:
+        out.square().sum().backward()
+    for (name, p), q in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-8, atol=1e-10, msg=name)
