@@ -97,17 +97,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compile", action="store_true", help="add a torch.compile row")
-    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. trainer.batch_size=128")
+    parser.add_argument("overrides", nargs="*",
+                        help="config overrides, e.g. trainer.batch_size=128")
     args = parser.parse_args()
     device = torch.device(args.device)
     overrides = [f"exp={args.exp}", f"trainer.device={args.device}", "logger=none",
                  *args.overrides]
     with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-        whole = compose(config_name="config", overrides=[*overrides, "trainer.micro_batch_size=null"])
-        compiled = compose(config_name="config", overrides=[*overrides, "trainer.compile=true"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}; exp={args.exp}, "
-          f"batch {cfg.trainer.batch_size}, trainer.micro_batch_size={cfg.trainer.micro_batch_size}")
+        cfg, whole, compiled = (compose(config_name="config", overrides=[*overrides, *extra])
+                                for extra in ([], ["trainer.micro_batch_size=null"],
+                                              ["trainer.compile=true"]))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}; "
+          f"exp={args.exp}, batch {cfg.trainer.batch_size}, "
+          f"trainer.micro_batch_size={cfg.trainer.micro_batch_size}")
     variants = [Variant("ours", cfg, False, device, args.warmup),
                 Variant("ours, whole batch at once", whole, False, device, args.warmup)]
     if args.compile:

@@ -21,10 +21,16 @@ again (y gc^T = rstd W Gc, y 1 = N rstd c), so neither h nor gh is ever material
     dL/dW = sum_b [ rstd (gy gc^T - beta rstd W Gc) + (gh 1) gbar^T ],   dL/db = sum_b gh 1,
     dL/dg = rstd (W^T gy - alpha W^T 1 1^T - beta rstd (W^T W gc + W^T c 1^T)).
 
-The PReLU mask and its weight's gradient use float arithmetic (sign, lerp, dot products), which
-on CPU is several times faster than boolean masks. The centred Gram matrix keeps the variance as
-accurate as a two-pass computation. The result equals the composition
-``F.prelu(F.layer_norm(gm_conv(x, ...), ...), a)`` to rounding, and is once differentiable.
+beta itself is <W, gy gc^T> rstd + <c, gy 1> rstd over O N, from the same product. The PReLU
+gradient is ReLU's backward kernel and an in-place lerp (boolean masks are several times slower
+on CPU); the centred Gram matrix keeps the variance as accurate as a two-pass computation.
+
+:func:`gm_residual_block_max` fuses the network's last residual block with the global max pool:
+max_u (x + z)(o, u). Its gradient reaches one position per sample and channel, so gy is sparse
+and gy gc^T, W^T gy are gathers and scatters of B x O values instead of two large matmuls.
+
+Both equal the composition of the modules (``F.prelu(F.layer_norm(gm_conv(...)))``) to rounding
+and are once differentiable.
 """
 
 from __future__ import annotations
@@ -42,11 +48,15 @@ from gmcnn.functional import gather_adjoint, gather_taps
 class _Normalized(NamedTuple):
     """y = rstd (W gc + c 1^T) and what its backward needs, for one batch."""
     y: Tensor            # (B, O, N) normalised convolution output
-    gc: Tensor           # (B, K, N) gathered taps, centred along positions
+    gc_ones: Tensor      # (B, K + 1, N) [gc; 1^T]: gathered taps centred along positions, ones
     g_mean: Tensor       # (B, K)
     w_gram: Tensor       # (B, O, K) W Gc
     offset: Tensor       # (B, O) c = W gbar + b - mu
     rstd: Tensor         # (B,)
+
+    @property
+    def gc(self) -> Tensor:
+        return self.gc_ones[:, :-1]
 
 
 def _normalized_conv(x: Tensor, w: Tensor, bias: Tensor | None, index: Tensor,
@@ -56,10 +66,10 @@ def _normalized_conv(x: Tensor, w: Tensor, bias: Tensor | None, index: Tensor,
     taps = w.shape[1]
     g = gather_taps(x.sum(1), index)                                 # (B, K, N)
     g_mean = g.mean(-1)
-    # [gc; 1^T], so that one matmul with [rstd W, rstd c] adds the offset as well
-    augmented = g.new_empty(batch, taps + 1, positions)
-    gc = torch.sub(g, g_mean[..., None], out=augmented[:, :taps])
-    augmented[:, taps].fill_(1)
+    # [gc; 1^T]: one matmul with [rstd W, rstd c] adds the offset, one with gy gives gy 1 too
+    gc_ones = g.new_empty(batch, taps + 1, positions)
+    gc = torch.sub(g, g_mean[..., None], out=gc_ones[:, :taps])
+    gc_ones[:, taps].fill_(1)
     gram = torch.bmm(gc, gc.transpose(1, 2))                         # (B, K, K)
     offset = g_mean @ w.T if bias is None else torch.addmm(bias, g_mean, w.T)
     offset = offset - offset.mean(1, keepdim=True)
@@ -67,8 +77,8 @@ def _normalized_conv(x: Tensor, w: Tensor, bias: Tensor | None, index: Tensor,
     var = ((w_gram * w).sum((1, 2)) + positions * offset.square().sum(1)) / (w.shape[0] * positions)
     rstd = (var + eps).rsqrt()
     y = torch.bmm(torch.cat([w.expand(batch, -1, -1), offset[..., None]], 2) * rstd[:, None, None],
-                  augmented)
-    return _Normalized(y, gc, g_mean, w_gram, offset, rstd)
+                  gc_ones)
+    return _Normalized(y, gc_ones, g_mean, w_gram, offset, rstd)
 
 
 def _normalized_conv_backward(saved: _Normalized, w: Tensor, grad_y_sum: Tensor,
@@ -78,7 +88,7 @@ def _normalized_conv_backward(saved: _Normalized, w: Tensor, grad_y_sum: Tensor,
     gy that the weight needs, gy 1 (B, O) and gy gc^T (B, O, K); ``grad_y_to_taps()`` returns
     W^T gy (B, K, N) and is called only when x needs a gradient."""
     need_x, need_w, need_b = needs
-    gc, g_mean, w_gram, offset, rstd = saved[1:]
+    gc, g_mean, w_gram, offset, rstd = saved.gc, *saved[2:]
     out_channels, positions = w.shape[0], gc.shape[-1]
     numel = out_channels * positions
     # alpha = mean(gy), beta = mean(gy * y) with y = rstd (W gc + c 1^T)
@@ -119,7 +129,7 @@ class _GMConvNormPReLU(torch.autograd.Function):
     def backward(ctx, grad_z: Tensor):
         *saved, weight, slope, inverse = ctx.saved_tensors
         saved = _Normalized(*saved)
-        y, gc, w = saved.y, saved.gc, weight[:, 0]
+        y, w = saved.y, weight[:, 0]
         # grad_z where y > 0 (ReLU's backward kernel), then in place: on CPU every fresh
         # activation-sized buffer costs more than the arithmetic on it
         grad_y = torch.ops.aten.threshold_backward(grad_z, y, 0)
@@ -128,8 +138,9 @@ class _GMConvNormPReLU(torch.autograd.Function):
             grad_slope = (torch.dot(grad_z.flatten(), y.flatten())
                           - torch.dot(grad_y.flatten(), y.flatten())).reshape(slope.shape)
         grad_y.lerp_(grad_z, slope)                                  # grad_z * (1 or slope)
+        grad_y_gc_ones = torch.bmm(grad_y, saved.gc_ones.transpose(1, 2))  # [gy gc^T, gy 1]
         grad_x, grad_w, grad_b = _normalized_conv_backward(
-            saved, w, grad_y.sum(-1), torch.bmm(grad_y, gc.transpose(1, 2)),
+            saved, w, grad_y_gc_ones[..., -1], grad_y_gc_ones[..., :-1],
             lambda: torch.bmm(w.T.expand(y.shape[0], -1, -1), grad_y), inverse,
             (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
              ctx.needs_input_grad[2] and ctx.has_bias))
@@ -156,14 +167,16 @@ class _GMResidualBlockMax(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_pooled: Tensor):
-        gc, g_mean, w_gram, offset, rstd, y_at_max, argmax, weight, slope, inverse = \
+        gc_ones, g_mean, w_gram, offset, rstd, y_at_max, argmax, weight, slope, inverse = \
             ctx.saved_tensors
-        saved = _Normalized(None, gc, g_mean, w_gram, offset, rstd)
+        saved = _Normalized(None, gc_ones, g_mean, w_gram, offset, rstd)
+        gc = saved.gc
         w = weight[:, 0]
         positive = y_at_max > 0
         grad_slope = None
         if ctx.needs_input_grad[3]:
-            grad_slope = (grad_pooled * y_at_max).masked_fill(positive, 0).sum().reshape(slope.shape)
+            grad_slope = (grad_pooled * y_at_max).masked_fill(positive, 0).sum()
+            grad_slope = grad_slope.reshape(slope.shape)
         grad_y = torch.where(positive, grad_pooled, grad_pooled * slope)  # (B, O) at argmax
         # gy gc^T has one term per (b, o): grad_y[b, o] * gc[b, :, argmax[b, o]]
         gc_at_max = gc.gather(-1, argmax[:, None].expand(-1, gc.shape[1], -1))  # (B, K, O)

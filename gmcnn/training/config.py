@@ -56,7 +56,7 @@ def validate(cfg: DictConfig) -> None:
         _positive_int("trainer.early_stopping_patience", t.early_stopping_patience)
     if t.grad_clip is not None and not t.grad_clip > 0:
         raise ConfigError(f"trainer.grad_clip must be > 0 or null, got {t.grad_clip}")
-    micro = t.get("micro_batch_size", "auto")
+    micro = t.micro_batch_size
     if micro not in ("auto", None):
         _positive_int("trainer.micro_batch_size (or auto, or null)", micro)
     if not isinstance(t.compile, bool):

@@ -114,8 +114,8 @@ class Trainer:
         self.penalty_weight = float(cfg.trainer.relaxation_penalty)
         if device.type == "cpu":
             retain_freed_memory()
-        self.micro_batch_size = resolve_micro_batch_size(cfg.trainer.get("micro_batch_size", "auto"),
-                                                         model, device)
+        self.micro_batch_size = resolve_micro_batch_size(cfg.trainer.micro_batch_size, model,
+                                                         device)
 
     def _batches(self, loader: DataLoader, desc: str):
         for inputs, targets in tqdm(loader, desc=desc, leave=False, disable=None):
