@@ -84,17 +84,18 @@ def _normalized_conv(x: Tensor, w: Tensor, bias: Tensor | None, index: Tensor,
 def _normalized_conv_backward(saved: _Normalized, w: Tensor, grad_y_sum: Tensor,
                               grad_y_gc: Tensor, grad_y_to_taps, inverse: Tensor,
                               needs: tuple[bool, bool, bool]):
-    """Gradients of (x, weight, bias) from the two contractions of the LayerNorm input gradient
-    gy that the weight needs, gy 1 (B, O) and gy gc^T (B, O, K); ``grad_y_to_taps()`` returns
-    W^T gy (B, K, N) and is called only when x needs a gradient."""
+    """Gradients of (x, weight, bias), and gy . y summed over the batch, from the two
+    contractions of the LayerNorm input gradient gy that the weight needs, gy 1 (B, O) and
+    gy gc^T (B, O, K); ``grad_y_to_taps()`` returns W^T gy (B, K, N) and is called only when x
+    needs a gradient."""
     need_x, need_w, need_b = needs
     gc, g_mean, w_gram, offset, rstd = saved.gc, *saved[2:]
     out_channels, positions = w.shape[0], gc.shape[-1]
     numel = out_channels * positions
     # alpha = mean(gy), beta = mean(gy * y) with y = rstd (W gc + c 1^T)
     alpha = grad_y_sum.sum(1) / numel
-    beta_rstd = rstd.square() * ((grad_y_gc * w).sum((1, 2))
-                                 + (grad_y_sum * offset).sum(1)) / numel
+    grad_y_y = rstd * ((grad_y_gc * w).sum((1, 2)) + (grad_y_sum * offset).sum(1))  # gy . y
+    beta_rstd = rstd * grad_y_y / numel
     grad_x = grad_w = grad_b = None
     if need_w or need_b:
         # gh 1 = rstd (gy 1 - N alpha - beta N rstd c), per sample and output channel
@@ -111,7 +112,7 @@ def _normalized_conv_backward(saved: _Normalized, w: Tensor, grad_y_sum: Tensor,
         grad_g -= (alpha[:, None] * w.sum(0) + beta_rstd[:, None] * (offset @ w))[..., None]
         grad_g *= rstd[:, None, None]
         grad_x = gather_adjoint(grad_g, inverse)                     # (B, N), per channel
-    return grad_x, grad_w, grad_b
+    return grad_x, grad_w, grad_b, grad_y_y.sum()
 
 
 class _GMConvNormPReLU(torch.autograd.Function):
@@ -133,17 +134,27 @@ class _GMConvNormPReLU(torch.autograd.Function):
         # grad_z where y > 0 (ReLU's backward kernel), then in place: on CPU every fresh
         # activation-sized buffer costs more than the arithmetic on it
         grad_y = torch.ops.aten.threshold_backward(grad_z, y, 0)
-        grad_slope = None
-        if ctx.needs_input_grad[3]:  # sum over y <= 0 of grad_z * y
-            grad_slope = (torch.dot(grad_z.flatten(), y.flatten())
-                          - torch.dot(grad_y.flatten(), y.flatten())).reshape(slope.shape)
+        # The slope's gradient is Q = sum over y <= 0 of grad_z * y. With P the sum over y > 0,
+        # grad_z . y = P + Q and grad_y . y = P + a Q, the latter known from the matmul below,
+        # so Q = (grad_z . y - grad_y . y) / (1 - a) takes one dot product; near a = 1 (where
+        # that division loses precision) Q is grad_z . y - P, two dot products.
+        need_slope = ctx.needs_input_grad[3]
+        a = float(slope) if need_slope else 0.0  # (a host sync on GPU)
+        grad_z_y = torch.dot(grad_z.flatten(), y.flatten()) if need_slope else None
+        near_one = abs(1 - a) < 0.5
+        if need_slope and near_one:
+            q = grad_z_y - torch.dot(grad_y.flatten(), y.flatten())  # grad_y is grad_z on y > 0
         grad_y.lerp_(grad_z, slope)                                  # grad_z * (1 or slope)
         grad_y_gc_ones = torch.bmm(grad_y, saved.gc_ones.transpose(1, 2))  # [gy gc^T, gy 1]
-        grad_x, grad_w, grad_b = _normalized_conv_backward(
+        grad_x, grad_w, grad_b, grad_y_y = _normalized_conv_backward(
             saved, w, grad_y_gc_ones[..., -1], grad_y_gc_ones[..., :-1],
             lambda: torch.bmm(w.T.expand(y.shape[0], -1, -1), grad_y), inverse,
             (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
              ctx.needs_input_grad[2] and ctx.has_bias))
+        grad_slope = None
+        if need_slope:
+            q = q if near_one else (grad_z_y - grad_y_y) / (1 - a)
+            grad_slope = q.reshape(slope.shape)
         if grad_x is not None:
             grad_x = grad_x[:, None].expand(-1, ctx.channels, -1)
         return grad_x, grad_w, grad_b, grad_slope, None, None, None
@@ -187,7 +198,7 @@ class _GMResidualBlockMax(torch.autograd.Function):
             return taps.scatter_add_(-1, argmax[:, None].expand_as(gc_at_max),
                                      w.T[None] * grad_y[:, None])
 
-        grad_taps, grad_w, grad_b = _normalized_conv_backward(
+        grad_taps, grad_w, grad_b, _ = _normalized_conv_backward(
             saved, w, grad_y, grad_y_gc, grad_y_to_taps, inverse,
             (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
              ctx.needs_input_grad[2] and ctx.has_bias))

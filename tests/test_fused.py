@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from gmcnn.fused import gm_conv_norm_prelu, gm_residual_block_max
 from gmcnn.models import GMCNN
-from gmcnn.nn import GMConv
+from gmcnn.nn import GMConv, PointwiseConv
 
 # (group, PReLU weight, input offset): a negative and a unit slope, and inputs whose mean is large
 # against their spread (the variance must not cancel)
@@ -97,3 +97,15 @@ def test_fused_model_equals_composed_model(options):
         out.square().sum().backward()
     for (name, p), q in zip(models[0].named_parameters(), models[1].parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-8, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("in_channels", [3, 20])  # bias folded into the matmul, or added
+@pytest.mark.parametrize("bias", [True, False])
+def test_pointwise_add_to_equals_adding_its_output(in_channels, bias):
+    torch.manual_seed(0)
+    shortcut = PointwiseConv(in_channels, 5, bias=bias).double()
+    x = torch.randn(2, in_channels, 7, dtype=torch.double, requires_grad=True)
+    y = torch.randn(2, 5, 7, dtype=torch.double, requires_grad=True)
+    inputs = (x, y, *shortcut.parameters())
+    assert_same_function(lambda x, y, *_: shortcut.add_to(y * 1, x),
+                         lambda x, y, *_: y + shortcut(x), inputs)
