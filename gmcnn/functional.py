@@ -70,6 +70,21 @@ def gather_adjoint(y: Tensor, inverse: Tensor) -> Tensor:
     return picked.unflatten(-1, (k, n)).sum(-2)
 
 
+FOLD_BIAS_MAX_CHANNELS = 16  # copying x with a row of ones is cheaper than a pass over y up to here
+
+
+def pointwise_add_(y: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``y += weight x + bias 1^T`` in place, per sample: y (B, O, N), x (B, C, N), weight (O, C).
+    With few input channels the bias rides in the matmul, as a weight column against a row of
+    ones appended to x, instead of taking a pass of its own over y (and another for its
+    gradient)."""
+    if bias is not None and x.shape[1] <= FOLD_BIAS_MAX_CHANNELS:
+        weight, bias = torch.cat([weight, bias[:, None]], 1), None
+        x = torch.cat([x, x.new_ones(x.shape[0], 1, x.shape[-1])], 1)
+    y = y.baddbmm_(weight.expand(x.shape[0], -1, -1), x)
+    return y if bias is None else y.add_(bias[:, None])
+
+
 class _PermutationGather(torch.autograd.Function):
     """(..., N) -> (..., K, N): out[..., k, u] = x[..., index[k, u]]."""
 

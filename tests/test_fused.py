@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gmcnn.fused import gm_conv_norm_prelu, gm_residual_block_max
+from gmcnn.fused import gm_conv_norm_prelu, gm_residual_block_max, gm_two_blocks_max
 from gmcnn.models import GMCNN
 from gmcnn.nn import GMConv, PointwiseConv
 
@@ -61,6 +61,36 @@ def test_residual_block_max_equals_composition(group, slope, offset):
                          (x, conv.weight, conv.bias, a))
 
 
+def two_blocks_and_inputs(group, slope, offset, pointwise, bias):
+    """Two one-layer blocks of 5 channels on a 4-channel (pointwise shortcut) or 5-channel input."""
+    conv, x, a = layer_and_inputs(group, slope, offset, 4 if pointwise else 5, bias)
+    first = GMConv(group, x.shape[1], 5, t=1, bias=bias).double()
+    second = GMConv(group, 5, 5, t=1, bias=bias).double()
+    shortcut = PointwiseConv(4, 5, bias=bias).double() if pointwise else None
+    modules = [first, shortcut, second]
+    params = [p.requires_grad_(True) for m in modules if m is not None for p in m.parameters()]
+
+    def fused(x, a, *_):
+        return gm_two_blocks_max(x, first.weight, first.bias,
+                                 shortcut.weight if pointwise else None,
+                                 shortcut.bias if pointwise else None, second.weight,
+                                 second.bias, a, conv.index, conv.inverse_index)
+
+    def reference(x, a, *_):
+        r = composed(first, x, a) + (shortcut(x) if pointwise else x)
+        return (r + composed(second, r, a)).amax(-1)
+
+    return fused, reference, (x, a, *params)
+
+
+@pytest.mark.parametrize("group,slope,offset", CASES)
+@pytest.mark.parametrize("pointwise", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_two_blocks_max_equals_composition(group, slope, offset, pointwise, bias):
+    fused, reference, inputs = two_blocks_and_inputs(group, slope, offset, pointwise, bias)
+    assert_same_function(fused, reference, inputs)
+
+
 def test_fused_functions_pass_gradcheck():
     conv, x, a = layer_and_inputs("D3", 0.2, 1.0, 6)
     index, inverse = conv.index, conv.inverse_index
@@ -69,6 +99,9 @@ def test_fused_functions_pass_gradcheck():
         lambda x, w, b, a: gm_conv_norm_prelu(x, w, b, a, index, inverse), args)
     assert torch.autograd.gradcheck(
         lambda x, w, b, a: gm_residual_block_max(x, w, b, a, index, inverse), args)
+    for pointwise in (True, False):
+        fused, _, inputs = two_blocks_and_inputs("D3", 0.2, 1.0, pointwise, True)
+        assert torch.autograd.gradcheck(fused, inputs)
 
 
 def test_fused_functions_reject_what_they_do_not_compute():
@@ -80,21 +113,27 @@ def test_fused_functions_reject_what_they_do_not_compute():
     with pytest.raises(ValueError, match="identity shortcut"):
         gm_residual_block_max(x, conv.weight, conv.bias, torch.ones(1), conv.index,
                               conv.inverse_index)
+    with pytest.raises(ValueError, match="identity shortcut"):
+        gm_two_blocks_max(x, conv.weight, conv.bias, None, None, conv.weight, conv.bias,
+                          torch.ones(1), conv.index, conv.inverse_index)
 
 
-@pytest.mark.parametrize("options", [dict(), dict(rank=1), dict(blocks=3, layers_per_block=2)])
+@pytest.mark.parametrize("options", [dict(), dict(rank=1), dict(blocks=3),
+                                     dict(blocks=3, layers_per_block=2), dict(blocks=1)])
 def test_fused_model_equals_composed_model(options):
-    """GMCNN(fused=True) computes what GMCNN(fused=False) does, logits and every gradient;
-    relaxed layers fall back to the modules."""
+    """GMCNN(fused=True) computes what GMCNN(fused=False) does, logits and every gradient (the
+    images' too); relaxed layers fall back to the modules."""
     models = []
     for fused in (True, False):
         torch.manual_seed(0)
         models.append(GMCNN(["C6", "C6"], 2, 3, t=1, channels=5, fused=fused, **options).double())
     images = torch.randn(4, 2, 6, 6, dtype=torch.double)
-    outputs = [m(images) for m in models]
+    inputs = [images.clone().requires_grad_(True) for _ in models]
+    outputs = [m(x) for m, x in zip(models, inputs)]
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-10, atol=1e-10)
     for out in outputs:
         out.square().sum().backward()
+    torch.testing.assert_close(inputs[0].grad, inputs[1].grad, rtol=1e-8, atol=1e-10)
     for (name, p), q in zip(models[0].named_parameters(), models[1].parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-8, atol=1e-10, msg=name)
 

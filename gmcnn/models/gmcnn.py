@@ -11,10 +11,10 @@ With 2 blocks of 1 layer and C channels in shared mode the parameter count is
 2 (C K + C) + (C_in C + C) + 1 + (C classes + classes).
 
 With ``fused=True`` (default) exact shared-mode layers run as the kernels of
-:mod:`gmcnn.fused`: each GMConv -> LayerNorm -> PReLU as one function, and a last one-layer block
-with an identity shortcut together with the global max (its backward touches one position per
-channel). The numbers are those of the modules; ``fused=False`` composes the modules instead
-(needed for higher-order gradients).
+:mod:`gmcnn.fused`: each GMConv -> LayerNorm -> PReLU as one function, and the last one-layer
+block with an identity shortcut, with the one-layer block before it, together with the global max
+(their backward never forms a dense activation gradient). The numbers are those of the modules;
+``fused=False`` composes the modules instead (needed for higher-order gradients).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gmcnn.fused import gm_conv_norm_prelu, gm_residual_block_max
+from gmcnn.fused import gm_conv_norm_prelu, gm_residual_block_max, gm_two_blocks_max
 from gmcnn.groups import axis_sizes, make_group
 from gmcnn.nn import EquivariantModule, GMConv, PointwiseConv
 from gmcnn.nn.base import check_input
@@ -76,18 +76,39 @@ class GMCNN(EquivariantModule):
 
     def forward(self, images: Tensor) -> Tensor:
         x = self._flatten(images)
-        *body, (layers, shortcut) = zip(self.blocks, self.shortcuts)
-        for block in body:
-            x = self._block(x, *block)
-        if len(layers) == 1 and isinstance(shortcut, nn.Identity) and self._fusable(layers[0], x):
-            conv = layers[0]  # the last block and the global max in one kernel
+        blocks = list(zip(self.blocks, self.shortcuts))
+        fused_tail = self._fused_tail(x)
+        for layers, shortcut in blocks[:len(blocks) - fused_tail]:
+            x = self._block(x, layers, shortcut)
+        if fused_tail:
+            conv = blocks[-fused_tail][0][0]
             check_input(x, self.group.order, conv.in_channels, "GMConv", self.group.name)
-            pooled = gm_residual_block_max(x, conv.weight, conv.bias, self.activation.weight,
-                                           conv.index, conv.inverse_index)
+        last, slope = blocks[-1][0][0], self.activation.weight
+        if fused_tail == 2:
+            (first,), shortcut = blocks[-2]
+            shortcut_weight = shortcut_bias = None
+            if isinstance(shortcut, PointwiseConv):
+                shortcut_weight, shortcut_bias = shortcut.weight, shortcut.bias
+            pooled = gm_two_blocks_max(x, first.weight, first.bias, shortcut_weight,
+                                       shortcut_bias, last.weight, last.bias, slope,
+                                       first.index, first.inverse_index)
+        elif fused_tail == 1:
+            pooled = gm_residual_block_max(x, last.weight, last.bias, slope, last.index,
+                                           last.inverse_index)
         else:
-            pooled = self._block(x, layers, shortcut).max(-1).values
+            pooled = x.max(-1).values
         return self.head(self.dropout(pooled))
 
+    def _fused_tail(self, x: Tensor) -> int:
+        """How many of the last blocks run together with the global max in one kernel: none
+        unless the last block is one fusable layer with an identity shortcut; two when the
+        block before it is one fusable layer too."""
+        def one_fusable_layer(layers: nn.ModuleList) -> bool:
+            return len(layers) == 1 and self._fusable(layers[0], x)
+
+        if not (one_fusable_layer(self.blocks[-1]) and isinstance(self.shortcuts[-1], nn.Identity)):
+            return 0
+        return 2 if len(self.blocks) > 1 and one_fusable_layer(self.blocks[-2]) else 1
     def _block(self, x: Tensor, layers: nn.ModuleList, shortcut: nn.Module) -> Tensor:
         out = x
         for conv in layers:

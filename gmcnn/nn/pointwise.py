@@ -14,8 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-
-FOLD_BIAS_MAX_CHANNELS = 16  # copying x with a row of ones is cheaper than a pass over y up to here
+from gmcnn.functional import pointwise_add_
 
 
 class PointwiseConv(nn.Module):
@@ -35,17 +34,8 @@ class PointwiseConv(nn.Module):
 
     def add_to(self, y: Tensor, x: Tensor) -> Tensor:
         """``y + self(x)``, accumulated into ``y`` in place (y must be a tensor autograd has not
-        saved): one activation-sized buffer less than adding the two. With few input channels
-        the bias rides in the same matmul, as a weight column against a row of ones appended to
-        x, instead of taking a pass of its own over y (and another for its gradient)."""
-        weight = self.weight
-        if self.bias is not None and x.shape[1] <= FOLD_BIAS_MAX_CHANNELS:
-            weight = torch.cat([weight, self.bias[:, None]], 1)
-            x = torch.cat([x, x.new_ones(x.shape[0], 1, x.shape[-1])], 1)
-        y = y.baddbmm_(weight.expand(x.shape[0], -1, -1), x)
-        if self.bias is not None and weight is self.weight:
-            y = y.add_(self.bias[:, None])
-        return y
+        saved): one activation-sized buffer less than adding the two."""
+        return pointwise_add_(y, x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[1]} -> {self.weight.shape[0]}, bias={self.bias is not None}"
