@@ -45,6 +45,31 @@ def inverse_permutations(index: Tensor) -> Tensor:
     return out
 
 
+def gram_plan(group: FiniteGroup, neighbourhood: np.ndarray) -> tuple[Tensor, Tensor]:
+    """Fewer inner products for the Gram matrix of gathered taps g_k(u) = s(u e_k^-1).
+
+    <g_k, g_l> = sum_v s(v) s(v e_k e_l^-1) depends only on e_k e_l^-1. Returns anchor taps
+    a_1..a_A, picked greedily until every e_k e_l^-1 equals some e_j e_a^-1, and pairs (K, K)
+    such that <g_k, g_l> = (g g_anchors^T).flatten()[pairs[k, l]]: K A inner products instead
+    of K^2 (four anchors, the corners, cover a 7 x 7 box on C_n x C_n)."""
+    e = np.asarray(neighbourhood)
+    taps = len(e)
+    quotient = group.multiply(e[:, None], group.inverse[e][None, :])   # e_k e_l^-1, (K, K)
+    values, ids = np.unique(quotient, return_inverse=True)
+    ids = ids.reshape(taps, taps)
+    covers = np.zeros((taps, len(values)), dtype=bool)                 # anchor l -> its ids
+    covers[np.arange(taps)[:, None], ids.T] = True
+    uncovered, anchors = np.ones(len(values), dtype=bool), []
+    while uncovered.any():
+        anchors.append(int((covers & uncovered).sum(1).argmax()))
+        uncovered &= ~covers[anchors[-1]]
+    # position in the flattened (K, A) products of one (k, a) pair for each value of e_k e_a^-1
+    where = np.empty(len(values), dtype=np.int64)
+    for j, a in reversed(list(enumerate(anchors))):
+        where[ids[:, a]] = np.arange(taps) * len(anchors) + j
+    return torch.as_tensor(anchors), torch.as_tensor(where[ids])
+
+
 def _flat(index: Tensor) -> Tensor:
     """Offsets row k into the flattened (K * N) axis: flat[k, u] = k * N + index[k, u]."""
     k, n = index.shape

@@ -59,18 +59,30 @@ class _Normalized(NamedTuple):
         return self.gc_ones[:, :-1]
 
 
-def _normalized_conv(x: Tensor, w: Tensor, bias: Tensor | None, index: Tensor,
-                     eps: float) -> _Normalized:
-    """LayerNorm(GM conv(x)) with the statistics taken from the K x K Gram matrix."""
+Gram = tuple[Tensor, Tensor]   # (anchors, pairs) of gmcnn.functional.gram_plan
+
+
+def _normalized_conv(x: Tensor, w: Tensor, bias: Tensor | None, index: Tensor, eps: float,
+                     gram_plan: Gram | None) -> _Normalized:
+    """LayerNorm(GM conv(x)) with the statistics taken from the K x K Gram matrix (from the
+    anchors' K x A inner products when a gram_plan is given)."""
     batch, positions = x.shape[0], x.shape[-1]
     taps = w.shape[1]
-    g = gather_taps(x.sum(1), index)                                 # (B, K, N)
-    g_mean = g.mean(-1)
-    # [gc; 1^T]: one matmul with [rstd W, rstd c] adds the offset, one with gy gives gy 1 too
-    gc_ones = g.new_empty(batch, taps + 1, positions)
-    gc = torch.sub(g, g_mean[..., None], out=gc_ones[:, :taps])
-    gc_ones[:, taps].fill_(1)
-    gram = torch.bmm(gc, gc.transpose(1, 2))                         # (B, K, K)
+    # channel sum s as a matmul (faster than a reduction over the middle axis on CPU)
+    s = torch.matmul(x.new_ones(1, x.shape[1]), x)[:, 0]             # (B, N)
+    # every row of the index is a permutation, so each tap's mean over positions is mean(s):
+    # gather the centred s, and a ones row by an extra index row pointing past its end
+    s_mean = s.mean(-1, keepdim=True)
+    centred_and_one = torch.cat([s - s_mean, s.new_ones(batch, 1)], -1)
+    gc_ones = gather_taps(centred_and_one, torch.cat([index, index.new_full((1, positions),
+                                                                            positions)]))
+    gc = gc_ones[:, :taps]                                           # (B, K, N)
+    g_mean = s_mean.expand(-1, taps)
+    if gram_plan is None:
+        gram = torch.bmm(gc, gc.transpose(1, 2))                     # (B, K, K)
+    else:
+        anchors, pairs = gram_plan
+        gram = torch.bmm(gc, gc[:, anchors].transpose(1, 2)).flatten(1)[:, pairs]
     offset = g_mean @ w.T if bias is None else torch.addmm(bias, g_mean, w.T)
     offset = offset - offset.mean(1, keepdim=True)
     w_gram = torch.matmul(w, gram)
@@ -119,8 +131,8 @@ class _GMConvNormPReLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, slope: Tensor,
-                index: Tensor, inverse: Tensor, eps: float) -> Tensor:
-        saved = _normalized_conv(x, weight[:, 0], bias, index, eps)
+                index: Tensor, inverse: Tensor, eps: float, gram_plan: Gram | None) -> Tensor:
+        saved = _normalized_conv(x, weight[:, 0], bias, index, eps, gram_plan)
         ctx.save_for_backward(*saved, weight, slope, inverse)
         ctx.channels, ctx.has_bias = x.shape[1], bias is not None
         return F.prelu(saved.y, slope)
@@ -158,7 +170,14 @@ class _GMConvNormPReLU(torch.autograd.Function):
             grad_slope = q.reshape(slope.shape)
         if grad_x is not None:
             grad_x = grad_x[:, None].expand(-1, ctx.channels, -1)
-        return grad_x, grad_w, grad_b, grad_slope, None, None, None
+        return grad_x, grad_w, grad_b, grad_slope, None, None, None, None
+
+
+def _max_over_positions(z: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, O, N) -> the max over positions and its first position, both (B, O); the pooling
+    kernel is about twice as fast on CPU as ``Tensor.max(-1)``, with the same result."""
+    pooled, argmax = F.max_pool1d(z, z.shape[-1], return_indices=True)
+    return pooled[..., 0], argmax[..., 0]
 
 
 def _prelu_at_max(grad_pooled: Tensor, y_at_max: Tensor, slope: Tensor,
@@ -205,9 +224,9 @@ class _GMResidualBlockMax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, slope: Tensor,
-                index: Tensor, inverse: Tensor, eps: float) -> Tensor:
-        saved = _normalized_conv(x, weight[:, 0], bias, index, eps)
-        pooled, argmax = F.prelu(saved.y, slope).add_(x).max(-1)    # (B, O)
+                index: Tensor, inverse: Tensor, eps: float, gram_plan: Gram | None) -> Tensor:
+        saved = _normalized_conv(x, weight[:, 0], bias, index, eps, gram_plan)
+        pooled, argmax = _max_over_positions(F.prelu(saved.y, slope).add_(x))
         y_at_max = saved.y.gather(-1, argmax[..., None])[..., 0]
         ctx.save_for_backward(*saved[1:], y_at_max, argmax, weight, slope, inverse)
         ctx.has_bias = bias is not None
@@ -225,7 +244,7 @@ class _GMResidualBlockMax(torch.autograd.Function):
         if grad_sum is not None:  # the convolution's input gradient plus the residual's
             grad_x = grad_sum[:, None].repeat(1, weight.shape[0], 1)
             grad_x.scatter_add_(-1, argmax[..., None], grad_pooled[..., None])
-        return grad_x, grad_w, grad_b, grad_slope, None, None, None
+        return grad_x, grad_w, grad_b, grad_slope, None, None, None, None
 
 
 class _GMTwoBlocksMax(torch.autograd.Function):
@@ -250,15 +269,15 @@ class _GMTwoBlocksMax(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight_1: Tensor, bias_1: Tensor | None,
                 shortcut_weight: Tensor | None, shortcut_bias: Tensor | None, weight_2: Tensor,
                 bias_2: Tensor | None, slope: Tensor, index: Tensor, inverse: Tensor,
-                eps: float) -> Tensor:
-        first = _normalized_conv(x, weight_1[:, 0], bias_1, index, eps)
+                eps: float, gram_plan: Gram | None) -> Tensor:
+        first = _normalized_conv(x, weight_1[:, 0], bias_1, index, eps, gram_plan)
         r = F.prelu(first.y, slope)
         if shortcut_weight is None:
             r.add_(x)
         else:
             pointwise_add_(r, x, shortcut_weight, shortcut_bias)
-        second = _normalized_conv(r, weight_2[:, 0], bias_2, index, eps)
-        pooled, argmax = F.prelu(second.y, slope).add_(r).max(-1)   # (B, O)
+        second = _normalized_conv(r, weight_2[:, 0], bias_2, index, eps, gram_plan)
+        pooled, argmax = _max_over_positions(F.prelu(second.y, slope).add_(r))
         ys_at_max = [s.y.gather(-1, argmax[..., None])[..., 0] for s in (first, second)]
         ctx.save_for_backward(x if shortcut_weight is not None else None, *first, *second[1:],
                               *ys_at_max, argmax, weight_1, shortcut_weight, weight_2, slope,
@@ -319,7 +338,7 @@ class _GMTwoBlocksMax(torch.autograd.Function):
                 grad_x += shortcut_weight.sum(0)[None, :, None] * gs[:, None]
                 _scatter_at_max(grad_x, argmax, shortcut_weight.T[None] * grad_pooled[:, None])
         return (grad_x, grad_w1, grad_b1, grad_sw, grad_sb, grad_w2, grad_b2, grad_slope,
-                None, None, None)
+                None, None, None, None)
 
 
 def _check_fusable(weight: Tensor, slope: Tensor) -> None:
@@ -329,16 +348,20 @@ def _check_fusable(weight: Tensor, slope: Tensor) -> None:
 
 
 def gm_conv_norm_prelu(x: Tensor, weight: Tensor, bias: Tensor | None, slope: Tensor,
-                       index: Tensor, inverse: Tensor, eps: float = 1e-5) -> Tensor:
+                       index: Tensor, inverse: Tensor, eps: float = 1e-5,
+                       gram_plan: Gram | None = None) -> Tensor:
     """``prelu(layer_norm(gm_conv(x, weight, index, inverse, bias)), slope)`` in shared channel
     mode, LayerNorm over (O, N) without affine, one PReLU weight; x (B, C, N), weight (O, 1, K),
-    bias (O,) or None, slope (1,). Returns (B, O, N)."""
+    bias (O,) or None, slope (1,); ``gram_plan`` (a GMConv's ``gram_plan``, from
+    :func:`gmcnn.functional.gram_plan`) computes the Gram matrix from fewer inner products.
+    Returns (B, O, N)."""
     _check_fusable(weight, slope)
-    return _GMConvNormPReLU.apply(x, weight, bias, slope, index, inverse, eps)
+    return _GMConvNormPReLU.apply(x, weight, bias, slope, index, inverse, eps, gram_plan)
 
 
 def gm_residual_block_max(x: Tensor, weight: Tensor, bias: Tensor | None, slope: Tensor,
-                          index: Tensor, inverse: Tensor, eps: float = 1e-5) -> Tensor:
+                          index: Tensor, inverse: Tensor, eps: float = 1e-5,
+                       gram_plan: Gram | None = None) -> Tensor:
     """``(x + gm_conv_norm_prelu(x, ...)).amax(-1)``: a one-layer residual block with an identity
     shortcut followed by the global max over positions; x (B, C, N) with C = O. Returns (B, O).
     At ties the gradient goes to one maximising position (as ``Tensor.max``)."""
@@ -346,13 +369,14 @@ def gm_residual_block_max(x: Tensor, weight: Tensor, bias: Tensor | None, slope:
     if x.shape[1] != weight.shape[0]:
         raise ValueError(f"an identity shortcut needs as many input channels ({x.shape[1]}) as "
                          f"output channels ({weight.shape[0]})")
-    return _GMResidualBlockMax.apply(x, weight, bias, slope, index, inverse, eps)
+    return _GMResidualBlockMax.apply(x, weight, bias, slope, index, inverse, eps, gram_plan)
 
 
 def gm_two_blocks_max(x: Tensor, weight_1: Tensor, bias_1: Tensor | None,
                       shortcut_weight: Tensor | None, shortcut_bias: Tensor | None,
                       weight_2: Tensor, bias_2: Tensor | None, slope: Tensor, index: Tensor,
-                      inverse: Tensor, eps: float = 1e-5) -> Tensor:
+                      inverse: Tensor, eps: float = 1e-5,
+                      gram_plan: Gram | None = None) -> Tensor:
     """``gm_residual_block_max(r, weight_2, bias_2, ...)`` with ``r = x' + gm_conv_norm_prelu(x,
     weight_1, bias_1, ...)``: the last two one-layer residual blocks and the global max. The
     first block's shortcut x' is x (``shortcut_weight`` None, then x has O channels) or the 1x1
@@ -367,4 +391,4 @@ def gm_two_blocks_max(x: Tensor, weight_1: Tensor, bias_1: Tensor | None,
         raise ValueError(f"an identity shortcut needs as many input channels ({x.shape[1]}) as "
                          f"output channels ({weight_1.shape[0]})")
     return _GMTwoBlocksMax.apply(x, weight_1, bias_1, shortcut_weight, shortcut_bias, weight_2,
-                                 bias_2, slope, index, inverse, eps)
+                                 bias_2, slope, index, inverse, eps, gram_plan)

@@ -4,7 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gmcnn.functional import conv_index, gather_taps, gram_plan
 from gmcnn.fused import gm_conv_norm_prelu, gm_residual_block_max, gm_two_blocks_max
+from gmcnn.groups import make_group
 from gmcnn.models import GMCNN
 from gmcnn.nn import GMConv, PointwiseConv
 
@@ -45,7 +47,8 @@ def test_conv_norm_prelu_equals_composition(group, slope, offset, bias):
     inputs = (x, conv.weight, a) + ((conv.bias,) if bias else ())
 
     def fused(x, w, a, b=None):
-        return gm_conv_norm_prelu(x, w, b, a, conv.index, conv.inverse_index)
+        return gm_conv_norm_prelu(x, w, b, a, conv.index, conv.inverse_index,
+                                  gram_plan=conv.gram_plan)
 
     assert_same_function(fused, lambda x, w, a, b=None: composed(conv, x, a), inputs)
 
@@ -55,7 +58,8 @@ def test_residual_block_max_equals_composition(group, slope, offset):
     conv, x, a = layer_and_inputs(group, slope, offset, 6)
 
     def fused(x, w, b, a):
-        return gm_residual_block_max(x, w, b, a, conv.index, conv.inverse_index)
+        return gm_residual_block_max(x, w, b, a, conv.index, conv.inverse_index,
+                                     gram_plan=conv.gram_plan)
 
     assert_same_function(fused, lambda x, w, b, a: (x + composed(conv, x, a)).amax(-1),
                          (x, conv.weight, conv.bias, a))
@@ -74,7 +78,8 @@ def two_blocks_and_inputs(group, slope, offset, pointwise, bias):
         return gm_two_blocks_max(x, first.weight, first.bias,
                                  shortcut.weight if pointwise else None,
                                  shortcut.bias if pointwise else None, second.weight,
-                                 second.bias, a, conv.index, conv.inverse_index)
+                                 second.bias, a, conv.index, conv.inverse_index,
+                                 gram_plan=conv.gram_plan)
 
     def reference(x, a, *_):
         r = composed(first, x, a) + (shortcut(x) if pointwise else x)
@@ -89,6 +94,20 @@ def two_blocks_and_inputs(group, slope, offset, pointwise, bias):
 def test_two_blocks_max_equals_composition(group, slope, offset, pointwise, bias):
     fused, reference, inputs = two_blocks_and_inputs(group, slope, offset, pointwise, bias)
     assert_same_function(fused, reference, inputs)
+
+
+@pytest.mark.parametrize("group,t,anchors", [(["C32", "C32"], 3, 4), (["D8", "D8"], 2, 4),
+                                             ("D5", 1, 2), ("S4", 1, 4), (["C8", "C6"], 1, 4)])
+def test_gram_plan_gives_the_gram_matrix(group, t, anchors):
+    """<g_k, g_l> of the gathered taps from the K x A inner products with the anchor taps."""
+    group = make_group(group)
+    neighbourhood = group.neighbourhood(t)
+    anchor_taps, pairs = gram_plan(group, neighbourhood)
+    assert len(anchor_taps) == anchors and pairs.shape == (len(neighbourhood),) * 2
+    g = gather_taps(torch.randn(3, group.order, dtype=torch.double),
+                    conv_index(group, neighbourhood))
+    products = (g @ g[:, anchor_taps].transpose(1, 2)).flatten(1)
+    torch.testing.assert_close(products[:, pairs], g @ g.transpose(1, 2), rtol=1e-12, atol=1e-12)
 
 
 def test_fused_functions_pass_gradcheck():

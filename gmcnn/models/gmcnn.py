@@ -91,10 +91,11 @@ class GMCNN(EquivariantModule):
                 shortcut_weight, shortcut_bias = shortcut.weight, shortcut.bias
             pooled = gm_two_blocks_max(x, first.weight, first.bias, shortcut_weight,
                                        shortcut_bias, last.weight, last.bias, slope,
-                                       first.index, first.inverse_index)
+                                       first.index, first.inverse_index,
+                                       gram_plan=first.gram_plan)
         elif fused_tail == 1:
             pooled = gm_residual_block_max(x, last.weight, last.bias, slope, last.index,
-                                           last.inverse_index)
+                                           last.inverse_index, gram_plan=last.gram_plan)
         else:
             pooled = x.max(-1).values
         return self.head(self.dropout(pooled))
@@ -129,7 +130,7 @@ class GMCNN(EquivariantModule):
         if self._fusable(conv, x):
             check_input(x, self.group.order, conv.in_channels, "GMConv", self.group.name)
             return gm_conv_norm_prelu(x, conv.weight, conv.bias, self.activation.weight,
-                                      conv.index, conv.inverse_index)
+                                      conv.index, conv.inverse_index, gram_plan=conv.gram_plan)
         x = conv(x)
         return self.activation(F.layer_norm(x, x.shape[1:]))
 

@@ -48,7 +48,18 @@ class GMConv(GroupMatrixLayer):
         self.t = t if neighbourhood is None else None
         self.register_buffer("index", GF.conv_index(group, support), persistent=False)
         self.register_buffer("inverse_index", GF.inverse_permutations(self.index), persistent=False)
+        # anchors and pairs for the fused kernels' Gram matrix, where they save inner products
+        anchors, pairs = GF.gram_plan(group, support)
+        keep = 2 * len(anchors) <= len(support)
+        self.register_buffer("gram_anchors", anchors if keep else None, persistent=False)
+        self.register_buffer("gram_pairs", pairs if keep else None, persistent=False)
         self.backend = self._resolve_backend(backend)
+
+    @property
+    def gram_plan(self) -> tuple[Tensor, Tensor] | None:
+        """(anchors, pairs) of :func:`gmcnn.functional.gram_plan`, or None where they would not
+        save work (at least half as many anchors as taps)."""
+        return None if self.gram_anchors is None else (self.gram_anchors, self.gram_pairs)
 
     def _resolve_backend(self, backend: str) -> str:
         if backend not in BACKENDS:
