@@ -119,11 +119,11 @@ def _normalized_conv_backward(saved: _Normalized, w: Tensor, grad_y_sum: Tensor,
         if need_b:
             grad_b = grad_h_sum.sum(0)
     if need_x:
-        grad_g = grad_y_to_taps()
-        grad_g -= beta_rstd[:, None, None] * torch.matmul(w.T @ w, gc)
-        grad_g -= (alpha[:, None] * w.sum(0) + beta_rstd[:, None] * (offset @ w))[..., None]
-        grad_g *= rstd[:, None, None]
-        grad_x = gather_adjoint(grad_g, inverse)                     # (B, N), per channel
+        grad_g = grad_y_to_taps().baddbmm_(-beta_rstd[:, None, None] * (w.T @ w), gc)
+        # a term constant along positions adds its sum over taps to every position of the
+        # adjoint, and rstd scales it: both applied to the (B, N) result
+        constant = alpha[:, None] * w.sum(0) + beta_rstd[:, None] * (offset @ w)   # (B, K)
+        grad_x = (gather_adjoint(grad_g, inverse) - constant.sum(1, keepdim=True)) * rstd[:, None]
     return grad_x, grad_w, grad_b, grad_y_y.sum()
 
 
