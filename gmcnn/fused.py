@@ -9,7 +9,8 @@ For one sample, with s = sum_c x_c the channel sum and g[k, u] = s(u e_k^-1) the
 
 Every entry of h is a linear function of the K x N matrix g, so the LayerNorm statistics follow
 from K x K quantities instead of a pass over h. With g = gc + gbar 1^T (gc centred along u,
-so gc 1 = 0) and c = W gbar + b - mu (mean over channels 0):
+so gc 1 = 0; every index row is a permutation, so gbar = mean(s) for every tap and gc is the
+gather of s - mean(s)) and c = W gbar + b - mu (mean over channels 0):
 
     mu  = mean_o (W gbar + b)_o,     var = (tr(W Gc W^T) + N |c|^2) / (O N),    Gc = gc gc^T,
 
@@ -28,8 +29,15 @@ on CPU); the centred Gram matrix keeps the variance as accurate as a two-pass co
 :func:`gm_residual_block_max` fuses the network's last residual block with the global max pool:
 max_u (x + z)(o, u). Its gradient reaches one position per sample and channel, so gy is sparse
 and gy gc^T, W^T gy are gathers and scatters of B x O values instead of two large matmuls.
+:func:`gm_two_blocks_max` adds the block before it: the gradient reaching that block's output is
+the same for every channel apart from one position per channel, so its backward needs one
+matmul with the sign mask of its pre-activation and no dense activation gradient.
 
-Both equal the composition of the modules (``F.prelu(F.layer_norm(gm_conv(...)))``) to rounding
+Gc = gc gc^T needs only K A inner products: <gc_k, gc_l> depends only on e_k e_l^-1, and A
+anchor taps reach every such element (:func:`gmcnn.functional.gram_plan`; A = 4 for a 7 x 7
+neighbourhood on C32 x C32).
+
+All three equal the composition of the modules (``F.prelu(F.layer_norm(gm_conv(...)))``) to rounding
 and are once differentiable.
 """
 
