@@ -173,7 +173,7 @@ def test_micro_batches_give_the_whole_batch_gradient():
 def test_micro_batch_size_auto_depends_on_device_and_batch_norm():
     gm, cnn = compose_config(*FAST), compose_config(*FAST, "model=cnn")
     cpu = torch.device("cpu")
-    assert resolve_micro_batch_size("auto", build_model(gm), cpu) == 16
+    assert resolve_micro_batch_size("auto", build_model(gm), cpu) == 64
     assert resolve_micro_batch_size("auto", build_model(cnn), cpu) is None
     assert resolve_micro_batch_size("auto", build_model(gm), torch.device("cuda")) is None
 

@@ -87,14 +87,19 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, cfg
     return DataLoader(dataset, batch_sampler=batches, **common)
 
 
+# Samples per forward/backward chunk on CPU: fewer chunks amortise each chunk's fixed cost,
+# smaller ones keep activations in cache (cifar10: 64 beat 16, 32, 128 and 256 on 2 cores)
+CPU_MICRO_BATCH = 64
+
+
 def resolve_micro_batch_size(setting: int | str | None, model: nn.Module,
                              device: torch.device) -> int | None:
-    """``auto``: 16 on CPU unless the model has batch statistics (then chunks would change its
-    gradient), else None (the whole batch at once)."""
+    """``auto``: CPU_MICRO_BATCH on CPU unless the model has batch statistics (then chunks would
+    change its gradient), else None (the whole batch at once)."""
     if setting != "auto":
         return setting
     has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    return 16 if device.type == "cpu" and not has_batch_norm else None
+    return CPU_MICRO_BATCH if device.type == "cpu" and not has_batch_norm else None
 
 
 class Trainer:
