@@ -138,14 +138,17 @@ def test_fused_functions_reject_what_they_do_not_compute():
 
 
 @pytest.mark.parametrize("options", [dict(), dict(rank=1), dict(blocks=3),
-                                     dict(blocks=3, layers_per_block=2), dict(blocks=1)])
+                                     dict(blocks=3, layers_per_block=2), dict(blocks=1),
+                                     dict(blocks=1, channels=2)])
 def test_fused_model_equals_composed_model(options):
     """GMCNN(fused=True) computes what GMCNN(fused=False) does, logits and every gradient (the
-    images' too); relaxed layers fall back to the modules."""
+    images' too), whether the last two blocks, the last one (blocks=1 with as many channels as
+    inputs) or none (relaxed layers, a 1x1 shortcut in the last block) run fused with the max."""
     models = []
     for fused in (True, False):
         torch.manual_seed(0)
-        models.append(GMCNN(["C6", "C6"], 2, 3, t=1, channels=5, fused=fused, **options).double())
+        models.append(GMCNN(["C6", "C6"], 2, 3, t=1, fused=fused,
+                            **{"channels": 5, **options}).double())
     images = torch.randn(4, 2, 6, 6, dtype=torch.double)
     inputs = [images.clone().requires_grad_(True) for _ in models]
     outputs = [m(x) for m, x in zip(models, inputs)]

@@ -77,27 +77,10 @@ class GMCNN(EquivariantModule):
     def forward(self, images: Tensor) -> Tensor:
         x = self._flatten(images)
         blocks = list(zip(self.blocks, self.shortcuts))
-        fused_tail = self._fused_tail(x)
-        for layers, shortcut in blocks[:len(blocks) - fused_tail]:
+        fused = self._fused_tail(x)
+        for layers, shortcut in blocks[:len(blocks) - fused]:
             x = self._block(x, layers, shortcut)
-        if fused_tail:
-            conv = blocks[-fused_tail][0][0]
-            check_input(x, self.group.order, conv.in_channels, "GMConv", self.group.name)
-        last, slope = blocks[-1][0][0], self.activation.weight
-        if fused_tail == 2:
-            (first,), shortcut = blocks[-2]
-            shortcut_weight = shortcut_bias = None
-            if isinstance(shortcut, PointwiseConv):
-                shortcut_weight, shortcut_bias = shortcut.weight, shortcut.bias
-            pooled = gm_two_blocks_max(x, first.weight, first.bias, shortcut_weight,
-                                       shortcut_bias, last.weight, last.bias, slope,
-                                       first.index, first.inverse_index,
-                                       gram_plan=first.gram_plan)
-        elif fused_tail == 1:
-            pooled = gm_residual_block_max(x, last.weight, last.bias, slope, last.index,
-                                           last.inverse_index, gram_plan=last.gram_plan)
-        else:
-            pooled = x.max(-1).values
+        pooled = self._fused_tail_max(x, blocks[-fused:]) if fused else x.max(-1).values
         return self.head(self.dropout(pooled))
 
     def _fused_tail(self, x: Tensor) -> int:
@@ -110,6 +93,24 @@ class GMCNN(EquivariantModule):
         if not (one_fusable_layer(self.blocks[-1]) and isinstance(self.shortcuts[-1], nn.Identity)):
             return 0
         return 2 if len(self.blocks) > 1 and one_fusable_layer(self.blocks[-2]) else 1
+
+    def _fused_tail_max(self, x: Tensor, tail: list) -> Tensor:
+        """The global max of the last one or two blocks' output, computed by gmcnn.fused."""
+        first = tail[0][0][0]
+        check_input(x, self.group.order, first.in_channels, "GMConv", self.group.name)
+        (last,), _ = tail[-1]
+        slope = self.activation.weight
+        if len(tail) == 1:
+            return gm_residual_block_max(x, last.weight, last.bias, slope, last.index,
+                                         last.inverse_index, gram_plan=last.gram_plan)
+        shortcut = tail[0][1]
+        shortcut_weight, shortcut_bias = ((shortcut.weight, shortcut.bias)
+                                          if isinstance(shortcut, PointwiseConv) else (None, None))
+        # both layers convolve over the same group and neighbourhood: one index serves both
+        return gm_two_blocks_max(x, first.weight, first.bias, shortcut_weight, shortcut_bias,
+                                 last.weight, last.bias, slope, first.index, first.inverse_index,
+                                 gram_plan=first.gram_plan)
+
     def _block(self, x: Tensor, layers: nn.ModuleList, shortcut: nn.Module) -> Tensor:
         out = x
         for conv in layers:
