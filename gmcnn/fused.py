@@ -209,6 +209,13 @@ def _scatter_at_max(out: Tensor, argmax: Tensor, columns: Tensor) -> Tensor:
     return out.scatter_add_(-1, argmax[:, None].expand_as(columns), columns)
 
 
+def _over_channels_plus_at_max(per_position: Tensor, channels: int, argmax: Tensor,
+                               values: Tensor) -> Tensor:
+    """(B, N) repeated over channels, plus values (B, C) at the positions argmax (B, C)."""
+    out = per_position[:, None].repeat(1, channels, 1)
+    return out.scatter_add_(-1, argmax[..., None], values[..., None])
+
+
 def _last_block_backward(saved: _Normalized, w: Tensor, slope: Tensor, y_at_max: Tensor,
                          argmax: Tensor, grad_pooled: Tensor, inverse: Tensor,
                          needs: tuple[bool, bool, bool, bool]):
@@ -250,8 +257,7 @@ class _GMResidualBlockMax(torch.autograd.Function):
             inverse, (need[0], need[1], need[2] and ctx.has_bias, need[3]))
         grad_x = None
         if grad_sum is not None:  # the convolution's input gradient plus the residual's
-            grad_x = grad_sum[:, None].repeat(1, weight.shape[0], 1)
-            grad_x.scatter_add_(-1, argmax[..., None], grad_pooled[..., None])
+            grad_x = _over_channels_plus_at_max(grad_sum, weight.shape[0], argmax, grad_pooled)
         return grad_x, grad_w, grad_b, grad_slope, None, None, None, None
 
 
@@ -337,12 +343,11 @@ class _GMTwoBlocksMax(torch.autograd.Function):
         if need[4] and has_sb:
             grad_sb = gs.sum() + grad_pooled.sum(0)
         if need[0]:
-            channels = x.shape[1] if x is not None else w1.shape[0]
-            grad_x = grad_sum_x[:, None].repeat(1, channels, 1)
             if shortcut_weight is None:   # + 1 gs^T + S
-                grad_x += gs[:, None]
-                grad_x.scatter_add_(-1, argmax[..., None], grad_pooled[..., None])
+                grad_x = _over_channels_plus_at_max(grad_sum_x + gs, w1.shape[0], argmax,
+                                                    grad_pooled)
             else:                         # + Ws^T (1 gs^T + S)
+                grad_x = grad_sum_x[:, None].repeat(1, x.shape[1], 1)
                 grad_x += shortcut_weight.sum(0)[None, :, None] * gs[:, None]
                 _scatter_at_max(grad_x, argmax, shortcut_weight.T[None] * grad_pooled[:, None])
         return (grad_x, grad_w1, grad_b1, grad_sw, grad_sb, grad_w2, grad_b2, grad_slope,

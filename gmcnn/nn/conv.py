@@ -48,11 +48,15 @@ class GMConv(GroupMatrixLayer):
         self.t = t if neighbourhood is None else None
         self.register_buffer("index", GF.conv_index(group, support), persistent=False)
         self.register_buffer("inverse_index", GF.inverse_permutations(self.index), persistent=False)
-        # anchors and pairs for the fused kernels' Gram matrix, where they save inner products
-        anchors, pairs = GF.gram_plan(group, support)
-        keep = 2 * len(anchors) <= len(support)
-        self.register_buffer("gram_anchors", anchors if keep else None, persistent=False)
-        self.register_buffer("gram_pairs", pairs if keep else None, persistent=False)
+        # anchors and pairs for the fused (shared-mode) kernels' Gram matrix, where they save
+        # inner products
+        anchors = pairs = None
+        if self.channel_mode == "shared":
+            anchors, pairs = GF.gram_plan(group, support)
+            if 2 * len(anchors) > len(support):
+                anchors = pairs = None
+        self.register_buffer("gram_anchors", anchors, persistent=False)
+        self.register_buffer("gram_pairs", pairs, persistent=False)
         self.backend = self._resolve_backend(backend)
 
     @property
