@@ -1,4 +1,4 @@
-"""Datasets of the paper behind one registry (DESIGN 4): ``build_dataset(name, root, **options)``.
+"""Datasets of the paper behind one registry (docs/design.md §4): ``build_dataset(name, root, **options)``.
 
 Registered: cifar10, rot-mnist, mnist-bg-rot, mnist-noise, rectangles, norb, smallnorb (real data,
 see each module's docstring for format, download and split), rectangles-generated and

@@ -6,7 +6,7 @@ Every loader goes through this module, so that all of them behave the same way:
   to a temporary name in ``root``, its checksum is verified, and only then renamed into place, so
   an interrupted or corrupt download never leaves a file that a later run would trust.
 * :func:`verify` checks a local file against a known ``(algorithm, hex digest)`` (md5, sha1 or
-  sha256, as DESIGN 4 lists them) and raises :class:`DatasetError` naming the file on mismatch.
+  sha256, as docs/design.md §4 lists them) and raises :class:`DatasetError` naming the file on mismatch.
 * :func:`open_source` opens a file by name, either extracted somewhere under ``root`` (directly or
   one folder down) or as a member of a ``.zip`` / ``.tar.gz`` archive, as a binary stream.
 """

@@ -5,7 +5,7 @@ Format (``.amat``): ASCII text, one example per line, whitespace separated: 784 
 read from the official archive (zip or tar.gz, downloaded and checksum-verified when missing) or,
 when present, from their extracted copies under ``root`` (directly or one folder down).
 
-Splits (DESIGN 4), taken as consecutive rows of the files in the order listed in ``VARIANTS``:
+Splits (docs/design.md §4), taken as consecutive rows of the files in the order listed in ``VARIANTS``:
 
 * rot-MNIST, MNIST-bg-rot: ``*_train_valid.amat`` rows 0-9,999 train, 10,000-11,999 valid;
   ``*_test.amat`` (50,000 rows) test. MNIST-bg-rot is standardised per pixel with the statistics

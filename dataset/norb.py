@@ -1,6 +1,6 @@
 """NORB (jittered-cluttered, 6 classes) and smallNORB (5 classes) from the official binary matrices.
 
-Format (DESIGN 4.1): little-endian int32 magic (0x1E3D4C55 uint8 matrix, 0x1E3D4C54 int32 matrix),
+Format (docs/design.md §4.1): little-endian int32 magic (0x1E3D4C55 uint8 matrix, 0x1E3D4C54 int32 matrix),
 int32 ndim, max(3, ndim) int32 dimensions (unused trailing ones are 1), then the C-order payload.
 ``*-dat.mat`` is (N, 2, H, W) uint8 with index 0 the left camera, ``*-cat.mat`` (N,) int32 labels.
 Files may be gzipped (detected by content, ``.mat`` or ``.mat.gz``), under ``root`` or one folder

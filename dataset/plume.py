@@ -1,4 +1,4 @@
-"""Smoke-plume and JetFlow task files and the task lists of DESIGN 4.2.
+"""Smoke-plume and JetFlow task files and the task lists of docs/design.md §4.2.
 
 Format: one file per task in ``root``, ``raw_data_{i}_{j}.pt`` for a pair task (translation,
 rotation, JetFlow) and ``raw_data_{i}.pt`` for a scale task, each a ``torch.save``-d tensor
@@ -40,7 +40,7 @@ TASK_SETS: dict[str, tuple[list[Task], list[Task], tuple[int, int, int]]] = {
     "jetflow": (JETFLOW_TRAIN, JETFLOW_TEST, JETFLOW_SHAPE),
 }
 
-# DESIGN 4.2: input frames [mid - input_frames + t, mid + t), target [mid + t, mid + t + out_len);
+# docs/design.md §4.2: input frames [mid - input_frames + t, mid + t), target [mid + t, mid + t + out_len);
 # ranges of the start index t are half-open [start, stop).
 WINDOWS: dict[str, int | list[int]] = {
     "input_frames": 10, "mid": 12,
@@ -87,7 +87,8 @@ def load_tasks(root: Path, tasks: Sequence, frame_shape: Sequence[int] = PLUME_S
     missing = [task_filename(k, pattern) for k in keys if not (root / task_filename(k, pattern)).is_file()]
     if missing:
         raise DatasetError(f"{len(missing)} of {len(keys)} task files missing in {root}: {', '.join(missing)}. "
-                           f"Copy the raw_data files there or regenerate the plumes (DESIGN 4.2)")
+                           f"Copy the raw_data files there or regenerate them with "
+                           f"`python -m dataset.plume_generate --variant rotation|translation|scale --out {root}`")
     frame_shape = tuple(frame_shape)
     out: dict[Task, torch.Tensor] = {}
     for key in keys:
@@ -110,7 +111,7 @@ def load_tasks(root: Path, tasks: Sequence, frame_shape: Sequence[int] = PLUME_S
 
 
 class WindowDataset(Dataset):
-    """Input/target windows of DESIGN 4.2 over several task series (T, C, H, W).
+    """Input/target windows of docs/design.md §4.2 over several task series (T, C, H, W).
 
     For a series and a start index t: input = frames [mid - input_frames + t, mid + t) stacked as
     (input_frames * C, H, W); target = frames [mid + t, mid + t + out_len) as (out_len, C, H, W).

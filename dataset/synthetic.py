@@ -1,6 +1,6 @@
 """Generated datasets that need no download.
 
-Rectangles (DESIGN 4.3, after Larochelle et al. 2007): a 28 x 28 black image with the one-pixel
+Rectangles (docs/design.md §4.3, after Larochelle et al. 2007): a 28 x 28 black image with the one-pixel
 white outline of an axis-aligned rectangle. Height and width are drawn uniformly from
 [min_side, 28] (pairs whose difference is under 3 pixels are redrawn), the position uniformly
 among those where the rectangle fits. Label 1 if the rectangle is taller than wide, else 0.

@@ -1,4 +1,4 @@
-"""Measuring equivariance (DESIGN 2.5).
+"""Measuring equivariance (docs/design.md §2.5).
 
 For a map f, an input x and a group element g acting by left translation, (g . x)(u) = x(g^-1 u):
 

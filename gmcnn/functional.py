@@ -5,7 +5,7 @@ support e_1..e_K, the convolution index is
 
     index[k, u] = u * e_k^-1,
 
-and a GM convolution (DESIGN 2.1) is ``y[b, o, u] = sum_{c, k} w[o, c, k] x[b, c, index[k, u]]``.
+and a GM convolution (docs/design.md §2.1) is ``y[b, o, u] = sum_{c, k} w[o, c, k] x[b, c, index[k, u]]``.
 In "shared" channel mode (the original GM-CNN semantics) the weight has a single input channel
 that is applied to the channel sum, so the channels are summed *before* the gather.
 

@@ -1,7 +1,7 @@
 """Fused GM convolution -> LayerNorm -> PReLU (the GM-CNN layer) with a hand-derived backward.
 
 For one sample, with s = sum_c x_c the channel sum and g[k, u] = s(u e_k^-1) the gathered taps
-(shared channel mode, DESIGN 2.1),
+(shared channel mode, docs/design.md §2.1),
 
     h = W g + b 1^T                      (O x N, the GM convolution)
     y = (h - mu) / sqrt(var + eps)       (LayerNorm over all O N entries, no affine)

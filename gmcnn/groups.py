@@ -10,7 +10,7 @@ integer arithmetic on those indices:
 Concrete groups compute products arithmetically, so building C64 x C64 costs nothing; the full
 ``table`` (N x N) is only materialised on request. This module knows nothing of torch.
 
-Conventions (DESIGN 1, those of the original GM-CNN code):
+Conventions (docs/design.md §1, those of the original GM-CNN code):
 
 * cyclic C_n: k = 0..n-1, product (a + b) mod n; neighbourhood -t..t (mod n).
 * dihedral D_n (order 2n): index a < n is the rotation r^a, index n + a the reflection f r^a;

@@ -3,8 +3,16 @@
 import numpy as np
 import pytest
 
-from gmcnn.groups import (CyclicGroup, DihedralGroup, PermutationGroup, ProductGroup, TableGroup,
-                          axis_sizes, make_group, symmetric_group)
+from gmcnn.groups import (
+    CyclicGroup,
+    DihedralGroup,
+    PermutationGroup,
+    ProductGroup,
+    TableGroup,
+    axis_sizes,
+    make_group,
+    symmetric_group,
+)
 
 GROUPS = ["C7", "D5", "D3xC4", "C4xC6", "S4", "D31xC23"]
 

@@ -6,7 +6,7 @@ import torch
 from gmcnn.equivariance import assert_equivariant, equivariance_error
 from gmcnn.models import CNN, GMCNN
 
-# DESIGN 3.1: experiment -> (group per axis, t, input channels, classes, parameter count)
+# docs/design.md §3.1: experiment -> (group per axis, t, input channels, classes, parameter count)
 PAPER_CONFIGS = {
     "cifar10": (["C32", "C32"], 3, 3, 10, 13_691),
     "rot-mnist": (["D14", "D14"], 3, 1, 10, 48_731),

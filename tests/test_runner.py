@@ -7,6 +7,7 @@ import time
 
 import pytest
 import torch
+
 from gmcnn.training import TrainingDiverged, run
 from gmcnn.training.engine import Trainer, build_model, count_parameters, resolve_micro_batch_size
 from tests.helpers import ENV, FAST, ROOT, compose_config, metrics_of, runner

@@ -1,4 +1,4 @@
-"""The GM regression network for fluid dynamics (DESIGN 3.2), and a plain CNN of the same shape.
+"""The GM regression network for fluid dynamics (docs/design.md §3.2), and a plain CNN of the same shape.
 
     input_frames stacked velocity fields (B, input_frames * 2, H, W)
     -> 1x1 conv to C channels

@@ -1,4 +1,4 @@
-"""The GM-CNN classifier (DESIGN 3.1), the original paper architecture.
+"""The GM-CNN classifier (docs/design.md §3.1), the original paper architecture.
 
     image (B, C_in, H, W), flattened to a function on G = G_rows x G_cols
     -> blocks x [ (GMConv -> LayerNorm over (C, N), no affine -> PReLU) x layers_per_block

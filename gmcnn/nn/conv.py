@@ -1,4 +1,4 @@
-"""GM convolution (DESIGN 2.1).
+"""GM convolution (docs/design.md §2.1).
 
 For the neighbourhood e_1..e_K of radius t and each output position u in G,
 

@@ -1,4 +1,4 @@
-"""GM linear layer (DESIGN 2.4): a group matrix with full support.
+"""GM linear layer (docs/design.md §2.4): a group matrix with full support.
 
     y_o(u) = b_o + sum_{c, m} w[o, c, u^-1 m] x_c(m),    i.e.  y_o = sum_c GM(w_oc) x_c,
 

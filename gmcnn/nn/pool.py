@@ -1,4 +1,4 @@
-"""GM pooling and transposed pooling over the cosets of a subgroup (DESIGN 2.3).
+"""GM pooling and transposed pooling over the cosets of a subgroup (docs/design.md §2.3).
 
 For a subgroup H of G with right-coset representatives c_1..c_m (G = disjoint union of H c_j):
 

@@ -1,4 +1,4 @@
-"""Approximate (relaxed) equivariance for group-matrix layers (DESIGN 2.2).
+"""Approximate (relaxed) equivariance for group-matrix layers (docs/design.md §2.2).
 
 A GM layer's weight w gives y = GM(w) s. Both relaxations here act in two steps that work for any
 GM layer: ``expand_weight`` stacks extra weight rows before the layer's GM product, and

@@ -1,7 +1,7 @@
 """Symmetry diagnostics of a trained model.
 
 * ``equivariance_metric``: the relative equivariance (or, for logits, invariance) error of the
-  model on a batch, averaged over a fixed random set of group elements (DESIGN 2.5).
+  model on a batch, averaged over a fixed random set of group elements (docs/design.md §2.5).
 * ``plot_relaxation``: for every relaxed GM layer, the map over positions u of
   ||F(., u) - mean_u F||, where F[o, c, k, u] is the weight tap k applies at position u; it is zero
   where the layer is exactly equivariant, so the picture shows where the learned relaxation breaks

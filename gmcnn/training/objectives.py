@@ -1,7 +1,7 @@
 """What a task predicts, its loss and its score.
 
 * classification: logits = model(images); cross-entropy; score "acc" = mean of correct.
-* dynamics (DESIGN 4.2): the target is ``out_len`` future frames; the model is rolled out
+* dynamics (docs/design.md §4.2): the target is ``out_len`` future frames; the model is rolled out
   autoregressively, each predicted frame appended to the input window (the oldest frame dropped);
   loss = mean per-step MSE; score "rmse" = sqrt(mean over samples of the per-sample mean per-step
   MSE).
