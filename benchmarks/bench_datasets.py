@@ -1,5 +1,5 @@
 """Time to first batch of every dataset loader, cold (decoding the source files) and warm (from the
-on-disk tensor cache), on small format-exact fake files (dataset.fakes) in a temporary folder.
+on-disk tensor cache), on small format-exact fake files (tests/fakes.py) in a temporary folder.
 
 "Cold" removes the loader's cache entries first, so it parses, verifies checksums, extracts and
 resizes as a first run would; "warm" is the next run. Both include ``build_dataset`` and the first
@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 from dataset import build_dataset, files, plume, rotmnist  # noqa: E402
-from dataset.fakes import make_fakes, patched, write_tasks  # noqa: E402
+from tests.fakes import make_fakes, patched, write_tasks  # noqa: E402
 
 
 def size_mb(root: Path) -> float:

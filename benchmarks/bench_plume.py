@@ -1,4 +1,4 @@
-"""Smoke-plume generation time (dataset.plume_generate, phiflow numpy backend): seconds per simulation
+"""Smoke-plume generation time (tools/plume_generate.py, phiflow numpy backend): seconds per simulation
 step and per task, and the time a full variant would take, extrapolated from those.
 
 Each variant is timed on one task for ``--steps`` steps (translation and rotation run on 64 x 64);
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
-from dataset import plume_generate as gen  # noqa: E402
+from tools import plume_generate as gen  # noqa: E402
 
 
 def seconds_per_step(variant: str, task, steps: int) -> tuple[float, float]:

@@ -88,7 +88,8 @@ def load_tasks(root: Path, tasks: Sequence, frame_shape: Sequence[int] = PLUME_S
     if missing:
         raise DatasetError(f"{len(missing)} of {len(keys)} task files missing in {root}: {', '.join(missing)}. "
                            f"Copy the raw_data files there or regenerate them with "
-                           f"`python -m dataset.plume_generate --variant rotation|translation|scale --out {root}`")
+                           f"`python -m tools.plume_generate --variant rotation|translation|scale --out {root}` "
+                           f"(from the repository root, with `pip install -e '.[plume]'`)")
     frame_shape = tuple(frame_shape)
     out: dict[Task, torch.Tensor] = {}
     for key in keys:

@@ -20,7 +20,7 @@ RECIPE = {
     "rectangles": (["C28", "C28"], 3, 512, 100, 0.3),
     "norb": (["C32", "C32"], 3, 256, 150, 0.3),
     "smallnorb": (["C24", "C24"], 3, 256, 120, 0.3),
-    "quickstart": (["C28", "C28"], 3, 64, 8, 0.3),
+    "quickstart": (["C28", "C28"], 3, 64, 8, 0.1),
     "rot-mnist-generated": (["D14", "D14"], 3, 128, 30, 0.3),
 }
 # exp -> (data, group per axis): everything else is shared through configs/exp/_dynamics.yaml

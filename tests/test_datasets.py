@@ -4,6 +4,7 @@ No test touches the network: ``dataset.files.urlopen`` is replaced by a fake tha
 fails as if offline.
 """
 
+import ast
 import dataclasses
 import gzip
 import hashlib
@@ -20,8 +21,9 @@ import yaml
 from torch.utils.data import DataLoader
 
 import dataset
-from dataset import DatasetError, build_dataset, cache, cifar, fakes, files, larochelle, norb, plume, rotmnist
-from dataset.fakes import amat_bytes, make_fakes, patched, write_archive, write_norb_file
+from dataset import DatasetError, build_dataset, cache, cifar, files, larochelle, norb, plume, rotmnist
+from tests import fakes
+from tests.fakes import amat_bytes, make_fakes, patched, write_archive, write_norb_file
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
 REAL = ["cifar10", "rot-mnist", "mnist-bg-rot", "mnist-noise", "rectangles", "norb", "smallnorb"]
@@ -84,6 +86,18 @@ def test_data_configs(path):
     else:
         builder = dataset.registry._BUILDERS[config["name"]]
         inspect.signature(builder).bind(Path("root"), **config["options"])  # every option is accepted
+
+
+def test_loaders_import_neither_tools_nor_tests():
+    """dataset/ is shipped; the data-preparation tools (tools/) and the fakes (tests/) are not."""
+    for path in sorted(Path(dataset.__file__).parent.glob("*.py")):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+        assert not {m for m in imported if m.split(".")[0] in ("tools", "tests")}, path.name
 
 
 def test_task_lists():
@@ -413,6 +427,7 @@ def test_plume_bad_input(tmp_path):
         plume.load_tasks(tmp_path, [(1, 0), (2, 1), (3, 2), (4, 3)])
     assert "2 of 4 task files missing" in str(error.value)
     assert "raw_data_3_2.pt, raw_data_4_3.pt" in str(error.value)
+    assert f"python -m tools.plume_generate --variant rotation|translation|scale --out {tmp_path}" in str(error.value)
     with pytest.raises(DatasetError, match=r"shape \(4, 2, 64, 64\), expected \(T, 2, 62, 23\)"):
         plume.load_tasks(tmp_path, [(1, 0)], plume.JETFLOW_SHAPE)
     with pytest.raises(DatasetError, match="T >= 300"):

@@ -76,7 +76,7 @@ def test_missing_and_short_task_files_are_reported(tmp_path):
 def test_generated_plumes_train_and_report_both_rmses(tmp_path):
     """A tiny generated plume set (2 tasks, 36 steps) trains and validation RMSE goes down."""
     pytest.importorskip("phi")
-    from dataset.plume_generate import generate
+    from tools.plume_generate import generate
 
     data = tmp_path / "data"
     generate("translation", data, tasks=["8,5", "16,10"], steps=36, workers=2, progress=False)

@@ -1,18 +1,20 @@
-"""The smoke-plume generator (dataset.plume_generate) on tiny runs: a few steps of one or two tasks.
+"""The smoke-plume generator (tools/plume_generate.py) on tiny runs: a few steps of one or two tasks.
 
-The simulation tests skip when phiflow is not installed (pip install -e '.[plume]'); the argument and
-error checks run without it.
+The simulation tests skip when phiflow is not installed (pip install -e '.[plume]') and are marked slow
+(each simulates for 4 to 11 s on 2 cores); the argument and error checks run without phiflow.
 """
 
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from dataset import DatasetError, plume
-from dataset import plume_generate as gen
+from tools import plume_generate as gen
 
 STEPS = 6  # translation fixture: T = 6
 
@@ -35,6 +37,7 @@ def region_mean(frames: torch.Tensor, channel: int, x: tuple[int, int], y: tuple
     return frames[:, channel, y[0]:y[1], x[0]:x[1]].mean().item()
 
 
+@pytest.mark.slow
 def test_translation_files(translation):
     out, result = translation
     assert result == {"generated": [(8, 5)], "skipped": []}
@@ -50,12 +53,14 @@ def test_translation_files(translation):
     assert torch.equal(loaded[(8, 5)], data)
 
 
+@pytest.mark.slow
 def test_deterministic(translation):
     out, _ = translation
     again = gen.simulate(gen.setup_for("translation", (8, 5)), STEPS)
     assert torch.equal(torch.from_numpy(again), torch.load(out / "raw_data_8_5.pt", weights_only=True))
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_and_cleans_temporaries(translation):
     out, _ = translation
     path = out / "raw_data_8_5.pt"
@@ -70,6 +75,7 @@ def test_resume_skips_finished_and_cleans_temporaries(translation):
     assert path.stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_rotation_incomplete_files_are_regenerated(phi, tmp_path):
     (tmp_path / "raw_data_1_0.pt").write_bytes(b"truncated")
     torch.save(torch.zeros(9, 2, 64, 64), tmp_path / "raw_data_8_1.pt")  # a run of another length
@@ -83,6 +89,7 @@ def test_rotation_incomplete_files_are_regenerated(phi, tmp_path):
     assert along < -0.05 and abs(across) < 0.2 * abs(along)
 
 
+@pytest.mark.slow
 def test_scale_in_parallel_workers(phi, tmp_path):
     """Scale tasks 0 (64 x 64) and 1 (70 x 70, resized to 64 x 64 and divided by 1.1) in two processes."""
     result = gen.generate("scale", tmp_path, tasks=["0", "1"], steps=3, workers=2, progress=False)
@@ -137,6 +144,16 @@ def test_bad_arguments(tmp_path, caplog):
     assert gen.main(["--variant", "vortex", "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "unknown plume variant 'vortex'" in caplog.text
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_command_line_runs_from_the_repository_root():
+    """The command the README and the loaders' error message give: ``python -m tools.plume_generate``."""
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-m", "tools.plume_generate", "--variant", "vortex", "--out",
+                             "unused", "--quiet"], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "unknown plume variant 'vortex'" in result.stderr
 
 
 def test_missing_phiflow_says_how_to_install(monkeypatch, tmp_path):

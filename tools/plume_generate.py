@@ -1,9 +1,10 @@
 """Regenerate the smoke-plume task files of docs/design.md §4.2 with PhiFlow 3 (``pip install -e '.[plume]'``).
 
-    python -m dataset.plume_generate --variant rotation --out data/plume-rotation [--workers N]
-    python -m dataset.plume_generate --variant scale --out /tmp/plume-scale --small     # 2 tasks, 40 steps
+    python -m tools.plume_generate --variant rotation --out data/plume-rotation [--workers N]
+    python -m tools.plume_generate --variant scale --out /tmp/plume-scale --small     # 2 tasks, 40 steps
 
-Writes one file per task, ``raw_data_{i}_{j}.pt`` (translation, rotation) or ``raw_data_{i}.pt``
+Run from the repository root: a data-preparation tool beside the loaders, not part of the installed
+package. Writes one file per task, ``raw_data_{i}_{j}.pt`` (translation, rotation) or ``raw_data_{i}.pt``
 (scale), each a ``torch.save``-d float32 tensor (T, 2, 64, 64) laid out [t, (v_x, v_y), y, x], the
 format :func:`dataset.plume.load_tasks` reads. By default every task of the variant (train and
 held-out, the lists of :mod:`dataset.plume`); ``--split``, ``--tasks``, ``--limit`` and ``--steps``
@@ -79,7 +80,7 @@ import torch
 from dataset.plume import PLUME_SHAPE, TASK_SETS, Task, task_filename
 from dataset.registry import DatasetError
 
-log = logging.getLogger("dataset.plume_generate")
+log = logging.getLogger("tools.plume_generate")
 
 VARIANTS = ("translation", "rotation", "scale")
 FULL_STEPS = 310
@@ -420,7 +421,7 @@ def _finished(task: Task, seconds: float, out: Path, generated: list, bar) -> No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dataset.plume_generate",
+    parser = argparse.ArgumentParser(prog="python -m tools.plume_generate",
                                      description="Regenerate the smoke-plume task files (T, 2, 64, 64) with phiflow.")
     parser.add_argument("--variant", required=True, help=f"one of {', '.join(VARIANTS)}")
     parser.add_argument("--out", required=True, type=Path, help="output folder (the dataset root)")

@@ -1,4 +1,5 @@
-"""Small, format-exact stand-ins for the official dataset files, for tests and benchmarks.
+"""Small, format-exact stand-ins for the official dataset files, for the tests and
+``benchmarks/bench_datasets.py`` (test-only code: not part of the installed package).
 
 The writers produce the real formats (``.amat`` text, zip / tar.gz archives, NORB binary matrices,
 gzipped or not, CIFAR-10 Python pickles and their tar.gz, ``raw_data_*.pt`` task tensors) with few
@@ -25,6 +26,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchvision.datasets import CIFAR10
+
+from dataset import cifar, larochelle, norb
+from dataset.plume import as_task, task_filename
 
 Patch = tuple[Any, str, Any]  # (object or dict, attribute or key, value)
 
@@ -85,7 +90,6 @@ def cifar_members(per_batch: int, rng: np.random.Generator) -> dict[str, bytes]:
 
 
 def write_tasks(root: Path, tasks: Sequence, frames: int, frame_shape: Sequence[int], seed: int = 0) -> None:
-    from dataset.plume import as_task, task_filename
     root.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed)
     for task in tasks:
@@ -102,7 +106,6 @@ class Fake:
 def fake_larochelle(root: Path, name: str, rows: Sequence[int], train: int, valid: int, seed: int = 0,
                     extracted: bool = False, level: int = 1) -> Fake:
     """The variant's official archive (or extracted files) with ``rows`` rows per member file."""
-    from dataset import larochelle
     spec = larochelle.VARIANTS[name]
     rng = np.random.default_rng(seed)
     members = {}
@@ -126,7 +129,6 @@ def fake_larochelle(root: Path, name: str, rows: Sequence[int], train: int, vali
 def fake_norb(root: Path, name: str, rows: int, seed: int = 0) -> Fake:
     """Every dat / cat file of NORB or smallNORB with ``rows`` examples; NORB alternates plain and
     gzipped files, smallNORB is gzipped as downloaded (its sha256 digests are patched)."""
-    from dataset import norb
     spec = norb.SPECS[name]
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
@@ -145,9 +147,6 @@ def fake_norb(root: Path, name: str, rows: int, seed: int = 0) -> Fake:
 
 def fake_cifar(root: Path, per_batch: int, seed: int = 0) -> Fake:
     """``cifar-10-python.tar.gz`` with ``per_batch`` images per batch; patches the md5 lists."""
-    from torchvision.datasets import CIFAR10
-
-    from dataset import cifar
     members = cifar_members(per_batch, np.random.default_rng(seed))
     archive = write_archive(root / cifar.ARCHIVE, {f"{cifar.FOLDER}/{n}": d for n, d in members.items()})
     md5 = {n: hashlib.md5(d).hexdigest() for n, d in members.items()}
