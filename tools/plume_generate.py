@@ -1,4 +1,4 @@
-"""Regenerate the smoke-plume task files of docs/design.md §4.2 with PhiFlow 3 (``pip install -e '.[plume]'``).
+"""Regenerate the smoke-plume task files with PhiFlow 3 (docs/design.md §4.3; ``pip install -e '.[plume]'``).
 
     python -m tools.plume_generate --variant rotation --out data/plume-rotation [--workers N]
     python -m tools.plume_generate --variant scale --out /tmp/plume-scale --small     # 2 tasks, 40 steps
@@ -13,7 +13,7 @@ skipped, so an interrupted run resumes; each file is written to a temporary name
 and renamed, so a file is either complete or absent. Tasks run in parallel processes (``--workers``).
 The simulation is deterministic (no randomness; direct pressure solve in float64).
 
-Physics (docs/design.md §4.2), one step of every task:
+Physics (docs/design.md §4.3), one step of every task:
 
 1. smoke density, a cell-centred grid with zero-gradient boundaries, is advected by the velocity
    with MacCormack and a step of 1, and the inflow is added: 1 per step in every cell whose centre
@@ -25,16 +25,16 @@ Physics (docs/design.md §4.2), one step of every task:
 4. a pressure projection makes the velocity divergence free;
 5. the frame is the velocity sampled at the cell centres (the mean of the two faces of each cell).
 
-``dt`` of docs/design.md §4.2 is the step of the velocity self-advection; the smoke step is 1 and the
+``dt`` of docs/design.md §4.3 is the step of the velocity self-advection; the smoke step is 1 and the
 buoyancy is added once per step unscaled, as the original data were made (PhiFlow 2.0). The phiflow
 3 API differs from that release, so the files are physically equivalent, not bit-identical, to the
 original ones; the original also stored the velocity at the lower cell faces, this generator stores
-it at cell centres as docs/design.md §4.2 asks.
+it at cell centres as docs/design.md §4.3 asks.
 
 Coordinates: the box is [0, 64] x [0, 64] with 64 cells of size 1 along each axis; a point is
 written (x, y); x is the second (column) axis and y the first (row) axis of a frame; channel 0 is
 v_x and channel 1 is v_y; "up" is +y, i.e. increasing row index (plot with ``origin="lower"``). An
-inflow "(32, 5)" of docs/design.md §4.2 is at x = 32, y = 5: horizontally centred, 5 cells above the bottom
+inflow "(32, 5)" of docs/design.md §4.3 is at x = 32, y = 5: horizontally centred, 5 cells above the bottom
 wall y = 0, and its buoyancy (0, b) points to +y.
 
 - translation, task (i, j): inflow at x = i, y = j, radius 5; buoyancy (0, 0.1) in cells whose centre
@@ -198,7 +198,7 @@ def parse_task(variant: str, text: str | int | Sequence[int]) -> Task:
 
 
 def setup_for(variant: str, task: Task) -> PlumeSetup:
-    """The simulation parameters of a task (docs/design.md §4.2); DatasetError for a malformed or out-of-range
+    """The simulation parameters of a task (docs/design.md §4.3); DatasetError for a malformed or out-of-range
     task id."""
     check_variant(variant)
     if variant == "scale":
