@@ -1,5 +1,6 @@
-"""The README says what the code does: its library example prints what its comments claim, and its
-experiments table holds the values the configs compose to (docs/design.md §7)."""
+"""The documents say what the code does: the README's library example prints what its comments
+claim, its experiments table holds the values the configs compose to, and every "docs/design.md §N"
+citation in the repository names a section that exists (docs/design.md §7)."""
 
 import contextlib
 import io
@@ -73,3 +74,26 @@ def test_commands_it_shows_exist():
     assert (ROOT / "tools" / "plume_generate.py").is_file() and (ROOT / "docs" / "benchmarks.md").is_file()
     for script in re.findall(r"python (benchmarks/\w+\.py)", README):
         assert (ROOT / script).is_file(), script
+
+
+def cited_sections() -> dict[str, set[str]]:
+    """Section number -> the files citing it as "docs/design.md §N" (a "§N and M" cites both)."""
+    cited: dict[str, set[str]] = {}
+    for path in ROOT.rglob("*"):
+        if path.suffix not in {".py", ".yaml", ".md", ".toml"} or {".git", ".venv", "outputs"} & set(path.parts):
+            continue
+        for match in re.finditer(r"docs/design\.md §(\d+(?:\.\d+)?)(?: and (\d+(?:\.\d+)?))?", path.read_text()):
+            for number in filter(None, match.groups()):
+                cited.setdefault(number, set()).add(str(path.relative_to(ROOT)))
+    return cited
+
+
+def test_design_citations_name_existing_sections():
+    design = (ROOT / "docs" / "design.md").read_text()
+    headings = set(re.findall(r"^#{2,3} (\d+(?:\.\d+)?)\.? ", design, flags=re.MULTILINE))
+    assert {"1", "2", "2.1", "2.2", "2.3", "2.4", "2.5", "3", "3.1", "3.2", "4", "4.1", "4.2", "4.3", "5", "6",
+            "7"} <= headings
+    cited = cited_sections()
+    assert {"2.1", "3.1", "4.2"} <= set(cited)  # the search finds the citations
+    missing = {number: sorted(files) for number, files in cited.items() if number not in headings}
+    assert not missing, f"citations of sections docs/design.md does not have: {missing}"
