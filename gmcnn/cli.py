@@ -94,41 +94,63 @@ def _check_overrides(overrides: list[str], config_dir: Path, config_name: str) -
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException as error:
-        raise CommandLineError(_first_line(error)) from None
+    parser, parsed = OverridesParser.create(), []
+    for text in overrides:
+        try:
+            parsed += parser.parse_overrides([text])
+        except HydraException as error:
+            raise CommandLineError(f"cannot parse the override {text}: {_first_line(error)}") from None
     with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
-        groups = set(_groups(loader, ""))
+        is_group = _group_lookup(loader)
         chosen, keyed = [], []
         for override in parsed:
             values = _values(override)
-            if override.key_or_group in groups and values:
+            if is_group(override.key_or_group) and values:
                 for value in values:
                     _check_choice(loader, override.key_or_group, value)
                 chosen.append(_first(override, values))  # a group sweep's first option
             else:
                 keyed.append((override, values))
+        compose_ = lambda extra: compose(config_name=config_name, overrides=chosen + extra,
+                                         return_hydra_config=True)
         try:
-            base = compose(config_name=config_name, overrides=chosen, return_hydra_config=True)
-        except Exception as error:  # noqa: BLE001  (Hydra's composition errors, made one line)
-            raise CommandLineError(_first_line(error)) from None
-        for override, _ in keyed:
-            _check_key(base, override, overrides)
-        try:
-            cfg = compose(config_name=config_name, return_hydra_config=True,
-                          overrides=chosen + [_first(o, v) for o, v in keyed if v or o.is_delete()])
-        except Exception as error:  # noqa: BLE001
-            raise CommandLineError(_first_line(error)) from None
+            cfg = compose_([_first(o, v) for o, v in keyed if v or o.is_delete()])
+            error = None
+        except Exception as problem:  # noqa: BLE001  (Hydra's composition errors, made one line)
+            error = CommandLineError(_first_line(problem))
+        added = [o for o, _ in keyed if (o.is_add() or o.is_force_add()) and not _read_later(o, overrides)]
+        if error is not None or added:  # what is wrong, with the closest names: against the config
+            try:  # composed without the key overrides
+                base = compose_([])
+            except Exception as problem:  # noqa: BLE001
+                raise CommandLineError(_first_line(problem)) from None
+            for override, _ in keyed:
+                _check_key(base, override, overrides)
+        if error is not None:
+            raise error
     _check_direction(cfg)
 
 
-def _groups(loader: Any, parent: str) -> Iterator[str]:
-    for name in loader.list_groups(parent):
-        group = f"{parent}/{name}" if parent else name
-        yield group
-        yield from _groups(loader, group)
+def _group_lookup(loader: Any) -> Callable[[str], bool]:
+    """Whether a name is a config group (``exp``, ``hydra/launcher``); keys with dots never are."""
+    known: dict[str, set[str]] = {}
+
+    def is_group(name: str) -> bool:
+        if "." in name:
+            return False
+        parent, _, leaf = name.rpartition("/")
+        if parent not in known:
+            known[parent] = set(loader.list_groups(parent))
+        return leaf in known[parent]
+
+    return is_group
+
+
+def _read_later(override: Any, overrides: list[str]) -> bool:
+    """A new key's reader checks it when the run starts, or another override interpolates it."""
+    key = override.key_or_group
+    return key.startswith(CHECKED_LATER) or any("${" + key in other for other in overrides)
 
 
 def _values(override: Any) -> list[str]:
@@ -171,15 +193,16 @@ def _check_key(base: DictConfig, override: Any, overrides: list[str]) -> None:
     if exists:  # +key for a key that is there
         raise CommandLineError(f"{override.input_line}: {key} already exists; set it without the +: "
                                f"{override.input_line.lstrip('+')}")
-    parent = key.rpartition(".")[0]
-    candidates = [path for path in _paths(base) if path.rpartition(".")[0] == parent] \
-        if parent and _has_key(base, parent) else \
-        [path for path in _paths(base) if key.startswith("hydra.") == path.startswith("hydra.")]
+    parent, _, leaf = key.rpartition(".")
+    if parent and _has_key(base, parent):  # compare with its siblings' names
+        near = _closest(leaf, [p.rpartition(".")[2] for p in _paths(base) if p.rpartition(".")[0] == parent],
+                        prefix=f"{parent}.")
+    else:
+        near = _closest(key, [p for p in _paths(base) if key.startswith("hydra.") == p.startswith("hydra.")])
     if not (override.is_add() or override.is_force_add()):
-        raise CommandLineError(f"unknown key {key}{_closest(key, candidates)}")
-    used = any("${" + key in other for other in overrides) or key.startswith(CHECKED_LATER)
-    if not used:
-        raise CommandLineError(f"{override.input_line}: nothing reads {key}{_closest(key, candidates)}; "
+        raise CommandLineError(f"unknown key {key}{near}")
+    if not _read_later(override, overrides):
+        raise CommandLineError(f"{override.input_line}: nothing reads {key}{near}; "
                                "remove it (only model.*, optimizer.*, scheduler.* and data.options.* "
                                "take new keys)")
 
@@ -205,9 +228,9 @@ def _paths(node: DictConfig, prefix: str = "") -> Iterator[str]:
             yield from _paths(child, f"{path}.")
 
 
-def _closest(word: str, candidates: list[str]) -> str:
+def _closest(word: str, candidates: list[str], prefix: str = "") -> str:
     close = difflib.get_close_matches(word, candidates, n=3, cutoff=0.6)
-    return f" (closest: {', '.join(close)})" if close else ""
+    return f" (closest: {', '.join(prefix + c for c in close)})" if close else ""
 
 
 def _first_line(error: BaseException) -> str:
