@@ -48,6 +48,7 @@ def test_a_failed_job_is_recorded_and_the_sweep_goes_on(sweeps):
     assert sizes[0] < sizes[1]
     assert all(0 <= metrics_of(root / "basic" / job)["test_acc"] <= 1 for job in ("1", "3"))
     assert BAD_LR in output["basic"] and "Traceback" not in output["basic"]
+    assert "4 jobs (2 failed, 2 finished) in" in output["basic"]  # the summary; the sweep's status is 1
 
 
 CRASH_ONE_JOB = """
@@ -82,7 +83,11 @@ def test_joblib_and_submitit_launchers_run_the_jobs(sweeps):
     assert "Joblib.Parallel(n_jobs=2" in output["joblib"]
     assert metrics_of(root / "joblib" / "0")["status"] == "failed"
     assert metrics_of(root / "joblib" / "1")["epochs_completed"] == 1
+    assert f"| 0 | optimizer.lr=-1 | failed: {BAD_LR} |  | {root / 'joblib' / '0'} |" in output["joblib"]
+    best = metrics_of(root / "joblib" / "1")["best_val_acc"]
+    assert f"| 1 | optimizer.lr=0.004 | finished | {best:.4f} | {root / 'joblib' / '1'} |" in output["joblib"]
     assert "Submitit 'local'" in output["submitit"]
+    assert f"| 0 |  | summary |  | {root / 'submitit' / '0'} |" in output["submitit"]
     assert metrics_of(root / "submitit" / "0")["num_params"] > 0
     assert list((root / "submitit" / ".submitit").glob("*/*_log.out"))
 
@@ -179,7 +184,7 @@ def test_report_of_regression_jobs_and_an_unfinished_one(tmp_path, capsys):
     fake_job(tmp_path / "1", "GMDynamics", ["model.rank=2"], {**done, "num_params": 200})
     fake_job(tmp_path / "2", "CNNDynamics", ["model.rank=3"], None)  # killed
     assert report_main([str(tmp_path)]) == 0
-    assert "3 jobs (1 incomplete, 2 finished)" in capsys.readouterr().out
+    assert "3 jobs (2 finished, 1 incomplete)" in capsys.readouterr().out
     table = (tmp_path / "report.md").read_text().splitlines()
     assert "| test_future_rmse | test_domain_rmse |" in table[0] and "test_acc" not in table[0]
     assert table[2].startswith("| plume-rotation | CNNDynamics | model.rank=3 |")
