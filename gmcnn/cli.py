@@ -275,7 +275,7 @@ class SweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global _sweep_dir
-        _sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        _sweep_dir = Path(config.hydra.sweep.dir)  # as given: relative to the working directory
         _sweep_dir.mkdir(parents=True, exist_ok=True)
         (_sweep_dir / MARKER).write_text("")  # its mtime comes from the same clock as the jobs'
 
