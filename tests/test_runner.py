@@ -8,8 +8,10 @@ import time
 import pytest
 import torch
 
-from gmcnn.training import TrainingDiverged, run
-from gmcnn.training.engine import Trainer, build_model, count_parameters, resolve_micro_batch_size
+from gmcnn.training import TrainingDiverged, checkpoint, run
+from gmcnn.training.build import build_model, count_parameters
+from gmcnn.training.engine import Trainer, resolve_micro_batch_size
+from gmcnn.training.resume import Plan
 from tests.helpers import ENV, FAST, ROOT, compose_config, metrics_of, runner
 
 CLASSIFICATION = ["cifar10", "rot-mnist", "mnist-bg-rot", "mnist-noise", "rectangles", "norb",
@@ -66,12 +68,12 @@ def test_default_run_learns_and_writes_outputs(tmp_path):
     assert list((tmp_path / "wandb").glob("offline-run-*"))
 
 
-def test_summary_only_writes_num_params_without_data(tmp_path):
+def test_summary_only_prints_num_params_without_data_and_leaves_no_directory(tmp_path):
     result = runner("exp=cifar10", "summary_only=true", "data.root=/nonexistent",
-                    f"hydra.run.dir={tmp_path}")
+                    f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert metrics_of(tmp_path)["num_params"] == 13_691
     assert "13,691" in result.stdout + result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_multirun_produces_one_run_per_value(tmp_path):
@@ -148,8 +150,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr("gmcnn.training.engine.build_model",
                         lambda c: BreaksInEpochTwo(real_build(c)))
     with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2.*last good checkpoint"):
-        run(cfg, tmp_path)
-    saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+        run(Plan(cfg, tmp_path, []))
+    saved = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
     assert saved["progress"]["epoch"] == 1
 
 
