@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -106,12 +107,14 @@ def is_fresh(run_dir: Path) -> bool:
 
 
 def remove_fresh(run_dir: Path) -> bool:
-    """Remove ``run_dir`` if it is fresh (closing the log file Hydra opened in it); True if
-    removed."""
+    """Remove ``run_dir`` if it is fresh (closing the log file Hydra opened in it), and its
+    parent if that is then empty; True if removed."""
     if not is_fresh(run_dir):
         return False
     redirect_log_files(run_dir, None)
     shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the experiment's folder Hydra made for it, if now empty
+        run_dir.parent.rmdir()
     return True
 
 
