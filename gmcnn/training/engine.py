@@ -310,9 +310,13 @@ def _run(plan: Plan, run_dir: Path, device: torch.device) -> dict[str, Any]:
     except TrainingDiverged as error:
         tracker.close()
         last = ckpt_dir / "last.pt"
-        kept = f"the last good checkpoint is {last}" if last.is_file() else "no epoch completed"
-        raise TrainingDiverged(f"{error}; {kept}. Lower optimizer.lr or set trainer.grad_clip "
-                               "(e.g. 1.0), then resume with trainer.resume=true") from None
+        if last.is_file():
+            advice = (f"the last good checkpoint is {last}. Resume from it with a lower learning "
+                      f"rate or gradient clipping: python runner.py trainer.resume={run_dir} "
+                      f"optimizer.lr={cfg.optimizer.lr / 10:g} (or trainer.grad_clip=1.0)")
+        else:
+            advice = "no epoch completed. Start again with a lower optimizer.lr or trainer.grad_clip=1.0"
+        raise TrainingDiverged(f"{error}; {advice}") from None
     except BaseException:
         tracker.close()
         raise
