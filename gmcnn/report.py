@@ -111,7 +111,10 @@ def read_job(job: Path, root: Path, swept: set[str], missing: str = "incomplete"
         row.update(status=missing, error="no metrics.json (running, killed or crashed)")
         return row
     row.update({k: v for k, v in metrics.items() if k not in row and k != "name"})
-    row["status"] = metrics.get("status") or ("finished" if "epochs_completed" in metrics else "summary")
+    if metrics.get("summary_only"):  # a summary_only sweep job: parameter count, no training
+        row["status"] = "summary"
+    else:
+        row["status"] = metrics.get("status") or ("finished" if "epochs_completed" in metrics else "summary")
     row.setdefault("error", "")
     return row
 
