@@ -29,13 +29,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from gmcnn.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -77,23 +77,12 @@ def _write_index(folder: Path, sources: dict[str, Any], entries: dict[str, Any])
     index = _read_index(folder)
     index["sources"].update(sources)
     index["entries"].update(entries)
-    _replace_atomic(folder / INDEX, lambda stream: stream.write(json.dumps(index, indent=1).encode()))
-
-
-def _replace_atomic(path: Path, write: Callable[[Any], Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+    atomic_write(folder / INDEX, lambda stream: stream.write(json.dumps(index, indent=1).encode()))
 
 
 def save_atomic(data: Tensors, path: Path) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    _replace_atomic(path, lambda stream: torch.save(data, stream))
+    atomic_write(path, lambda stream: torch.save(data, stream))
 
 
 def _source_digests(root: Path, sources: Sequence[Path], known: dict[str, Any]) -> dict[str, Any]:

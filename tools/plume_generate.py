@@ -79,6 +79,7 @@ import torch
 
 from dataset.plume import PLUME_SHAPE, TASK_SETS, Task, task_filename
 from dataset.registry import DatasetError
+from gmcnn.io import atomic_write
 
 log = logging.getLogger("tools.plume_generate")
 
@@ -304,14 +305,8 @@ def is_complete(path: Path, frames: int) -> bool:
 
 
 def write_atomic(tensor: torch.Tensor, path: Path) -> None:
-    """torch.save to a temporary file next to ``path``, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(tensor, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """torch.save to a temporary file next to ``path``, fsynced, then renamed into place."""
+    atomic_write(path, lambda handle: torch.save(tensor, handle))
 
 
 def remove_stale_temporaries(out: Path) -> list[Path]:
