@@ -86,7 +86,7 @@ def test_full_disk_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     assert raised.value.errno == errno.ENOSPC
     monkeypatch.undo()
     assert Progress.from_dict(checkpoint.load(tmp_path / "checkpoints" / "last.pt")["progress"]).epoch == 1
-    from runner import one_line
+    from gmcnn.training.command import one_line
 
     message = one_line(raised.value)
     assert "No space left on device" in message and "trainer.resume=true" in message

@@ -54,12 +54,13 @@ def test_a_failed_job_is_recorded_and_the_sweep_goes_on(sweeps):
 CRASH_ONE_JOB = """
 import sys
 import runner
-real_run = runner.run
+from gmcnn.training import command
+real_run = command.run
 def crash_at_4_channels(cfg, run_dir, **options):
     if cfg.model.channels == 4:
         raise RuntimeError("simulated crash")
     return real_run(cfg, run_dir, **options)
-runner.run = crash_at_4_channels
+command.run = crash_at_4_channels
 sys.argv = ["runner.py", "--config-path", sys.argv[1], "-m", "logger=none", "summary_only=true",
             "model.channels=4,8", "hydra.sweep.dir=" + sys.argv[2]]
 runner.main()

@@ -1,0 +1,151 @@
+"""One command of the runner, from a composed config to its exit status.
+
+``run_command(cfg, hydra_cfg)`` is what ``python runner.py ...`` does inside Hydra: check the
+config, set the process-wide memory setting, lock the run directory, plan the run (a fresh one,
+or the run that ``trainer.resume`` continues, in its own directory: :mod:`gmcnn.training.resume`),
+train it (:func:`gmcnn.training.run`) and record its status. Exit status: 0 done (or already
+finished), 1 an error the user can fix (one line, no traceback), 3 interrupted by a signal and
+resumable (the line says the command). Every run directory left behind has a status in its
+metrics.json ("finished", "failed" with the error, "interrupted" with how to resume); a single
+run that fails before training, or ``summary_only=true``, leaves no directory. In a sweep
+(``-m``) a failed job does not stop the others: its error goes to its metrics.json (read by
+``python -m gmcnn.report``), and the sweep goes on; finished jobs of a resumed sweep are skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from gmcnn.training import checkpoint
+from gmcnn.training.checkpoint import CheckpointError
+from gmcnn.training.config import ConfigError, resolve_device, validate
+from gmcnn.training.engine import TrainingDiverged, run
+from gmcnn.training.memory import retain_freed_memory
+from gmcnn.training.resume import plan
+from gmcnn.training.rundir import (
+    RunDirectoryBusy,
+    RunLock,
+    is_fresh,
+    read_metrics,
+    record_config,
+    redirect_log_files,
+    remove_fresh,
+    write_status,
+)
+from gmcnn.training.signals import RunInterrupted
+
+log = logging.getLogger(__name__)
+
+USER_ERRORS = (ConfigError, CheckpointError, TrainingDiverged, RunDirectoryBusy, OSError)
+
+
+def run_command(cfg: DictConfig, hydra_cfg: DictConfig) -> float | None:
+    """Run the command Hydra composed (``hydra_cfg``: ``HydraConfig.get()``); returns the run's best
+    monitored validation value (what a sweeper optimises), None for a failed sweep job."""
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    sweeping = hydra_cfg.mode == RunMode.MULTIRUN
+    writer = int(os.environ.get("RANK", "0")) == 0  # torchrun: rank 0 writes
+    job = None
+    with contextlib.ExitStack() as cleanup:
+        try:
+            validate(cfg)
+            if resolve_device(cfg.trainer.device).type == "cpu":
+                retain_freed_memory()  # process-wide: keep freed activations for reuse
+            if writer:
+                cleanup.enter_context(RunLock(run_dir))
+            explicit_dir = any(o.startswith("hydra.run.dir=") for o in hydra_cfg.overrides.hydra)
+            job = plan(cfg, run_dir, list(hydra_cfg.overrides.task),
+                       search_siblings=not (sweeping or explicit_dir),
+                       under_requeue="SUBMITIT_EXECUTOR" in os.environ,
+                       compose=lambda overrides: hydra.compose(config_name="config", overrides=overrides))
+            if job.run_dir.resolve() != run_dir.resolve() and writer:
+                redirect_log_files(run_dir, job.run_dir)
+                cleanup.close()  # this command's own directory is not used: remove it
+                remove_fresh(run_dir)
+                cleanup.enter_context(RunLock(job.run_dir))
+            if job.finished:
+                if writer:
+                    record_config(job.run_dir, job.cfg, job.overrides)
+                log.info("run %s is already finished (%s epochs); nothing to do", job.run_dir,
+                         read_metrics(job.run_dir).get("epochs_completed"))
+                return read_metrics(job.run_dir).get(f"best_{job.cfg.trainer.monitor}")
+            if writer and job.saved is not None:
+                record_config(job.run_dir, job.cfg, job.overrides)
+            metrics = run(job.cfg, job.run_dir, plan=job)
+            if writer:  # again: a refused second writer may have overwritten it meanwhile
+                record_config(job.run_dir, job.cfg, job.overrides)
+        except RunInterrupted as interruption:
+            where = job.run_dir if job else run_dir
+            command = (f"python runner.py -m <the same sweep> trainer.resume=true "
+                       f"hydra.sweep.dir={hydra_cfg.sweep.dir}" if sweeping
+                       else f"python runner.py trainer.resume={where}")
+            message = f"{interruption}; resume with: {command}"
+            log.warning("%s", message)
+            if writer:
+                write_status(where, "interrupted", name=cfg.name, message=message)
+            interruption.hand_over()  # e.g. submitit requeues the job (and ends the process)
+            sys.exit(3)
+        except USER_ERRORS as error:
+            message = one_line(error)
+            log.error("%s", message)
+            where = job.run_dir if job else run_dir
+            untouched = job is None and not is_fresh(run_dir)  # refused: a run there stays as it is
+            if writer and (untouched or isinstance(error, RunDirectoryBusy)):
+                restore_config_record(run_dir)
+            elif writer:
+                cleanup.close()
+                if sweeping or not remove_fresh(where):
+                    record_failure(cfg, where, message)
+            if not sweeping:
+                sys.exit(1)
+            return None  # sys.exit here would end the whole sweep
+        except Exception as error:
+            if sweeping and writer:  # Hydra records it and runs the other jobs, then exits non-zero
+                record_failure(cfg, job.run_dir if job else run_dir, f"{type(error).__name__}: {error}")
+            raise
+    if metrics.get("summary_only"):
+        if sweeping:
+            write_status(job.run_dir, "finished", **metrics)
+        elif is_fresh(job.run_dir):
+            remove_fresh(job.run_dir)
+        return None
+    return metrics[f"best_{job.cfg.trainer.monitor}"]
+
+
+def one_line(error: BaseException) -> str:
+    if isinstance(error, OSError):
+        where = f" {error.filename}" if error.filename else ""
+        return (f"cannot write or read{where}: {error.strerror or error}; the last good "
+                "checkpoint is kept: free space or fix the permissions, then resume with "
+                "trainer.resume=true")
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def restore_config_record(run_dir: Path) -> None:
+    """Hydra has written this refused command's config into ``run_dir/.hydra``: put back the
+    config of the run that is there (from its checkpoint)."""
+    last = run_dir / "checkpoints" / "last.pt"
+    try:
+        saved = checkpoint.load(last)
+        record_config(run_dir, OmegaConf.create(saved["config"]), list(saved["overrides"]))
+    except (CheckpointError, KeyError, OSError):
+        pass  # no (readable) checkpoint: the run there, if any, records its config when it ends
+
+
+def record_failure(cfg: DictConfig, run_dir: Path, message: str) -> None:
+    """Mark a failed run in its metrics.json, so that reports list it with its error."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_status(run_dir, "failed", name=OmegaConf.select(cfg, "name", default=None), error=message)
+    except OSError as error:  # e.g. the disk is still full
+        log.error("cannot record the failure in %s: %s", run_dir, error.strerror or error)
+
+
