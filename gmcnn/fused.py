@@ -43,6 +43,7 @@ and are once differentiable.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import torch
@@ -68,6 +69,32 @@ class _Normalized(NamedTuple):
 
 
 Gram = tuple[Tensor, Tensor]   # (anchors, pairs) of gmcnn.functional.gram_plan
+
+
+def _save(ctx, **records: Tensor | _Normalized | None) -> None:
+    """``ctx.save_for_backward`` by name: tensors (or None) and _Normalized records, read back
+    as attributes by :func:`_saved`."""
+    names, tensors = [], []
+    for name, value in records.items():
+        fields = zip(value._fields, value) if isinstance(value, _Normalized) else [(None, value)]
+        for field, tensor in fields:
+            names.append((name, field))
+            tensors.append(tensor)
+    ctx.save_for_backward(*tensors)
+    ctx.saved_names = names
+
+
+def _saved(ctx) -> SimpleNamespace:
+    """The records of :func:`_save`, by name."""
+    plain: dict[str, Tensor | None] = {}
+    normalized: dict[str, dict[str, Tensor | None]] = {}
+    for (name, field), tensor in zip(ctx.saved_names, ctx.saved_tensors):
+        if field is None:
+            plain[name] = tensor
+        else:
+            normalized.setdefault(name, {})[field] = tensor
+    return SimpleNamespace(**plain, **{name: _Normalized(**fields)
+                                       for name, fields in normalized.items()})
 
 
 def _normalized_conv(x: Tensor, w: Tensor, bias: Tensor | None, index: Tensor, eps: float,
@@ -109,7 +136,7 @@ def _normalized_conv_backward(saved: _Normalized, w: Tensor, grad_y_sum: Tensor,
     gy gc^T (B, O, K); ``grad_y_to_taps()`` returns W^T gy (B, K, N) and is called only when x
     needs a gradient."""
     need_x, need_w, need_b = needs
-    gc, g_mean, w_gram, offset, rstd = saved.gc, *saved[2:]
+    gc, g_mean, w_gram, offset, rstd = saved.gc, saved.g_mean, saved.w_gram, saved.offset, saved.rstd
     out_channels, positions = w.shape[0], gc.shape[-1]
     numel = out_channels * positions
     # alpha = mean(gy), beta = mean(gy * y) with y = rstd (W gc + c 1^T)
@@ -141,16 +168,16 @@ class _GMConvNormPReLU(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, slope: Tensor,
                 index: Tensor, inverse: Tensor, eps: float, gram_plan: Gram | None) -> Tensor:
         saved = _normalized_conv(x, weight[:, 0], bias, index, eps, gram_plan)
-        ctx.save_for_backward(*saved, weight, slope, inverse)
+        _save(ctx, conv=saved, weight=weight, slope=slope, inverse=inverse)
         ctx.channels, ctx.has_bias = x.shape[1], bias is not None
         return F.prelu(saved.y, slope)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_z: Tensor):
-        *saved, weight, slope, inverse = ctx.saved_tensors
-        saved = _Normalized(*saved)
-        y, w = saved.y, weight[:, 0]
+        record = _saved(ctx)
+        saved, slope, inverse = record.conv, record.slope, record.inverse
+        y, w = saved.y, record.weight[:, 0]
         # grad_z where y > 0 (ReLU's backward kernel), then in place: on CPU every fresh
         # activation-sized buffer costs more than the arithmetic on it
         grad_y = torch.ops.aten.threshold_backward(grad_z, y, 0)
@@ -243,21 +270,23 @@ class _GMResidualBlockMax(torch.autograd.Function):
         saved = _normalized_conv(x, weight[:, 0], bias, index, eps, gram_plan)
         pooled, argmax = _max_over_positions(F.prelu(saved.y, slope).add_(x))
         y_at_max = saved.y.gather(-1, argmax[..., None])[..., 0]
-        ctx.save_for_backward(*saved[1:], y_at_max, argmax, weight, slope, inverse)
+        _save(ctx, conv=saved._replace(y=None), y_at_max=y_at_max, argmax=argmax, weight=weight,
+              slope=slope, inverse=inverse)
         ctx.has_bias = bias is not None
         return pooled
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_pooled: Tensor):
-        *saved, y_at_max, argmax, weight, slope, inverse = ctx.saved_tensors
+        saved = _saved(ctx)
         need = ctx.needs_input_grad
         grad_sum, grad_w, grad_b, grad_slope = _last_block_backward(
-            _Normalized(None, *saved), weight[:, 0], slope, y_at_max, argmax, grad_pooled,
-            inverse, (need[0], need[1], need[2] and ctx.has_bias, need[3]))
+            saved.conv, saved.weight[:, 0], saved.slope, saved.y_at_max, saved.argmax,
+            grad_pooled, saved.inverse, (need[0], need[1], need[2] and ctx.has_bias, need[3]))
         grad_x = None
         if grad_sum is not None:  # the convolution's input gradient plus the residual's
-            grad_x = _over_channels_plus_at_max(grad_sum, weight.shape[0], argmax, grad_pooled)
+            grad_x = _over_channels_plus_at_max(grad_sum, saved.weight.shape[0], saved.argmax,
+                                                grad_pooled)
         return grad_x, grad_w, grad_b, grad_slope, None, None, None, None
 
 
@@ -293,29 +322,30 @@ class _GMTwoBlocksMax(torch.autograd.Function):
         second = _normalized_conv(r, weight_2[:, 0], bias_2, index, eps, gram_plan)
         pooled, argmax = _max_over_positions(F.prelu(second.y, slope).add_(r))
         ys_at_max = [s.y.gather(-1, argmax[..., None])[..., 0] for s in (first, second)]
-        ctx.save_for_backward(x if shortcut_weight is not None else None, *first, *second[1:],
-                              *ys_at_max, argmax, weight_1, shortcut_weight, weight_2, slope,
-                              inverse)
+        _save(ctx, x=x if shortcut_weight is not None else None, first=first,
+              second=second._replace(y=None), y1_at_max=ys_at_max[0], y2_at_max=ys_at_max[1],
+              argmax=argmax, weight_1=weight_1, shortcut_weight=shortcut_weight,
+              weight_2=weight_2, slope=slope, inverse=inverse)
         ctx.has_bias = (bias_1 is not None, shortcut_bias is not None, bias_2 is not None)
         return pooled
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_pooled: Tensor):
-        x, *saved = ctx.saved_tensors
-        first, second = _Normalized(*saved[:6]), _Normalized(None, *saved[6:11])
-        y1_at_max, y2_at_max, argmax, weight_1, shortcut_weight, weight_2, slope, inverse = \
-            saved[11:]
+        saved = _saved(ctx)
+        x, first, second, argmax, slope, inverse = (saved.x, saved.first, saved.second,
+                                                    saved.argmax, saved.slope, saved.inverse)
+        weight_1, shortcut_weight = saved.weight_1, saved.shortcut_weight
         need = ctx.needs_input_grad
         has_b1, has_sb, has_b2 = ctx.has_bias
         grad_sum_r, grad_w2, grad_b2, grad_slope = _last_block_backward(
-            second, weight_2[:, 0], slope, y2_at_max, argmax, grad_pooled, inverse,
+            second, saved.weight_2[:, 0], slope, saved.y2_at_max, argmax, grad_pooled, inverse,
             (True, need[5], need[6] and has_b2, need[7]))
         # gradient of r: 1 gs^T + S, S = grad_pooled at argmax; through PReLU: m o (1 gs^T + S)
         gs = grad_sum_r
         w1, gc_ones = weight_1[:, 0], first.gc_ones
         taps = w1.shape[1]
-        grad_sparse, slope_sparse = _prelu_at_max(grad_pooled, y1_at_max, slope, need[7])
+        grad_sparse, slope_sparse = _prelu_at_max(grad_pooled, saved.y1_at_max, slope, need[7])
         mask = torch.gt(first.y, 0, out=torch.empty_like(first.y))   # P, as numbers
         gc_ones_gs = torch.bmm(gc_ones, gs[..., None])[..., 0]      # (B, K + 1)
         mask_gc_ones_gs = torch.bmm(gc_ones * gs[:, None], mask.transpose(1, 2)).transpose(1, 2)
