@@ -7,9 +7,9 @@ input, or None for the reference. The check inspects the actual modules (the lay
 channel mode, relaxation, backend and index; the norm's type, shape and affine parameters; the
 activation's type and parameter count; the shortcut's type) and the runtime: float32 / float64
 input and parameters, no autocast (the kernels are not written for reduced precision), not under
-torch.compile (which fuses the reference itself), no torch.func transform and no forward-mode AD
-(the kernels are once-differentiable autograd Functions with a hand-derived backward; a double
-backward through them raises). So a change to a block that its kernel does not implement (a
+torch.compile (which fuses the reference itself). The kernels are once-differentiable autograd
+Functions with a hand-derived backward: a double backward through them raises, and needs
+``fused=False``. So a change to a block that its kernel does not implement (a
 SiLU for the PReLU, an affine norm, a lifting layer, another shortcut) takes the reference path.
 ``fused=False`` (a block's flag, or :func:`set_fast_path` for a whole model) forces the reference.
 
@@ -39,7 +39,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.autograd.forward_ad as forward_ad
 from torch import Tensor, nn
 
 from gmcnn import fused as kernels
@@ -54,9 +53,7 @@ def runtime_allows_fast_path(x: Tensor, parameters: Sequence[Tensor]) -> bool:
     """Whether the kernels may run now on x with these parameters (see the module docstring)."""
     return (x.dtype in KERNEL_DTYPES and all(p.dtype == x.dtype for p in parameters)
             and not torch.is_autocast_enabled(x.device.type)
-            and not torch.compiler.is_compiling()
-            and not torch._C._are_functorch_transforms_active()   # torch.func.grad, vmap, ...
-            and forward_ad.unpack_dual(x).tangent is None)
+            and not torch.compiler.is_compiling())
 
 
 class FastPathModule(nn.Module):
@@ -115,6 +112,10 @@ class ConvNormAct(FastPathModule):
                 and tuple(norm.normalized_shape) == (conv.out_channels, conv.group.order))
 
     def fast_path(self, x: Tensor) -> str | None:
+        return self.path_for(x)
+
+    def path_for(self, x: Tensor) -> str | None:
+        """The check behind ``fast_path`` (GlobalMaxTail asks it about its layers directly)."""
         conv = self.conv
         if not (self.fused and type(conv) is GMConv and conv.channel_mode == "shared"
                 and conv.backend == "gather" and x.dim() == 3
@@ -155,7 +156,8 @@ class ResidualBlock(FastPathModule):
     def fast_path(self, x: Tensor) -> str | None:
         last = self.layers[-1]
         if (self.fused and type(self.shortcut) in (nn.Identity, PointwiseConv)
-                and isinstance(last, ConvNormAct) and type(last.activation) is nn.PReLU):
+                and isinstance(last, ConvNormAct) and type(last.activation) is nn.PReLU
+                and runtime_allows_fast_path(x, [])):
             return "add_in_place"
         return None
 
@@ -192,7 +194,7 @@ class GlobalMaxTail(FastPathModule):
         if not isinstance(layer, ConvNormAct):
             return None
         probe = x if channels is None else x.new_empty(0, channels, x.shape[-1])
-        return layer if layer.fast_path(probe) == "conv_norm_prelu" else None
+        return layer if layer.path_for(probe) == "conv_norm_prelu" else None
 
     def fast_path(self, x: Tensor) -> str | None:
         last_block = self.blocks[-1]
