@@ -20,6 +20,8 @@ alpha = mean(gy) and beta = mean(gy * y) per sample, and folds alpha and beta in
 again (y gc^T = rstd W Gc, y 1 = N rstd c), so neither h nor gh is ever materialised:
 
     dL/dW = sum_b [ rstd (gy gc^T - beta rstd W Gc) + (gh 1) gbar^T ],   dL/db = sum_b gh 1,
+    (with W shared, sum_b beta rstd^2 W Gc = W sum_b beta rstd^2 Gc, and tr(W Gc W^T) = <W^T W, Gc>:
+    no O x K x K product per sample)
     dL/dg = rstd (W^T gy - alpha W^T 1 1^T - beta rstd (W^T W gc + W^T c 1^T)).
 
 beta itself is <W, gy gc^T> rstd + <c, gy 1> rstd over O N, from the same product. The PReLU
@@ -59,7 +61,7 @@ class _Normalized(NamedTuple):
     y: Tensor            # (B, O, N) normalised convolution output
     gc_ones: Tensor      # (B, K + 1, N) [gc; 1^T]: gathered taps centred along positions, ones
     g_mean: Tensor       # (B, K)
-    w_gram: Tensor       # (B, O, K) W Gc
+    gram: Tensor         # (B, K, K) Gc
     offset: Tensor       # (B, O) c = W gbar + b - mu
     rstd: Tensor         # (B,)
 
@@ -120,12 +122,12 @@ def _normalized_conv(x: Tensor, w: Tensor, bias: Tensor | None, index: Tensor, e
         gram = torch.bmm(gc, gc[:, anchors].transpose(1, 2)).flatten(1)[:, pairs]
     offset = g_mean @ w.T if bias is None else torch.addmm(bias, g_mean, w.T)
     offset = offset - offset.mean(1, keepdim=True)
-    w_gram = torch.matmul(w, gram)
-    var = ((w_gram * w).sum((1, 2)) + positions * offset.square().sum(1)) / (w.shape[0] * positions)
+    # tr(W Gc W^T) = <W^T W, Gc>: W^T W once per batch, not W Gc per sample
+    var = ((gram * (w.T @ w)).sum((1, 2)) + positions * offset.square().sum(1)) / (w.shape[0] * positions)
     rstd = (var + eps).rsqrt()
     y = torch.bmm(torch.cat([w.expand(batch, -1, -1), offset[..., None]], 2) * rstd[:, None, None],
                   gc_ones)
-    return _Normalized(y, gc_ones, g_mean, w_gram, offset, rstd)
+    return _Normalized(y, gc_ones, g_mean, gram, offset, rstd)
 
 
 def _normalized_conv_backward(saved: _Normalized, w: Tensor, grad_y_sum: Tensor,
@@ -136,7 +138,7 @@ def _normalized_conv_backward(saved: _Normalized, w: Tensor, grad_y_sum: Tensor,
     gy gc^T (B, O, K); ``grad_y_to_taps()`` returns W^T gy (B, K, N) and is called only when x
     needs a gradient."""
     need_x, need_w, need_b = needs
-    gc, g_mean, w_gram, offset, rstd = saved.gc, saved.g_mean, saved.w_gram, saved.offset, saved.rstd
+    gc, g_mean, gram, offset, rstd = saved.gc, saved.g_mean, saved.gram, saved.offset, saved.rstd
     out_channels, positions = w.shape[0], gc.shape[-1]
     numel = out_channels * positions
     # alpha = mean(gy), beta = mean(gy * y) with y = rstd (W gc + c 1^T)
@@ -149,8 +151,11 @@ def _normalized_conv_backward(saved: _Normalized, w: Tensor, grad_y_sum: Tensor,
         grad_h_sum = rstd[:, None] * (grad_y_sum - positions * (
             alpha[:, None] + beta_rstd[:, None] * offset))
         if need_w:
-            grad_hg = rstd[:, None, None] * (grad_y_gc - beta_rstd[:, None, None] * w_gram)
-            grad_w = (grad_hg.sum(0) + grad_h_sum.T @ g_mean)[:, None]
+            # sum_b rstd (gy gc^T - beta rstd W Gc): W is shared, so W (sum_b beta rstd^2 Gc)
+            # is one O x K x K product per batch
+            grad_hg = torch.einsum("b,bok->ok", rstd, grad_y_gc) - w @ torch.einsum(
+                "b,bkl->kl", rstd * beta_rstd, gram)
+            grad_w = (grad_hg + grad_h_sum.T @ g_mean)[:, None]
         if need_b:
             grad_b = grad_h_sum.sum(0)
     if need_x:
