@@ -213,6 +213,33 @@ class _GMConvNormPReLU(torch.autograd.Function):
         return grad_x, grad_w, grad_b, grad_slope, None, None, None, None
 
 
+class _PReLU(torch.autograd.Function):
+    """PReLU with one slope; the backward is ReLU's backward kernel, an in-place lerp and two dot
+    products (aten's PReLU backward is several times slower on CPU)."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, slope: Tensor) -> Tensor:
+        ctx.save_for_backward(h, slope)
+        return F.prelu(h, slope)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_z: Tensor):
+        h, slope = ctx.saved_tensors
+        grad_h = torch.ops.aten.threshold_backward(grad_z, h, 0)       # grad_z where h > 0
+        grad_slope = None
+        if ctx.needs_input_grad[1]:  # sum over h <= 0 of grad_z h
+            grad_slope = (torch.dot(grad_z.flatten(), h.flatten())
+                          - torch.dot(grad_h.flatten(), h.flatten())).reshape(slope.shape)
+        return grad_h.lerp_(grad_z, slope), grad_slope
+
+
+def prelu(h: Tensor, slope: Tensor) -> Tensor:
+    """``F.prelu(h, slope)`` for a single slope (1,), with a faster backward."""
+    _check_fusable(None, slope)
+    return _PReLU.apply(h, slope)
+
+
 def _max_over_positions(z: Tensor) -> tuple[Tensor, Tensor]:
     """(B, O, N) -> the max over positions and its first position, both (B, O); the pooling
     kernel is about twice as fast on CPU as ``Tensor.max(-1)``, with the same result."""
@@ -389,8 +416,8 @@ class _GMTwoBlocksMax(torch.autograd.Function):
                 None, None, None, None)
 
 
-def _check_fusable(weight: Tensor, slope: Tensor) -> None:
-    if weight.shape[1] != 1 or slope.numel() != 1:
+def _check_fusable(weight: Tensor | None, slope: Tensor) -> None:
+    if (weight is not None and weight.shape[1] != 1) or slope.numel() != 1:
         raise ValueError("the fused GM layers need shared channel mode (weight of shape "
                          "(O, 1, K)) and a single PReLU weight")
 

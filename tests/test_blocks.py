@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gmcnn.functional import conv_index, gather_taps, gram_plan
-from gmcnn.fused import gm_conv_norm_prelu, gm_residual_block_max, gm_two_blocks_max
+from gmcnn.fused import gm_conv_norm_prelu, gm_residual_block_max, gm_two_blocks_max, prelu
 from gmcnn.groups import make_group
 from gmcnn.models import GMCNN, GMDynamics
 from gmcnn.nn import ConvNormAct, GlobalMaxTail, GMConv, PointwiseConv, ResidualBlock
@@ -327,6 +327,13 @@ def test_profiled_product_equals_the_relaxed_layer(relaxation, rank, channel_mod
     x = torch.randn(2, 3, conv.group.order, dtype=torch.double, requires_grad=True)
     inputs = (x, *conv.parameters())
     assert_same_function(lambda x, *_: conv.profiled_product(x), lambda x, *_: conv(x), inputs)
+
+
+@pytest.mark.parametrize("slope", [0.25, -0.3, 1.0])
+def test_prelu_equals_aten_prelu(slope):
+    h = torch.randn(3, 4, 5, dtype=torch.double, requires_grad=True)
+    a = torch.tensor([slope], dtype=torch.double, requires_grad=True)
+    assert_same_function(prelu, F.prelu, (h, a))
 
 
 def test_dynamics_fast_path_equals_reference():

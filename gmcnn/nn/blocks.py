@@ -18,7 +18,8 @@ SiLU for the PReLU, an affine norm, a lifting layer, another shortcut) takes the
   ``"conv_norm_prelu"`` (exact shared-mode gather GMConv, that LayerNorm, a one-slope PReLU: the
   whole block as :func:`gmcnn.fused.gm_conv_norm_prelu`) and ``"profiled"`` (a relaxed
   shared-mode gather GMConv: its (1 + r) GM products from one gather,
-  :meth:`~gmcnn.nn.conv.GMConv.profiled_product`; norm and activation by their modules).
+  :meth:`~gmcnn.nn.conv.GMConv.profiled_product`; the norm by its module, a one-slope PReLU as
+  :func:`gmcnn.fused.prelu`, another activation by its module).
 * :class:`ResidualBlock` ``(layers, shortcut=None)``: layers(x) + shortcut(x), the shortcut the
   identity or a :class:`~gmcnn.nn.pointwise.PointwiseConv`. Fast path ``"add_in_place"``: the
   shortcut accumulates into the last layer's output when that is a PReLU's (whose backward does
@@ -137,8 +138,11 @@ class ConvNormAct(FastPathModule):
             return kernels.gm_conv_norm_prelu(x, conv.weight, conv.bias, self.activation.weight,
                                               conv.index, conv.inverse_index, self.norm.eps,
                                               conv.gram_plan)
-        h = conv.profiled_product(x) if path == "profiled" else conv(x)
-        return self.activation(h if self.norm is None else self.norm(h))
+        h = conv(x) if path is None else conv.profiled_product(x)
+        h = h if self.norm is None else self.norm(h)
+        if path == "profiled" and type(self.activation) is nn.PReLU and self.activation.weight.numel() == 1:
+            return kernels.prelu(h, self.activation.weight)
+        return self.activation(h)
 
 
 class ResidualBlock(FastPathModule):
