@@ -130,13 +130,21 @@ def _normalized_conv(x: Tensor, w: Tensor, bias: Tensor | None, index: Tensor, e
     return _Normalized(y, gc_ones, g_mean, gram, offset, rstd)
 
 
+def _fold_y(w: Tensor) -> bool:
+    """Whether the input gradient's beta term is taken as W^T (gy - beta y) rather than
+    beta rstd (W^T W gc + W^T c 1^T) (the same, since y = rstd (W gc + c 1^T)): with more taps
+    than output channels (K > O; K = 196 on D14 x D14) the K x K x N product costs more than
+    an O x N pass and an O x K x N product."""
+    return w.shape[1] > w.shape[0]
+
+
 def _normalized_conv_backward(saved: _Normalized, w: Tensor, grad_y_sum: Tensor,
                               grad_y_gc: Tensor, grad_y_to_taps, inverse: Tensor,
                               needs: tuple[bool, bool, bool]):
     """Gradients of (x, weight, bias), and gy . y summed over the batch, from the two
     contractions of the LayerNorm input gradient gy that the weight needs, gy 1 (B, O) and
-    gy gc^T (B, O, K); ``grad_y_to_taps()`` returns W^T gy (B, K, N) and is called only when x
-    needs a gradient."""
+    gy gc^T (B, O, K); ``grad_y_to_taps(beta)`` returns W^T (gy - beta y) (B, K, N) if
+    :func:`_fold_y` (beta (B,)), W^T gy otherwise, and is called only when x needs a gradient."""
     need_x, need_w, need_b = needs
     gc, g_mean, gram, offset, rstd = saved.gc, saved.g_mean, saved.gram, saved.offset, saved.rstd
     out_channels, positions = w.shape[0], gc.shape[-1]
@@ -159,10 +167,13 @@ def _normalized_conv_backward(saved: _Normalized, w: Tensor, grad_y_sum: Tensor,
         if need_b:
             grad_b = grad_h_sum.sum(0)
     if need_x:
-        grad_g = grad_y_to_taps().baddbmm_(-beta_rstd[:, None, None] * (w.T @ w), gc)
+        grad_g = grad_y_to_taps(grad_y_y / numel)
         # a term constant along positions adds its sum over taps to every position of the
         # adjoint, and rstd scales it: both applied to the (B, N) result
-        constant = alpha[:, None] * w.sum(0) + beta_rstd[:, None] * (offset @ w)   # (B, K)
+        constant = alpha[:, None] * w.sum(0)                                        # (B, K)
+        if not _fold_y(w):
+            grad_g.baddbmm_(-beta_rstd[:, None, None] * (w.T @ w), gc)
+            constant = constant + beta_rstd[:, None] * (offset @ w)
         grad_x = (gather_adjoint(grad_g, inverse) - constant.sum(1, keepdim=True)) * rstd[:, None]
     return grad_x, grad_w, grad_b, grad_y_y.sum()
 
@@ -201,7 +212,8 @@ class _GMConvNormPReLU(torch.autograd.Function):
         grad_y_gc_ones = torch.bmm(saved.gc_ones, grad_y.transpose(1, 2)).transpose(1, 2)
         grad_x, grad_w, grad_b, grad_y_y = _normalized_conv_backward(
             saved, w, grad_y_gc_ones[..., -1], grad_y_gc_ones[..., :-1],
-            lambda: torch.bmm(w.T.expand(y.shape[0], -1, -1), grad_y), inverse,
+            lambda beta: torch.bmm(w.T.expand(y.shape[0], -1, -1), grad_y.addcmul_(
+                y, -beta[:, None, None]) if _fold_y(w) else grad_y), inverse,
             (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
              ctx.needs_input_grad[2] and ctx.has_bias))
         grad_slope = None
@@ -281,14 +293,18 @@ def _last_block_backward(saved: _Normalized, w: Tensor, slope: Tensor, y_at_max:
     """Backward of max_u PReLU(LayerNorm(GM conv(x)))(o, u) without the residual: the gradient
     of x's channel sum (B, N), of the weight, the bias and the slope. The pool's gradient
     reaches one position per sample and channel, so gy gc^T and W^T gy are gathers and
-    scatters of B x O values instead of two large matmuls."""
+    scatters of B x O values instead of two large matmuls (``saved.y`` is kept only where
+    :func:`_fold_y` needs it)."""
     grad_y, grad_slope = _prelu_at_max(grad_pooled, y_at_max, slope, needs[3])
     grad_y_gc = grad_y[..., None] * _at_max(saved.gc, argmax).transpose(1, 2)
+
+    def grad_y_to_taps(beta: Tensor) -> Tensor:
+        dense = (torch.bmm(w.T.expand(beta.shape[0], -1, -1), saved.y * -beta[:, None, None])
+                 if _fold_y(w) else saved.gc.new_zeros(saved.gc.shape))
+        return _scatter_at_max(dense, argmax, w.T[None] * grad_y[:, None])
+
     grad_sum, grad_w, grad_b, _ = _normalized_conv_backward(
-        saved, w, grad_y, grad_y_gc,
-        lambda: _scatter_at_max(saved.gc.new_zeros(saved.gc.shape), argmax,
-                                w.T[None] * grad_y[:, None]),
-        inverse, needs[:3])
+        saved, w, grad_y, grad_y_gc, grad_y_to_taps, inverse, needs[:3])
     return grad_sum, grad_w, grad_b, grad_slope
 
 
@@ -302,8 +318,8 @@ class _GMResidualBlockMax(torch.autograd.Function):
         saved = _normalized_conv(x, weight[:, 0], bias, index, eps, gram_plan)
         pooled, argmax = _max_over_positions(F.prelu(saved.y, slope).add_(x))
         y_at_max = saved.y.gather(-1, argmax[..., None])[..., 0]
-        _save(ctx, conv=saved._replace(y=None), y_at_max=y_at_max, argmax=argmax, weight=weight,
-              slope=slope, inverse=inverse)
+        _save(ctx, conv=saved if _fold_y(weight[:, 0]) else saved._replace(y=None),
+              y_at_max=y_at_max, argmax=argmax, weight=weight, slope=slope, inverse=inverse)
         ctx.has_bias = bias is not None
         return pooled
 
@@ -355,9 +371,9 @@ class _GMTwoBlocksMax(torch.autograd.Function):
         pooled, argmax = _max_over_positions(F.prelu(second.y, slope).add_(r))
         ys_at_max = [s.y.gather(-1, argmax[..., None])[..., 0] for s in (first, second)]
         _save(ctx, x=x if shortcut_weight is not None else None, first=first,
-              second=second._replace(y=None), y1_at_max=ys_at_max[0], y2_at_max=ys_at_max[1],
-              argmax=argmax, weight_1=weight_1, shortcut_weight=shortcut_weight,
-              weight_2=weight_2, slope=slope, inverse=inverse)
+              second=second if _fold_y(weight_2[:, 0]) else second._replace(y=None),
+              y1_at_max=ys_at_max[0], y2_at_max=ys_at_max[1], argmax=argmax, weight_1=weight_1,
+              shortcut_weight=shortcut_weight, weight_2=weight_2, slope=slope, inverse=inverse)
         ctx.has_bias = (bias_1 is not None, shortcut_bias is not None, bias_2 is not None)
         return pooled
 
@@ -385,8 +401,12 @@ class _GMTwoBlocksMax(torch.autograd.Function):
         grad_y_gc_ones = (a * gc_ones_gs[:, None] + (1 - a) * mask_gc_ones_gs
                           + grad_sparse[..., None] * _at_max(gc_ones, argmax).transpose(1, 2))
 
-        def grad_y_to_taps() -> Tensor:
-            grad_g = torch.matmul(w1.T, mask).mul_((1 - a) * gs[:, None])
+        def grad_y_to_taps(beta: Tensor) -> Tensor:
+            if _fold_y(w1):   # W^T (P diag((1 - a) gs) - beta y_1)
+                dense = mask.mul_((1 - a) * gs[:, None]).addcmul_(first.y, -beta[:, None, None])
+                grad_g = torch.matmul(w1.T, dense)
+            else:
+                grad_g = torch.matmul(w1.T, mask).mul_((1 - a) * gs[:, None])
             grad_g += (a * w1.sum(0))[None, :, None] * gs[:, None]
             return _scatter_at_max(grad_g, argmax, w1.T[None] * grad_sparse[:, None])
 

@@ -17,7 +17,8 @@ from gmcnn.nn import ConvNormAct, GlobalMaxTail, GMConv, PointwiseConv, Residual
 from tests.helpers import ROOT, assert_fast_path_matches_reference, compose_config, recorded_fast_paths
 
 # (group, PReLU weight, input offset): a negative and a unit slope, and inputs whose mean is large
-# against their spread (the variance must not cancel)
+# against their spread (the variance must not cancel); C8 x C6 has 9 taps, more than the 5 or 6
+# channels of these tests (the backward that folds y in, _fold_y), D5 and S4 have 6 and 4
 CASES = [(["C8", "C6"], 0.25, 0.0), ("D5", -0.3, 50.0), ("S4", 1.0, 3.0)]
 
 
