@@ -301,9 +301,9 @@ class _RelaxedResidualPReLU(torch.autograd.Function):
             grad_profiled = torch.bmm(w.T.expand(h.shape[0], -1, -1), grad_h)
             grad_profiled = grad_profiled.unflatten(1, (sets, taps))     # (B, R, K, N)
             if need[2]:
-                grad_profiles = torch.einsum("brkn,bkn->rn", grad_profiled, saved.g)
+                grad_profiles = (grad_profiled * saved.g[:, None]).sum((0, 2))
             if need[0]:
-                grad_g = torch.einsum("brkn,rn->bkn", grad_profiled, saved.profiles)
+                grad_g = (grad_profiled * saved.profiles[:, None]).sum(1)
                 grad_x = grad_z + gather_adjoint(grad_g, saved.inverse)[:, None]
         return (grad_x, grad_w.reshape(weight.shape), grad_profiles, grad_b, grad_slope,
                 None, None)
