@@ -55,6 +55,7 @@ from benchmarks.common import (  # noqa: E402
     machine_line,
     markdown_table,
     ratio,
+    with_wait_policy,
 )
 from gmcnn import functional as GF  # noqa: E402
 from gmcnn.nn import GMConv  # noqa: E402
@@ -161,7 +162,7 @@ class Competitor:
     def __init__(self, kind: str, exp: str, threads: int, args: argparse.Namespace):
         self.command = [sys.executable, os.path.abspath(__file__), "--compete", kind, "--exp", exp,
                         "--threads", str(threads), "--batch", str(args.batch),
-                        "--device", args.device, *args.overrides]
+                        "--device", args.device, *args.overrides]  # OMP_WAIT_POLICY: inherited
         self.rate: float | None = None
 
     def __enter__(self) -> Competitor:
@@ -209,7 +210,8 @@ def profile(variants: list[Variant], rows: int = 12) -> None:
         if variant.label in ("ours", "composed"):
             with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
                 variant.step()
-            print(f"\nprofile of one step of {variant.label}:")
+            calls = sum(event.count for event in prof.key_averages())
+            print(f"\nprofile of one step of {variant.label} ({calls} op calls):")
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
@@ -257,7 +259,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--exp", default=",".join(EXPERIMENTS),
                         help="comma-separated experiments (default: %(default)s)")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=2,
                         help="timed steps of each variant per round (naive: 1)")
     parser.add_argument("--warmup", type=int, default=1)
@@ -272,6 +274,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--contended", nargs="?", const="train", choices=("train", "matmul"),
                         help="time against a competing process (default: the same training step)")
+    parser.add_argument("--omp-wait-policy", choices=("passive", "active"),
+                        help="OMP_WAIT_POLICY of this process and the competitor (default: OpenMP's)")
     parser.add_argument("--competitor-threads", type=int, default=None,
                         help="threads of the competitor (default: --threads)")
     parser.add_argument("--compile", action="store_true", help="add a torch.compile row")
@@ -281,6 +285,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*",
                         help="config overrides, e.g. trainer.micro_batch_size=32 (model.* ones apply to the "
                              "GM variants only)")
+    with_wait_policy(sys.argv)
     args = parser.parse_args()
     device = device_or_exit(args.device)
     if args.threads:

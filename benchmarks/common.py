@@ -37,11 +37,27 @@ def load_average() -> str:
         return "unknown"
 
 
+THREADING_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+
+
 def machine_line(device: torch.device) -> str:
-    """torch version, threads, device (and GPU name) and load averages, for a table's header."""
+    """torch version, threads, device (and GPU name), the OpenMP settings in the environment and
+    the load averages, for a table's header."""
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    threading = ", ".join(f"{name}={os.environ[name]}" for name in THREADING_VARIABLES if name in os.environ)
     return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}{gpu}, "
-            f"{os.cpu_count()} CPUs, load average {load_average()}")
+            f"{os.cpu_count()} CPUs, {threading or 'OpenMP defaults'}, load average {load_average()}")
+
+
+def with_wait_policy(argv: list[str]) -> None:
+    """Honour ``--omp-wait-policy passive|active``: OpenMP reads OMP_WAIT_POLICY once, when torch
+    loads it, so if the environment differs the script re-executes itself with it set (the
+    competing process inherits it). Call before parsing the arguments."""
+    if "--omp-wait-policy" not in argv[:-1]:
+        return
+    policy = argv[argv.index("--omp-wait-policy") + 1].upper()
+    if os.environ.get("OMP_WAIT_POLICY") != policy:
+        os.execve(sys.executable, [sys.executable, *argv], {**os.environ, "OMP_WAIT_POLICY": policy})
 
 
 class Stopwatch:
