@@ -54,6 +54,7 @@ from benchmarks.common import (  # noqa: E402
     load_average,
     machine_line,
     markdown_table,
+    rate_text,
     ratio,
     with_wait_policy,
 )
@@ -238,7 +239,7 @@ def benchmark(exp: str, args: argparse.Namespace, device: torch.device, precisio
             profile(variants)
     rates = {v.label: r.median for v, r in zip(variants, results)}
     naive, composed = rates.get("naive"), rates.get("composed", rates.get("ours"))
-    rows = [[exp, v.label, v.batch_size, precision, f"{r.median:.1f}", r.spread,
+    rows = [[exp, v.label, v.batch_size, precision, rate_text(r.median), r.spread,
              ratio(r.median, naive), ratio(r.median, composed),
              f"{v.cpu_seconds / v.wall_seconds:.2f}", condition] for v, r in zip(variants, results)]
     ours, task, targets = rates.get("ours"), variants[0].cfg.task, []
@@ -250,7 +251,7 @@ def benchmark(exp: str, args: argparse.Namespace, device: torch.device, precisio
         targets.append(f"{exp} ({precision}, {condition}): ours / composed = {ours / composed:.2f}x, "
                        f"target >= 1: {'met' if ours >= composed else 'MISSED'}")
     if ours and "cnn" in rates:
-        targets.append(f"{exp} ({precision}, {condition}): cnn baseline {rates['cnn']:.1f} samples / s "
+        targets.append(f"{exp} ({precision}, {condition}): cnn baseline {rate_text(rates['cnn'])} samples / s "
                        f"= {rates['cnn'] / ours:.2f}x ours (a reference, not a target)")
     return rows, targets
 

@@ -91,7 +91,12 @@ class Rounds:
 
     @property
     def spread(self) -> str:
-        return f"{min(self.rates):.1f}-{max(self.rates):.1f}"
+        return f"{rate_text(min(self.rates))}-{rate_text(max(self.rates))}"
+
+
+def rate_text(value: float) -> str:
+    """One decimal, or three significant digits below 10 (slow variants: 0.0123)."""
+    return f"{value:.1f}" if value >= 10 else f"{value:.3g}"
 
 
 def alternate(steps: Sequence[tuple[Callable[[], object], int, int]], rounds: int,

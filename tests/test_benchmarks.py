@@ -52,7 +52,8 @@ def test_alternate_runs_the_steps_in_turn_and_rates_each_round():
     a, b = common.alternate(steps, rounds=2, stopwatch=stopwatch)
     assert calls == ["a", "a", "b", "a", "a", "b"]
     assert a.rates == [20 / 2.0, 20 / 2.0] and b.rates == [4 / 2.0, 4 / 4.0]
-    assert b.median == 1.5 and b.spread == "1.0-2.0"
+    assert b.median == 1.5 and b.spread == "1-2"
+    assert common.rate_text(1036.04) == "1036.0" and common.rate_text(0.012345) == "0.0123"
 
 
 def test_stopwatch_times_the_call():
