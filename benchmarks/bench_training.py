@@ -15,20 +15,24 @@ what ``python runner.py exp=...`` gets per step without data loading. Variants:
               target.
 
 Batch: --batch (default 128) for classification, the configured one (16 roll-outs of 6 frames)
-for dynamics. The naive model is ~60x slower, so it takes a smaller timed batch (--naive-batch,
-on CPU 16 images, 4 roll-outs); every rate is per sample, so the ratios compare cost per image.
-After --warmup untimed steps each, --rounds rounds each run --steps steps of every variant and
-one naive step, alternating (a shared machine's drift affects all alike); reported: the median
-over rounds of samples / s, the min-max over rounds, the ratios to naive and to composed.
+for dynamics. The naive model (and the dynamics CNN) are slow, so on CPU they take a smaller timed
+batch (--naive-batch: 16 images, 4 roll-outs) and one step per round; every rate is per sample,
+so the ratios compare cost per image. After --warmup untimed steps each, --rounds rounds each run
+--steps steps of every other variant, alternating (a shared machine's drift affects all alike);
+reported: the median over rounds of samples / s, the min-max over rounds, the ratios to naive and
+to composed, and CPU / wall (process CPU seconds over wall seconds of the variant's steps).
 
 --contended starts a competing process before the timed rounds of each experiment and stops it
 after them: ``train`` (default) loops the same training step (ours, same batch) with the same
 thread count; ``matmul`` loops 512 x 512 float32 matmuls. --threads / --competitor-threads set
-torch.set_num_threads of each. On CUDA every variant runs under autocast for each of
---amp-dtypes (default float16 and bfloat16; float32 = AMP off).
+torch.set_num_threads of each; --omp-wait-policy sets OMP_WAIT_POLICY for both (libgomp's
+default spin-waiting is what makes the fused step slow on an oversubscribed CPU); --profile
+prints per-op profiles of one step of ours and composed. On CUDA every variant runs under
+autocast for each of --amp-dtypes (default float16 and bfloat16; float32 = AMP off).
 
     python benchmarks/bench_training.py [--exp cifar10,rot-mnist,...] [--rounds R] [--steps N]
-        [--contended [train|matmul]] [--threads T] [--device cpu|cuda] [--profile] [override ...]
+        [--contended [train|matmul]] [--threads T] [--omp-wait-policy passive|active]
+        [--device cpu|cuda] [--amp-dtypes float16,bfloat16] [--profile] [override ...]
 """
 
 from __future__ import annotations
