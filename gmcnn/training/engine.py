@@ -111,9 +111,9 @@ class Trainer:
         loss_value = distributed.all_sum([loss_sum], self.device)[0] / count
         if not math.isfinite(loss_value):
             raise TrainingDiverged(f"the training loss became {loss_value}")
-        if self.penalty_weight:
-            penalty = relaxation_penalty(self.model) / distributed.world_size()
-            self.scaler.scale(self.penalty_weight * penalty).backward()
+        penalty = relaxation_penalty(self.model) if self.penalty_weight else None
+        if penalty is not None and penalty.requires_grad:  # a model without relaxed layers: 0
+            self.scaler.scale(self.penalty_weight * penalty / distributed.world_size()).backward()
         distributed.sum_gradients(self.model)
         if self.cfg.trainer.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
