@@ -11,8 +11,9 @@ from dataset import DatasetError, build_dataset
 from dataset.plume import WindowDataset
 from gmcnn.equivariance import equivariance_error
 from gmcnn.models import GMDynamics
+from gmcnn.training.engine import Trainer, build_model
 from gmcnn.training.objectives import Dynamics, rollout
-from tests.helpers import runner
+from tests.helpers import compose_config, runner
 
 SMALL_WINDOWS = ("{input_frames: 10, mid: 12, train_starts: [0, 10], valid_starts: [10, 14], "
                  "train_out_len: 3, future_starts: [14, 18], domain_starts: [0, 8], "
@@ -103,3 +104,14 @@ def test_grid_must_match_group(tmp_path):
                     f"hydra.run.dir={tmp_path}")
     assert result.returncode != 0
     assert "laid out on 64x64 images, but data jetflow has 62x23" in result.stdout + result.stderr
+
+
+def test_the_cnn_baseline_trains_with_the_dynamics_penalty_configured():
+    """The dynamics experiments weigh the relaxed layers' penalty (1e-4); a model without relaxed
+    layers has none, and its training step must not try to differentiate a constant."""
+    cfg = compose_config("exp=plume-rotation", "model=cnn_dynamics", "model.channels=4", "model.blocks=1")
+    assert cfg.trainer.relaxation_penalty > 0
+    trainer = Trainer(cfg, build_model(cfg), torch.device("cpu"))
+    frames, targets = torch.randn(2, 20, 64, 64), torch.randn(2, 2, 2, 64, 64)
+    loss_sum, _ = trainer.train_step(frames, targets)
+    assert loss_sum > 0 and all(p.grad is not None for p in trainer.model.parameters())
