@@ -67,6 +67,12 @@ class FiniteGroup:
         """The largest ``t`` for which ``neighbourhood(t)`` has no repeated element."""
         raise NotImplementedError
 
+    def generating_elements(self) -> IndexArray | None:
+        """A set of elements known to generate the group, or None if none is known. Checks of
+        homomorphisms out of the group use it: phi(a s) = phi(a) phi(s) for every a and every
+        generator s suffices, so no |G| x |G| table is needed."""
+        return None
+
     # -- derived structure ---------------------------------------------------------------------
 
     @cached_property
@@ -144,6 +150,9 @@ class CyclicGroup(FiniteGroup):
         _check_radius(self, t)
         return np.arange(-t, t + 1) % self.n
 
+    def generating_elements(self) -> IndexArray:
+        return np.array([1 % self.n])
+
     def even_subgroup(self) -> Subgroup:
         if self.n % 2:
             raise ValueError(f"{self.name} has odd order; the even subgroup needs n even")
@@ -185,6 +194,9 @@ class DihedralGroup(FiniteGroup):
         _check_radius(self, t)
         rotations = np.arange(-t, t + 1) % self.n
         return np.stack([rotations, self.n + rotations], axis=1).reshape(-1)
+
+    def generating_elements(self) -> IndexArray:
+        return np.array([1 % self.n, self.n])  # r and f
 
     def even_subgroup(self) -> Subgroup:
         if self.n % 2:
@@ -243,8 +255,184 @@ class ProductGroup(FiniteGroup):
         n1, n2 = self.first.neighbourhood(t), self.second.neighbourhood(t)
         return self.combine(n1[:, None], n2[None, :]).reshape(-1)
 
+    def generating_elements(self) -> IndexArray | None:
+        g1, g2 = self.first.generating_elements(), self.second.generating_elements()
+        if g1 is None or g2 is None:
+            return None
+        return np.concatenate([self.combine(g1, self.second.identity), self.combine(self.first.identity, g2)])
+
     def even_subgroup(self) -> Subgroup:
         return product_subgroup(self, self.first.even_subgroup(), self.second.even_subgroup())
+
+
+class SemidirectProduct(FiniteGroup):
+    """N ⋊ H for an action of H on N by automorphisms, given as permutations.
+
+    ``action[h]`` is the permutation of N's indices of the automorphism phi_h; phi must be a
+    homomorphism H -> Aut(N): phi_{h1 h2} = phi_h1 o phi_h2 (checked exactly) and each phi_h an
+    automorphism (checked on all pairs, or on generators of N where N is large).
+
+    * element (n, h) has index h * |N| + n (H outermost): a function on N ⋊ H reshapes to
+      (..., |H|, |N|), one function on N per element of H;
+    * product (n1, h1)(n2, h2) = (n1 phi_h1(n2), h1 h2); inverse (n, h)^-1 = (phi_h^-1(n^-1), h^-1);
+    * neighbourhood(t) = N's radius-t neighbourhood times every element of H, H in the outer loop:
+      tap k = i * K_N + j is (e_j, h_i) (|H| K_N taps).
+    """
+
+    def __init__(self, normal: FiniteGroup, acting: FiniteGroup, action, name: str | None = None):
+        self.normal, self.acting = normal, acting
+        self.action = np.asarray(action, dtype=np.int64)
+        if self.action.shape != (acting.order, normal.order) or not (
+                np.sort(self.action, axis=1) == np.arange(normal.order)).all():
+            raise ValueError(f"action must hold one permutation of the {normal.order} elements of "
+                             f"{normal.name} per element of {acting.name}: shape "
+                             f"({acting.order}, {normal.order})")
+        self.name = name or f"{normal.name}:{acting.name}"
+        self._check_action()
+
+    def _check_action(self) -> None:
+        h = np.arange(self.acting.order)
+        composed = self.action[h[:, None, None], self.action[None, :, :]]  # phi_h1(phi_h2(n))
+        if not np.array_equal(composed, self.action[self.acting.multiply(h[:, None], h[None, :])]):
+            raise ValueError(f"the action is not a homomorphism from {self.acting.name}: "
+                             "phi_{h1 h2} must equal phi_h1 o phi_h2")
+        n = np.arange(self.normal.order)
+        right = self.normal.generating_elements()
+        right = n if right is None else right
+        for phi in self.action:
+            if not np.array_equal(phi[self.normal.multiply(n[:, None], right[None, :])],
+                                  self.normal.multiply(phi[n][:, None], phi[right][None, :])):
+                raise ValueError(f"the action of some element of {self.acting.name} is not an "
+                                 f"automorphism of {self.normal.name}")
+
+    @property
+    def order(self) -> int:
+        return self.normal.order * self.acting.order
+
+    @property
+    def identity(self) -> int:
+        return self.combine(self.normal.identity, self.acting.identity)
+
+    def split(self, a) -> tuple[IndexArray, IndexArray]:
+        """(normal part, acting part) of element(s) ``a``."""
+        h, n = np.divmod(np.asarray(a), self.normal.order)
+        return n, h
+
+    def combine(self, n, h) -> IndexArray:
+        return np.asarray(h) * self.normal.order + np.asarray(n)
+
+    @cached_property
+    def inverse(self) -> IndexArray:
+        n, h = self.split(np.arange(self.order))
+        h_inv = self.acting.inverse[h]
+        return self.combine(self.action[h_inv, self.normal.inverse[n]], h_inv)
+
+    def multiply(self, a, b) -> IndexArray:
+        n1, h1 = self.split(a)
+        n2, h2 = self.split(b)
+        return self.combine(self.normal.multiply(n1, self.action[h1, n2]), self.acting.multiply(h1, h2))
+
+    def generating_elements(self) -> IndexArray | None:
+        normal, acting = self.normal.generating_elements(), self.acting.generating_elements()
+        normal = np.arange(self.normal.order) if normal is None else normal
+        acting = np.arange(self.acting.order) if acting is None else acting
+        return np.concatenate([self.combine(normal, self.acting.identity),
+                               self.combine(self.normal.identity, acting)])
+
+    def max_radius(self) -> int:
+        return self.normal.max_radius()
+
+    def neighbourhood(self, t: int) -> IndexArray:
+        _check_radius(self, t)
+        box = self.normal.neighbourhood(t)
+        return self.combine(box[None, :], np.arange(self.acting.order)[:, None]).reshape(-1)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FiniteGroup):
+            return NotImplemented
+        return self is other or (isinstance(other, SemidirectProduct) and self.name == other.name
+                                 and self.normal == other.normal and self.acting == other.acting
+                                 and np.array_equal(self.action, other.action))
+
+    __hash__ = FiniteGroup.__hash__
+
+
+ROTATION = np.array([[0, -1], [1, 0]])   # R(a, b) = (-b, a) on (row, col)
+MIRROR = np.array([[1, 0], [0, -1]])     # M(a, b) = (a, -b)
+WALLPAPER_KINDS = ("p4", "p4m")
+
+
+class WallpaperGroup(SemidirectProduct):
+    """p4 = (C_n x C_n) ⋊ C4 and p4m = (C_n x C_n) ⋊ D4: circular translations of the n x n pixel
+    torus with the rotations by 90 degrees (and mirrors) about pixel (0, 0).
+
+    A pixel is (a, b) = (row, col) mod n, index a * n + b (row-major, as C_n x C_n). The point
+    group H acts by the integer matrices ``linear[h]`` on (row, col):
+
+    * p4: H = C4, h = r is R^r with R(a, b) = (-b, a);
+    * p4m: H = D4 in this module's dihedral convention, h = r is R^r and h = 4 + r is M R^r with
+      M(a, b) = (a, -b) (so (r1, f1)(r2, f2) below matches composition of these maps).
+
+    Element (t, h) is x -> t + L_h x, index h * n^2 + t (see :class:`SemidirectProduct`), so a
+    function on the group reshapes to (..., |H|, n, n). Neighbourhood of radius t: for every h in
+    H (outer loop), the translations of the (2t+1) x (2t+1) box, offsets -t..t row-major (inner):
+    tap k = h (2t+1)^2 + (i + t)(2t+1) + (j + t) is (translation (i, j), h).
+
+    On an image x (n x n), the rotation R acts by (R . x)(p) = x(R^-1 p), which is
+    ``torch.roll(torch.rot90(x, 1, (-2, -1)), 1, -2)``: torch.rot90 (k=1, from the row axis towards
+    the column axis) is the rotation about the image centre, i.e. the element
+    (translation (-1, 0), R). The mirror M acts as ``torch.roll(torch.flip(x, (-1,)), 1, -1)``.
+    """
+
+    def __init__(self, kind: str, n: int):
+        if kind not in WALLPAPER_KINDS:
+            raise ValueError(f"wallpaper group must be one of {WALLPAPER_KINDS}, got {kind!r}")
+        if int(n) != n or n < 1:
+            raise ValueError(f"{kind} grid size n must be a positive integer, got {n!r}")
+        self.kind, self.n = kind, int(n)
+        acting = CyclicGroup(4) if kind == "p4" else DihedralGroup(4)
+        h = np.arange(acting.order)
+        rotations = np.stack([np.linalg.matrix_power(ROTATION, r) for r in range(4)])
+        self.linear = rotations[h % 4]
+        self.linear[h >= 4] = MIRROR @ self.linear[h >= 4]
+        grid = ProductGroup(CyclicGroup(n), CyclicGroup(n))
+        a, b = np.divmod(np.arange(n * n), n)
+        moved = np.einsum("hij,jp->hip", self.linear, np.stack([a, b])) % n
+        super().__init__(grid, acting, moved[:, 0] * n + moved[:, 1], name=f"{kind}({n})")
+
+    @property
+    def point_group_order(self) -> int:
+        return self.acting.order
+
+    def element(self, translation: tuple[int, int] = (0, 0), point: int = 0) -> int:
+        """Index of x -> translation + L_point x."""
+        a, b = translation
+        return int(self.combine((a % self.n) * self.n + b % self.n, point))
+
+    def even_subgroup(self) -> Subgroup:
+        """The subgroup generated by the even translations and the point group about the pixel
+        corner (1/2, 1/2), laid out as the same group on the n/2 grid: element (s, h) of it is
+        (2 s + tau_h, h) with tau_h = (I - L_h)(1/2, 1/2) (integral). With the translations (0, 0),
+        (0, 1), (1, 0), (1, 1) as coset representatives, pooling over it is plain 2 x 2 pooling
+        of every point-group channel, since x -> tau_h + L_h x maps the block {0, 1}^2 onto itself.
+        The subgroup contains the rotation about the image centre (torch.rot90, the element
+        ((-1, 0), R)), so stride-2 pooling keeps the symmetry of images as long as n is even."""
+        if self.n % 2:
+            raise ValueError(f"{self.name} has odd n; the even subgroup needs n even")
+        half = WallpaperGroup(self.kind, self.n // 2)
+        t, h = half.split(np.arange(half.order))
+        a, b = np.divmod(t, half.n)
+        tau = (np.eye(2, dtype=np.int64) - self.linear) @ np.ones(2, dtype=np.int64) // 2   # (|H|, 2)
+        rows, cols = 2 * a + tau[h, 0], 2 * b + tau[h, 1]
+        return Subgroup(parent=self, group=half,
+                        embedding=self.combine((rows % self.n) * self.n + cols % self.n, h),
+                        coset_representatives=np.array([0, 1, self.n, self.n + 1]))
+
+    def translation_subgroup(self) -> Subgroup:
+        """C_n x C_n (the translations), with the point group H as coset representatives: pooling
+        over it is the max (or mean) over h of a function on the group, a function on the grid."""
+        return Subgroup(parent=self, group=self.normal, embedding=np.arange(self.n ** 2),
+                        coset_representatives=self.combine(0, np.arange(self.acting.order)))
 
 
 class TableGroup(FiniteGroup):
@@ -388,8 +576,10 @@ class Subgroup:
             raise ValueError("subgroup embedding must list one parent element per subgroup element")
         _check_indices(self.embedding, self.parent.order, "subgroup embedding")
         h = np.arange(self.group.order)
-        if not np.array_equal(self.parent.multiply(self.embedding[h[:, None]], self.embedding[h]),
-                              self.embedding[self.group.table]):
+        generators = self.group.generating_elements()
+        generators = h if generators is None else generators
+        if not np.array_equal(self.parent.multiply(self.embedding[h[:, None]], self.embedding[generators]),
+                              self.embedding[self.group.multiply(h[:, None], generators[None, :])]):
             raise ValueError(f"the embedding of {self.group.name} into {self.parent.name} is not a "
                              "homomorphism: these elements do not form that subgroup")
         if self.parent.order % self.group.order:
@@ -439,27 +629,38 @@ def product_subgroup(parent: ProductGroup, first: Subgroup, second: Subgroup) ->
 
 
 _SPEC = re.compile(r"^([CDS])(\d+)$")
+_WALLPAPER_SPEC = re.compile(r"^(p4m?)(?:\((\d+)\))?$")
 
 
 def make_group(spec: str | Sequence[str] | FiniteGroup) -> FiniteGroup:
     """Parse a group specification.
 
     ``"C32"``, ``"D14"``, ``"S4"``, products ``"D31xC23"`` (any number of factors, the first the
-    outermost), or a list with one spec per image axis, e.g. ``["C32", "C32"]``.
+    outermost), or a list with one spec per image axis, e.g. ``["C32", "C32"]``; ``"p4(28)"`` and
+    ``"p4m(28)"`` are the :class:`WallpaperGroup` of the 28 x 28 pixel torus.
     """
     if isinstance(spec, FiniteGroup):
         return spec
     parts = [spec] if isinstance(spec, str) else list(spec)
     factors = [p.strip() for part in parts for p in str(part).split("x")]
     if not factors or not all(factors):
-        raise ValueError(f"group spec {spec!r} is empty; use e.g. 'C32', 'D14', 'S4' or "
+        raise ValueError(f"group spec {spec!r} is empty; use e.g. 'C32', 'D14', 'S4', 'p4(28)' or "
                          "['C32', 'C32']")
     groups = []
     for factor in factors:
+        wallpaper = _WALLPAPER_SPEC.match(factor)
+        if wallpaper:
+            kind, n = wallpaper.groups()
+            if n is None:
+                raise ValueError(f"{kind} needs the size of the pixel grid: write '{kind}(28)' for "
+                                 "28 x 28 images")
+            groups.append(WallpaperGroup(kind, int(n)))
+            continue
         match = _SPEC.match(factor)
         if not match:
             raise ValueError(f"unknown group {factor!r} in group spec {spec!r}: allowed are Cn "
-                             "(cyclic), Dn (dihedral, order 2n), Sn (symmetric) and products "
+                             "(cyclic), Dn (dihedral, order 2n), Sn (symmetric), p4(n) and p4m(n) "
+                             "(rotations and mirrors of the n x n pixel grid) and products "
                              "written 'AxB' or as a list per image axis")
         kind, n = match.group(1), int(match.group(2))
         groups.append({"C": CyclicGroup, "D": DihedralGroup, "S": symmetric_group}[kind](n))
@@ -491,7 +692,8 @@ def _check_indices(indices: IndexArray, order: int, what: str) -> None:
 
 
 __all__ = [
-    "FiniteGroup", "CyclicGroup", "DihedralGroup", "ProductGroup", "TableGroup",
+    "FiniteGroup", "CyclicGroup", "DihedralGroup", "ProductGroup", "SemidirectProduct",
+    "WallpaperGroup", "TableGroup",
     "PermutationGroup", "Subgroup", "symmetric_group", "product_subgroup", "make_group",
     "axis_sizes",
 ]
