@@ -319,3 +319,10 @@ def test_bad_input_shapes():
         layer(torch.randn(2, 2, 144))
     with pytest.raises(ValueError, match="even number of channels"):
         GMProjection("p4(6)", "mean", field="vector")(torch.randn(2, 3, 144))
+
+
+def test_benchmark_smoke(capsys):
+    from benchmarks import bench_p4
+    assert bench_p4.main(["--quick"]) == 0
+    table = capsys.readouterr().out
+    assert table.count("| p4(8), 8 x 8 |") == 6 and "conv2d" in table
