@@ -632,12 +632,14 @@ _SPEC = re.compile(r"^([CDS])(\d+)$")
 _WALLPAPER_SPEC = re.compile(r"^(p4m?)(?:\((\d+)\))?$")
 
 
-def make_group(spec: str | Sequence[str] | FiniteGroup) -> FiniteGroup:
+def make_group(spec: str | Sequence[str] | FiniteGroup, grid_size: int | None = None) -> FiniteGroup:
     """Parse a group specification.
 
     ``"C32"``, ``"D14"``, ``"S4"``, products ``"D31xC23"`` (any number of factors, the first the
     outermost), or a list with one spec per image axis, e.g. ``["C32", "C32"]``; ``"p4(28)"`` and
-    ``"p4m(28)"`` are the :class:`WallpaperGroup` of the 28 x 28 pixel torus.
+    ``"p4m(28)"`` are the :class:`WallpaperGroup` of the 28 x 28 pixel torus. ``grid_size`` fills
+    in a bare ``"p4"`` / ``"p4m"`` (the models pass the image size) and must agree with an
+    explicit one.
     """
     if isinstance(spec, FiniteGroup):
         return spec
@@ -651,10 +653,13 @@ def make_group(spec: str | Sequence[str] | FiniteGroup) -> FiniteGroup:
         wallpaper = _WALLPAPER_SPEC.match(factor)
         if wallpaper:
             kind, n = wallpaper.groups()
-            if n is None:
+            if n is None and grid_size is None:
                 raise ValueError(f"{kind} needs the size of the pixel grid: write '{kind}(28)' for "
                                  "28 x 28 images")
-            groups.append(WallpaperGroup(kind, int(n)))
+            if n is not None and grid_size is not None and int(n) != grid_size:
+                raise ValueError(f"group {factor} is for {n} x {n} images, but the images are "
+                                 f"{grid_size} x {grid_size}; write {kind}({grid_size}) or just {kind}")
+            groups.append(WallpaperGroup(kind, int(n) if n is not None else grid_size))
             continue
         match = _SPEC.match(factor)
         if not match:

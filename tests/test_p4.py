@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from gmcnn import functional as GF
 from gmcnn.equivariance import act, assert_equivariant, equivariance_error, image_transform_element
 from gmcnn.groups import CyclicGroup, DihedralGroup, SemidirectProduct, WallpaperGroup, make_group
-from gmcnn.nn import GMConv, GMLifting, GMPool, GMProjection
+from gmcnn.nn import GMConv, GMLifting, GMPool, GMProjection, GMUnpool
 from gmcnn.nn.lifting import box_offsets, group_conv2d, lifting_conv2d
 from gmcnn.spaces import PixelGrid, VectorField
 from tests.test_groups import assert_group_axioms
@@ -83,6 +83,10 @@ def test_group_specs_and_sizes():
     assert group.even_subgroup().group == make_group("p4(32)")
     with pytest.raises(ValueError, match=r"write 'p4\(28\)'"):
         make_group("p4")
+    assert make_group("p4m", grid_size=14) == make_group("p4m(14)")
+    assert make_group("p4(14)", grid_size=14).order == 784
+    with pytest.raises(ValueError, match=r"for 28 x 28 images, but the images are 32 x 32"):
+        make_group("p4(28)", grid_size=32)
     with pytest.raises(ValueError, match="unknown group 'P4"):
         make_group("P4(28)")
     with pytest.raises(ValueError, match="positive integer"):
@@ -247,6 +251,8 @@ def test_pooling_is_max_pool2d_and_keeps_rot90_about_the_centre():
     x = pool.example_input(2)
     torch.testing.assert_close(pool(x), F.max_pool2d(x.reshape(2, 12, 12, 12), 2).reshape(2, 3, -1))
     assert_equivariant(pool, x, atol=1e-6)
+    unpool = GMUnpool(group, 3, 2)
+    assert_equivariant(unpool, unpool.example_input(2), atol=1e-5)
     # two poolings: the network stays invariant to torch.rot90 of the 12 x 12 image
     second = GMPool(pool.out_space, "even")
     model = torch.nn.Sequential(GMLifting(group, 1, 3, t=1), pool, GMConv(pool.out_space, 3, 3, t=1),
@@ -268,6 +274,11 @@ def test_relaxed_lifting_is_exact_at_init_then_measurably_not():
         for p in layer.relaxation.parameters():
             p.copy_(torch.randn_like(p))
     assert equivariance_error(layer, x) > 1e-2
+    conv = GMConv("p4(5)", 2, 2, t=1, rank=1)
+    assert conv.check_equivariance(elements=[1, 30, 77]) < 1e-5
+    with torch.no_grad():
+        conv.relaxation.coefficients.normal_()
+    assert conv.check_equivariance(elements=[1, 30, 77]) > 1e-2
     # y_o(g) = b_o + sum_{c,k} (w[o,c,k] + sum_i a[o,i,c,k] v_i(g)) x_c(g . d_k)
     coefficients = layer.position_coefficients()                          # (O, C, K, |G|)
     exact = GMLifting("p4(5)", 2, 3 * 9 * 2, t=1, channel_mode="full", backend="gather", bias=False).double()
