@@ -203,6 +203,9 @@ def test_dense_conv2d_formulations_agree(spec, channel_mode):
     f = conv.example_input(2)
     torch.testing.assert_close(group_conv2d(f, conv.weight, conv.group, 1, conv.bias), conv(f))
     assert_equivariant(conv, f, atol=1e-12)
+    assert conv.backend == "gather" if channel_mode == "shared" else conv.backend == "conv"
+    conv.backend = "gather" if conv.backend == "conv" else "conv"
+    torch.testing.assert_close(conv(f), group_conv2d(f, conv.weight, conv.group, 1, conv.bias))
     if channel_mode == "full":
         assert GMLifting(spec, 3, 4, t=2, channel_mode="full").backend == "conv"
 
