@@ -294,7 +294,7 @@ def test_relaxed_lifting_is_exact_at_init_then_measurably_not():
 
 @pytest.mark.parametrize("field,rank", [("scalar", 0), ("vector", 0), ("scalar", 1)])
 def test_lifting_gradcheck(field, rank):
-    layer = GMLifting("p4m(3)", 2, 2, t=1, field=field, channel_mode="full", rank=rank,
+    layer = GMLifting("p4(3)" if field == "vector" else "p4m(3)", 2, 2, t=1, field=field, channel_mode="full", rank=rank,
                       backend="gather").double()
     x = layer.example_input(2).requires_grad_()
     assert torch.autograd.gradcheck(layer, (x,))
