@@ -25,6 +25,7 @@ def history(run_dir: Path):
     return [[float(v) for v in row.split(",")] for row in rows[1:]]
 
 
+@pytest.mark.slow
 def test_two_process_run_and_its_resume_equal_the_single_process_run(tmp_path):
     single = runner(*ARGS, "trainer.epochs=2", f"hydra.run.dir={tmp_path / 'single'}")
     assert single.returncode == 0, single.stderr[-2000:]

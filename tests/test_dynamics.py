@@ -74,6 +74,7 @@ def test_missing_and_short_task_files_are_reported(tmp_path):
         build_dataset("plume-translation", tmp_path, train_tasks=[[8, 5]], test_tasks=[[8, 5]])
 
 
+@pytest.mark.slow
 def test_generated_plumes_train_and_report_both_rmses(tmp_path):
     """A tiny generated plume set (2 tasks, 36 steps) trains and validation RMSE goes down."""
     pytest.importorskip("phi")
@@ -99,6 +100,7 @@ def test_generated_plumes_train_and_report_both_rmses(tmp_path):
     assert (run_dir / "relaxation.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_grid_must_match_group(tmp_path):
     result = runner("exp=jetflow", "model.group=[C64,C64]", "logger=none",
                     f"hydra.run.dir={tmp_path}")

@@ -39,6 +39,7 @@ def sweeps(tmp_path_factory):
     return root, {"basic": basic, "joblib": joblib, "submitit": submitit}
 
 
+@pytest.mark.slow
 def test_a_failed_job_is_recorded_and_the_sweep_goes_on(sweeps):
     root, output = sweeps
     for job in ("0", "2"):
@@ -67,6 +68,7 @@ runner.main()
 """
 
 
+@pytest.mark.slow
 def test_an_unexpected_error_is_recorded_and_the_other_jobs_still_run(tmp_path):
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-c", CRASH_ONE_JOB, str(ROOT / "configs"),
@@ -79,6 +81,7 @@ def test_an_unexpected_error_is_recorded_and_the_other_jobs_still_run(tmp_path):
     assert metrics_of(tmp_path / "1")["num_params"] > 0
 
 
+@pytest.mark.slow
 def test_joblib_and_submitit_launchers_run_the_jobs(sweeps):
     root, output = sweeps
     assert "Joblib.Parallel(n_jobs=2" in output["joblib"]
@@ -93,6 +96,7 @@ def test_joblib_and_submitit_launchers_run_the_jobs(sweeps):
     assert list((root / "submitit" / ".submitit").glob("*/*_log.out"))
 
 
+@pytest.mark.slow
 def test_report_lists_every_job(sweeps, tmp_path, capsys):
     root, _ = sweeps
     assert report_main([str(root), "--out", str(tmp_path)]) == 0
@@ -138,6 +142,7 @@ def test_slurm_launcher_keys_can_be_overridden():
                                                      "hydra.launcher.gpus_per_nod=4"])
 
 
+@pytest.mark.slow
 def test_slurm_sweep_submits_the_configured_sbatch_script(tmp_path):
     """No cluster here: stub sbatch/srun/sacct, and read the script submitit hands to sbatch."""
     stubs = tmp_path / "bin"
