@@ -108,7 +108,7 @@ def test_training_benchmark_runs_every_variant_contended(device):
     rows = table_rows(proc.stdout)
     precisions = ["float16", "bfloat16"] if device == "cuda" else ["float32"]
     expected = [(exp, variant, precision) for exp, variants in
-                (("cifar10", ("ours", "composed", "cnn", "naive")), ("plume-rotation", ("ours", "cnn", "naive")))
+                (("cifar10", ("ours", "composed", "cnn", "naive")), ("plume-rotation", ("ours", "composed", "cnn", "naive")))
                 for precision in precisions for variant in variants]
     assert [(r[0], r[1], r[3]) for r in rows] == expected
     for row in rows:
