@@ -38,7 +38,7 @@ def main(cfg: DictConfig) -> float | None:
         if sweeping:  # Hydra records it and runs the other jobs, then exits non-zero
             record_failure(cfg, run_dir, f"{type(error).__name__}: {error}")
         raise
-    return metrics.get("test_acc")
+    return metrics.get(f"best_{cfg.trainer.monitor}")  # what a sweeper (Optuna) optimises
 
 
 def record_failure(cfg: DictConfig, run_dir: Path, message: str) -> None:
@@ -50,4 +50,6 @@ def record_failure(cfg: DictConfig, run_dir: Path, message: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from gmcnn import cli
+
+    sys.exit(cli.main(main, Path(__file__).resolve().parent / "configs"))

@@ -11,9 +11,10 @@ to DIR (default MULTIRUN_DIR):
   model: GM-CNN against its baselines.
 
 The test metric is ``test_acc`` for classification and the ``test_*rmse`` scores (e.g.
-``test_future_rmse``, ``test_domain_rmse``) for regression. A job's status is ``ok``, ``summary``
-(``summary_only=true``: parameters, no training), ``failed`` (the runner recorded the error in
-its metrics.json) or ``incomplete`` (no metrics.json: running, killed or crashed).
+``test_future_rmse``, ``test_domain_rmse``) for regression. A job's status is the one its
+metrics.json records: ``finished``, ``failed`` (with the error), ``interrupted``; ``summary``
+(``summary_only=true``: parameters, no training); ``incomplete`` (no metrics.json: running, killed
+or crashed). :func:`summary_table` is the table ``runner.py -m`` ends a sweep with (gmcnn/cli.py).
 """
 
 from __future__ import annotations
@@ -84,8 +85,9 @@ def _swept_keys(sweep: Path, jobs: list[Path]) -> set[str]:
     return keys | {key for key in every if len({o.get(key) for o in per_job}) > 1}
 
 
-def read_job(job: Path, root: Path, swept: set[str]) -> Row:
-    """One job's row: its identity, swept overrides, status and every number in metrics.json."""
+def read_job(job: Path, root: Path, swept: set[str], missing: str = "incomplete") -> Row:
+    """One job's row: its identity, swept overrides, status and every number in metrics.json
+    (``missing``: the status of a job without one)."""
     overrides = _load_yaml(job / ".hydra" / "overrides.yaml") or []
     config = _load_yaml(job / ".hydra" / "config.yaml") or {}
     hydra = _load_yaml(job / ".hydra" / "hydra.yaml") or {}
@@ -103,23 +105,25 @@ def read_job(job: Path, root: Path, swept: set[str]) -> Row:
         "experiment": (metrics or {}).get("name") or config.get("name") or "",
         "model": choices.get("model") or target.rsplit(".", 1)[-1],
         "swept": " ".join(o for o in overrides if _key(o) in swept),
+        "monitor": ((config.get("trainer") or {}).get("monitor")) or "",
     }
     if metrics is None:
-        row.update(status="incomplete", error="no metrics.json (running, killed or crashed)")
+        row.update(status=missing, error="no metrics.json (running, killed or crashed)")
         return row
     row.update({k: v for k, v in metrics.items() if k not in row and k != "name"})
-    row["status"] = metrics.get("status") or ("ok" if "epochs_completed" in metrics else "summary")
+    row["status"] = metrics.get("status") or ("finished" if "epochs_completed" in metrics else "summary")
     row.setdefault("error", "")
     return row
 
 
-def collect(root: Path) -> list[Row]:
-    """The rows of every job below ``root``, by experiment, model, size (unknown last), job."""
-    jobs = find_jobs(root)
+def collect(root: Path, jobs: list[Path] | None = None, missing: str = "incomplete") -> list[Row]:
+    """The rows of ``jobs`` (default: every job below ``root``), by experiment, model, size
+    (unknown last), job."""
+    jobs = find_jobs(root) if jobs is None else jobs
     by_sweep: dict[Path, list[Path]] = defaultdict(list)
     for job in jobs:
         by_sweep[_sweep_root(job, root)].append(job)
-    rows = [read_job(job, root, _swept_keys(sweep, members))
+    rows = [read_job(job, root, _swept_keys(sweep, members), missing)
             for sweep, members in by_sweep.items() for job in members]
 
     def order(row: Row) -> tuple[Any, ...]:
@@ -174,6 +178,27 @@ def write_markdown(rows: list[Row], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def summary_table(rows: list[Row], root: Path) -> list[str]:
+    """Markdown lines, one row per job in job order: swept overrides, status (with the error),
+    the best value of the monitored metric, run directory."""
+    monitors = {row["monitor"] for row in rows if row.get("monitor")}
+    best = f"best {monitors.pop()}" if len(monitors) == 1 else "best (monitor)"
+    lines = ["| job | overrides | status | " + best + " | run directory |", "|---|---|---|---|---|"]
+
+    def number(job: str) -> tuple[Any, ...]:
+        return tuple(int(p) if p.isdigit() else p for p in Path(job).parts)
+
+    for row in sorted(rows, key=lambda row: number(row["job"])):
+        value = row.get(f"best_{row.get('monitor')}")
+        shown = _cell(value) if _number(value) is not None else ""
+        if shown and best == "best (monitor)":
+            shown = f"{row['monitor']} {shown}"
+        status = row["status"] + (f": {row['error']}" if row.get("error") else "")
+        cells = [row["job"], row["swept"], status, shown, str(root / row["job"])]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return lines
+
+
 def write_plot(rows: list[Row], path: Path) -> None:
     """Test metrics against parameters, one panel per metric, one series per experiment and
     model; every job a marker, the line through the mean at each parameter count."""
@@ -186,7 +211,7 @@ def write_plot(rows: list[Row], path: Path) -> None:
         lambda: defaultdict(list))
     for row in rows:
         params = _number(row.get("num_params"))
-        for metric in metric_columns([row]) if row["status"] == "ok" and params else []:
+        for metric in metric_columns([row]) if row["status"] == "finished" and params else []:
             series[metric][(row["experiment"], row["model"])].append((params, row[metric]))
     panels = sorted(series, key=lambda m: m != "test_acc") or ["test_acc"]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)

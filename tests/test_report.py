@@ -18,9 +18,10 @@ FAST = [*FAST, "trainer.epochs=1"]
 BAD_LR = "optimizer.lr must be a number > 0, got -1"
 
 
-def sweep(sweep_dir, *overrides):
+def sweep(sweep_dir, *overrides, status=1):
+    """Run a sweep; ``status``: the exit status expected (1: some job fails)."""
     result = runner("-m", *FAST, *overrides, f"hydra.sweep.dir={sweep_dir}", timeout=240)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert result.returncode == status, (result.stdout + result.stderr)[-3000:]
     return result.stdout + result.stderr
 
 
@@ -34,7 +35,7 @@ def sweeps(tmp_path_factory):
                    "optimizer.lr=-1,0.004")
     # the SLURM launcher's local twin, one job; summary_only: parameters only, no training
     submitit = sweep(root / "submitit", "hydra/launcher=slurm_local",
-                     "hydra.launcher.gpus_per_node=0", "summary_only=true", "model.channels=8")
+                     "hydra.launcher.gpus_per_node=0", "summary_only=true", "model.channels=8", status=0)
     return root, {"basic": basic, "joblib": joblib, "submitit": submitit}
 
 
@@ -47,6 +48,7 @@ def test_a_failed_job_is_recorded_and_the_sweep_goes_on(sweeps):
     assert sizes[0] < sizes[1]
     assert all(0 <= metrics_of(root / "basic" / job)["test_acc"] <= 1 for job in ("1", "3"))
     assert BAD_LR in output["basic"] and "Traceback" not in output["basic"]
+    assert "4 jobs (2 failed, 2 finished) in" in output["basic"]  # the summary; the sweep's status is 1
 
 
 CRASH_ONE_JOB = """
@@ -81,7 +83,11 @@ def test_joblib_and_submitit_launchers_run_the_jobs(sweeps):
     assert "Joblib.Parallel(n_jobs=2" in output["joblib"]
     assert metrics_of(root / "joblib" / "0")["status"] == "failed"
     assert metrics_of(root / "joblib" / "1")["epochs_completed"] == 1
+    assert f"| 0 | optimizer.lr=-1 | failed: {BAD_LR} |  | {root / 'joblib' / '0'} |" in output["joblib"]
+    best = metrics_of(root / "joblib" / "1")["best_val_acc"]
+    assert f"| 1 | optimizer.lr=0.004 | finished | {best:.4f} | {root / 'joblib' / '1'} |" in output["joblib"]
     assert "Submitit 'local'" in output["submitit"]
+    assert f"| 0 |  | summary |  | {root / 'submitit' / '0'} |" in output["submitit"]
     assert metrics_of(root / "submitit" / "0")["num_params"] > 0
     assert list((root / "submitit" / ".submitit").glob("*/*_log.out"))
 
@@ -89,7 +95,7 @@ def test_joblib_and_submitit_launchers_run_the_jobs(sweeps):
 def test_report_lists_every_job(sweeps, tmp_path, capsys):
     root, _ = sweeps
     assert report_main([str(root), "--out", str(tmp_path)]) == 0
-    assert capsys.readouterr().out.startswith("7 jobs (3 failed, 3 ok, 1 summary)")
+    assert capsys.readouterr().out.startswith("7 jobs (3 failed, 3 finished, 1 summary)")
     with (tmp_path / "report.csv").open() as handle:
         rows = {row["job"]: row for row in csv.DictReader(handle)}
     assert set(rows) == {"basic/0", "basic/1", "basic/2", "basic/3", "joblib/0", "joblib/1",
@@ -178,10 +184,10 @@ def test_report_of_regression_jobs_and_an_unfinished_one(tmp_path, capsys):
     fake_job(tmp_path / "1", "GMDynamics", ["model.rank=2"], {**done, "num_params": 200})
     fake_job(tmp_path / "2", "CNNDynamics", ["model.rank=3"], None)  # killed
     assert report_main([str(tmp_path)]) == 0
-    assert "3 jobs (1 incomplete, 2 ok)" in capsys.readouterr().out
+    assert "3 jobs (2 finished, 1 incomplete)" in capsys.readouterr().out
     table = (tmp_path / "report.md").read_text().splitlines()
     assert "| test_future_rmse | test_domain_rmse |" in table[0] and "test_acc" not in table[0]
     assert table[2].startswith("| plume-rotation | CNNDynamics | model.rank=3 |")
     assert "incomplete: no metrics.json" in table[2]
-    assert "| GMDynamics | model.rank=2 | 200 | 0.5000 | 0.7000 | 2 | ok |" in table[4]
+    assert "| GMDynamics | model.rank=2 | 200 | 0.5000 | 0.7000 | 2 | finished |" in table[4]
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"

@@ -211,7 +211,7 @@ def test_retain_freed_memory_stops_page_faults():
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["exp=nope"], "Could not find 'exp/nope'"),
+    (["exp=nope"], "unknown exp 'nope'"),
     (["model.group=[Q8,C28]"], "unknown group 'Q8'"),
     (["model.group=[C32,C32]"], "laid out on 32x32 images, but data rectangles-generated has 28x28"),
     (["optimizer.lr=-1"], "optimizer.lr must be a number > 0"),

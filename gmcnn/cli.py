@@ -1,0 +1,368 @@
+"""The command-line front end of ``python runner.py``: checks the command line before Hydra
+runs, gives every sweep job its share of the CPU, and ends a sweep with a summary and an exit
+status.
+
+:func:`main` (``sys.exit(gmcnn.cli.main(task, config_dir))``):
+
+1. :func:`preflight` composes the configuration from the same overrides with Hydra's compose API
+   and turns what a user mistypes into one line with the closest valid names (difflib): an
+   unknown config-group option (``exp=cifar1``), an unknown key (``trainer.epoch=1``), a key added
+   with ``+`` that nothing reads (``+no_such_key=1``; ``model``, ``optimizer``, ``scheduler`` and
+   ``data.options`` keys are checked against their constructors when the run starts, ``hydra.*``
+   by Hydra's schema), a launcher or sweeper whose plugin is not installed (names the pip extra),
+   an Optuna direction that does not match ``trainer.monitor``. Flags (``--help``, ``--cfg``,
+   ``-m``, ...) pass through unchanged.
+2. the task (``runner.main``, decorated by ``hydra.main``) runs.
+3. after a multirun, :func:`summarise` logs one row per job of this sweep (overrides, status,
+   best monitored metric, run directory), writes it to ``<sweep dir>/summary.md`` and picks the
+   exit status: 0 every job finished, 1 a job failed or crashed (or the command line is bad),
+   3 interrupted (the sweep or a job; resume with ``trainer.resume=true``).
+
+:class:`SweepCallback` (``hydra.callbacks`` in configs/config.yaml) marks the sweep's start
+(``<sweep dir>/.sweep_start``: jobs whose ``.hydra/`` is older belong to an earlier sweep into the
+same folder) and, in every job of the joblib launcher, sets torch's threads to
+max(1, cores // n_jobs) and OMP/MKL threads for the job's own subprocesses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import importlib.util
+import io
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+log = logging.getLogger("gmcnn.cli")
+
+OK, FAILED, INTERRUPTED = 0, 1, 3
+MARKER = ".sweep_start"
+GOOD = {"finished", "summary"}
+
+# config option -> (plugin module, what installs it)
+CLUSTER = 'pip install -e ".[cluster]"'
+PLUGINS = {
+    ("hydra/launcher", "parallel"): "hydra_joblib_launcher",
+    ("hydra/launcher", "joblib"): "hydra_joblib_launcher",
+    ("hydra/launcher", "slurm"): "hydra_submitit_launcher",
+    ("hydra/launcher", "slurm_local"): "hydra_submitit_launcher",
+    ("hydra/launcher", "submitit_local"): "hydra_submitit_launcher",
+    ("hydra/launcher", "submitit_slurm"): "hydra_submitit_launcher",
+    ("hydra/sweeper", "optuna"): "hydra_optuna_sweeper",
+    ("hparams_search", None): "hydra_optuna_sweeper",  # every search runs on the Optuna sweeper
+}
+# keys a + override may add because their reader checks them when the run starts
+CHECKED_LATER = ("model.", "optimizer.", "scheduler.", "data.options.", "hydra.")
+MAXIMIZE = {"val_acc"}  # the other monitors (val_loss, val_rmse) are minimised
+# flags whose command Hydra runs as it is (help, completion, a re-run, an extra config dir)
+PASS_THROUGH = ("help", "hydra_help", "info", "shell_completion", "experimental_rerun", "config_dir")
+
+
+class CommandLineError(Exception):
+    """A mistake on the command line; the message is one line saying what to do."""
+
+
+# --- 1. the command line, checked before Hydra runs ---------------------------------------------
+
+def preflight(argv: list[str], config_dir: Path) -> None:
+    """Raise CommandLineError for the first mistake in ``argv`` (runner.py's arguments)."""
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            args = get_args_parser().parse_args(argv)
+    except SystemExit:
+        return  # a malformed flag: Hydra's argparse says so
+    if any(getattr(args, flag, None) for flag in PASS_THROUGH):
+        return
+    if args.config_path:
+        config_dir = Path(args.config_path) if Path(args.config_path).is_absolute() \
+            else Path.cwd() / args.config_path
+    _check_overrides(args.overrides, config_dir, args.config_name or "config")
+
+
+def _check_overrides(overrides: list[str], config_dir: Path, config_name: str) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser, parsed = OverridesParser.create(), []
+    for text in overrides:
+        try:
+            parsed += parser.parse_overrides([text])
+        except HydraException as error:
+            raise CommandLineError(f"cannot parse the override {text}: {_first_line(error)}") from None
+    with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        is_group = _group_lookup(loader)
+        chosen, keyed = [], []
+        for override in parsed:
+            values = _values(override)
+            if is_group(override.key_or_group) and values:
+                for value in values:
+                    _check_choice(loader, override.key_or_group, value)
+                chosen.append(_first(override, values))  # a group sweep's first option
+            else:
+                keyed.append((override, values))
+        compose_ = lambda extra: compose(config_name=config_name, overrides=chosen + extra,
+                                         return_hydra_config=True)
+        try:
+            cfg = compose_([_first(o, v) for o, v in keyed if v or o.is_delete()])
+            error = None
+        except Exception as problem:  # noqa: BLE001  (Hydra's composition errors, made one line)
+            error = CommandLineError(_first_line(problem))
+        added = [o for o, _ in keyed if (o.is_add() or o.is_force_add()) and not _read_later(o, overrides)]
+        if error is not None or added:  # what is wrong, with the closest names: against the config
+            try:  # composed without the key overrides
+                base = compose_([])
+            except Exception as problem:  # noqa: BLE001
+                raise CommandLineError(_first_line(problem)) from None
+            for override, _ in keyed:
+                _check_key(base, override, overrides)
+        if error is not None:
+            raise error
+    _check_direction(cfg)
+
+
+def _group_lookup(loader: Any) -> Callable[[str], bool]:
+    """Whether a name is a config group (``exp``, ``hydra/launcher``); keys with dots never are."""
+    known: dict[str, set[str]] = {}
+
+    def is_group(name: str) -> bool:
+        if "." in name:
+            return False
+        parent, _, leaf = name.rpartition("/")
+        if parent not in known:
+            known[parent] = set(loader.list_groups(parent))
+        return leaf in known[parent]
+
+    return is_group
+
+
+def _read_later(override: Any, overrides: list[str]) -> bool:
+    """A new key's reader checks it when the run starts, or another override interpolates it."""
+    key = override.key_or_group
+    return key.startswith(CHECKED_LATER) or any("${" + key in other for other in overrides)
+
+
+def _values(override: Any) -> list[str]:
+    """The values a (sweep) override takes, as override strings; [] for ranges a sweeper samples
+    (``interval(...)``)."""
+    if override.is_delete():
+        return []
+    if not override.is_sweep_override():
+        return [override.get_value_element_as_str()]
+    try:
+        return list(override.sweep_string_iterator())
+    except Exception:  # noqa: BLE001  (interval sweeps have no values to list)
+        return []
+
+
+def _first(override: Any, values: list[str]) -> str:
+    """The override with its first value (a sweep's first point)."""
+    if override.is_delete() or not override.is_sweep_override():
+        return override.input_line
+    return f"{override.get_key_element()}={values[0]}"
+
+
+def _check_choice(loader: Any, group: str, value: str) -> None:
+    module = PLUGINS.get((group, value), PLUGINS.get((group, None)))
+    if module and importlib.util.find_spec(f"hydra_plugins.{module}") is None:
+        package = module.replace("_", "-")
+        raise CommandLineError(f"{group}={value} needs the {package} plugin, which is not installed: "
+                               f"{CLUSTER}")
+    options = loader.get_group_options(group)
+    if value not in options and value != "null":
+        raise CommandLineError(f"unknown {group} {value!r}{_closest(value, options)}; choose one of: "
+                               f"{', '.join(options)}")
+
+
+def _check_key(base: DictConfig, override: Any, overrides: list[str]) -> None:
+    key = override.key_or_group
+    exists = _has_key(base, key)
+    if override.is_delete() or (exists and not override.is_add()):
+        return
+    if exists:  # +key for a key that is there
+        raise CommandLineError(f"{override.input_line}: {key} already exists; set it without the +: "
+                               f"{override.input_line.lstrip('+')}")
+    parent, _, leaf = key.rpartition(".")
+    if parent and _has_key(base, parent):  # compare with its siblings' names
+        near = _closest(leaf, [p.rpartition(".")[2] for p in _paths(base) if p.rpartition(".")[0] == parent],
+                        prefix=f"{parent}.")
+    else:
+        near = _closest(key, [p for p in _paths(base) if key.startswith("hydra.") == p.startswith("hydra.")])
+    if not (override.is_add() or override.is_force_add()):
+        raise CommandLineError(f"unknown key {key}{near}")
+    if not _read_later(override, overrides):
+        raise CommandLineError(f"{override.input_line}: nothing reads {key}{near}; "
+                               "remove it (only model.*, optimizer.*, scheduler.* and data.options.* "
+                               "take new keys)")
+
+
+def _has_key(cfg: DictConfig, key: str) -> bool:
+    node: Any = cfg
+    for part in key.split("."):
+        if isinstance(node, DictConfig) and part in node:
+            node = node._get_node(part)
+        elif isinstance(node, ListConfig) and part.isdigit() and int(part) < len(node):
+            node = node._get_node(int(part))
+        else:
+            return False
+    return True
+
+
+def _paths(node: DictConfig, prefix: str = "") -> Iterator[str]:
+    for key in node.keys():
+        path = f"{prefix}{key}"
+        yield path
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            yield from _paths(child, f"{path}.")
+
+
+def _closest(word: str, candidates: list[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(word, candidates, n=3, cutoff=0.6)
+    return f" (closest: {', '.join(prefix + c for c in close)})" if close else ""
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _check_direction(cfg: DictConfig) -> None:
+    """An Optuna search must optimise trainer.monitor the right way round."""
+    sweeper = OmegaConf.select(cfg, "hydra.sweeper")
+    if sweeper is None or "optuna" not in str(sweeper.get("_target_", "")):
+        return
+    monitor = cfg.trainer.monitor
+    wanted = "maximize" if monitor in MAXIMIZE else "minimize"
+    direction = str(sweeper.get("direction")).rsplit(".", 1)[-1]
+    if direction != wanted:
+        raise CommandLineError(f"hydra.sweeper.direction={direction} but trainer.monitor={monitor} "
+                               f"is to {wanted}; set hydra.sweeper.direction={wanted}")
+
+
+# --- 2. sweep jobs: threads per job, start marker -----------------------------------------------
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_job(n_jobs: int, cores: int) -> int:
+    """Torch threads for each of ``n_jobs`` parallel jobs (joblib's negative n_jobs: cores + 1 +
+    n_jobs at a time) on ``cores`` cores."""
+    running = n_jobs if n_jobs > 0 else cores + 1 + n_jobs
+    return max(1, cores // max(1, running))
+
+
+_sweep_dir: Path | None = None  # set in the process that runs the sweep
+
+
+class SweepCallback(Callback):
+    """Hydra callback: marks the sweep's start; splits the cores between parallel jobs."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _sweep_dir
+        _sweep_dir = Path(config.hydra.sweep.dir)  # as given: relative to the working directory
+        _sweep_dir.mkdir(parents=True, exist_ok=True)
+        (_sweep_dir / MARKER).write_text("")  # its mtime comes from the same clock as the jobs'
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        launcher = OmegaConf.select(config, "hydra.launcher")
+        if launcher is None or "JoblibLauncher" not in str(launcher.get("_target_", "")):
+            return
+        import torch
+
+        threads = threads_per_job(int(launcher.n_jobs), available_cores())
+        for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[variable] = str(threads)
+        torch.set_num_threads(threads)
+        logging.getLogger("gmcnn").info("torch threads: %d (%d cores / %s parallel jobs)",
+                                        torch.get_num_threads(), available_cores(), launcher.n_jobs)
+
+
+# --- 3. the end of a sweep: summary and exit status ---------------------------------------------
+
+def sweep_jobs(sweep_dir: Path) -> list[Path]:
+    """The job directories of the sweep that last started in ``sweep_dir``."""
+    from gmcnn.report import find_jobs
+
+    marker = sweep_dir / MARKER
+    since = marker.stat().st_mtime_ns if marker.is_file() else 0
+    return [job for job in find_jobs(sweep_dir)
+            if (job / ".hydra" / "overrides.yaml").stat().st_mtime_ns >= since]
+
+
+def summarise(sweep_dir: Path, interrupted: bool = False) -> int:
+    """Log and write the sweep's summary table; the exit status it calls for."""
+    from gmcnn.report import collect, summary_table
+
+    rows = collect(sweep_dir, sweep_jobs(sweep_dir), missing="crashed")
+    table = summary_table(rows, sweep_dir)
+    try:
+        (sweep_dir / "summary.md").write_text("\n".join(table) + "\n")
+    except OSError as error:
+        log.warning("could not write %s: %s", sweep_dir / "summary.md", error)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    log.info("\n".join(table))
+    log.info("%d jobs (%s) in %s", len(rows), ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
+             sweep_dir)
+    if interrupted or "interrupted" in counts:
+        log.error("the sweep was interrupted; run the same command with trainer.resume=true and "
+                  "hydra.sweep.dir=%s to finish it", sweep_dir)
+        return INTERRUPTED
+    if set(counts) - GOOD or not rows:
+        return FAILED
+    return OK
+
+
+def _console() -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False  # not into a job's log file
+
+
+def main(task: Callable[[], Any], config_dir: Path, argv: list[str] | None = None) -> int:
+    """Check the command line, run ``task`` (a ``hydra.main`` function), summarise a sweep;
+    the process's exit status."""
+    global _sweep_dir
+    _console()
+    _sweep_dir = None
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        preflight(argv, config_dir)
+    except CommandLineError as error:
+        log.error("error: %s", error)
+        return FAILED
+    interrupted = False
+    try:
+        task()
+        status = OK
+    except SystemExit as exit_:
+        status = exit_.code if isinstance(exit_.code, int) else (OK if exit_.code is None else FAILED)
+    except KeyboardInterrupt:
+        interrupted, status = True, INTERRUPTED
+    if _sweep_dir is None:
+        return status
+    verdict = summarise(_sweep_dir, interrupted)
+    return INTERRUPTED if INTERRUPTED in (status, verdict) else max(verdict, min(status, FAILED))
+
+
+__all__ = ["CommandLineError", "SweepCallback", "main", "preflight", "summarise", "threads_per_job"]

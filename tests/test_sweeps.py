@@ -1,0 +1,87 @@
+"""``python runner.py`` as a user runs it: one-line messages, --help, the sweep summary and exit
+status (also when a sweep runs twice into one folder), threads per parallel job, an Optuna
+search with a failing trial."""
+
+import os
+
+import pytest
+
+from tests.helpers import FAST, metrics_of, runner
+
+FAST = [*FAST, "trainer.epochs=1"]
+BAD_LR = "optimizer.lr must be a number > 0, got -1"
+pytestmark = pytest.mark.slow
+
+
+def output_of(result):
+    return result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["exp=cifar1"], "error: unknown exp 'cifar1' (closest: cifar10); choose one of: cifar10,"),
+    (["+no_such_key=1"], "error: +no_such_key=1: nothing reads no_such_key; remove it"),
+    (["-m", "trainer.epoch=1,2"], "error: unknown key trainer.epoch (closest: trainer.epochs)"),
+])
+def test_a_mistake_is_one_line_and_status_1(overrides, message, tmp_path):
+    result = runner(*overrides, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert result.returncode == 1
+    assert result.stdout == "" and result.stderr.startswith(message) and result.stderr.count("\n") == 1
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
+
+
+def test_help_shows_the_common_commands_and_the_config_groups():
+    result = runner("--help")
+    assert result.returncode == 0
+    for line in ("python runner.py -m model.channels=30,60 seed=1,2", "trainer.resume=true",
+                 "summary_only=true", "python -m gmcnn.report", "hparams_search=quickstart_optuna",
+                 "exp: cifar10, jetflow,", "model: cnn, cnn_dynamics, gm_dynamics, gmcnn",
+                 'pip install -e ".[cluster]"'):
+        assert line in result.stdout, result.stdout
+
+
+def summary_rows(text):
+    return [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| job ")]
+
+
+def test_a_sweep_with_a_failed_job_ends_with_the_summary_and_status_1(tmp_path):
+    sweep = tmp_path / "sweep"
+    command = ["-m", *FAST, "summary_only=true", "optimizer.lr=-1,0.004", f"hydra.sweep.dir={sweep}"]
+    for attempt in range(2):  # the same sweep again into the same folder: the same summary
+        result = runner(*command)
+        assert result.returncode == 1, output_of(result)[-3000:]
+        assert summary_rows(result.stderr) == [
+            f"| 0 | optimizer.lr=-1 | failed: {BAD_LR} |  | {sweep / '0'} |",
+            f"| 1 | optimizer.lr=0.004 | summary |  | {sweep / '1'} |"], result.stderr[-3000:]
+        assert "2 jobs (1 failed, 1 summary)" in result.stderr
+        assert (sweep / "summary.md").read_text().splitlines()[2:] == summary_rows(result.stderr)
+    # a smaller sweep into the folder: only its own job counts, the old failed job does not
+    result = runner("-m", *FAST, "summary_only=true", "model.channels=4,8", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, output_of(result)[-3000:]
+    assert [row.split(" | ")[2] for row in summary_rows(result.stderr)] == ["summary", "summary"]
+
+
+def test_a_parallel_sweep_splits_the_cores_and_reports_the_best_metric(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = runner("-m", *FAST, "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
+                    "model.channels=4", "seed=1,2", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, output_of(result)[-3000:]
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    for job in ("0", "1"):
+        assert f"torch threads: {threads} (" in (sweep / job / "runner.log").read_text()
+        best = metrics_of(sweep / job)["best_val_acc"]
+        assert f"| {job} | seed={int(job) + 1} | finished | {best:.4f} | {sweep / job} |" in result.stderr
+
+
+def test_an_optuna_search_goes_on_past_a_failed_trial(tmp_path):
+    """Two trials, 2 at a time; the sampler (seeded) gives the first the bad learning rate."""
+    sweep = tmp_path / "search"
+    result = runner("-m", "hparams_search=quickstart_optuna", "hydra.sweeper.n_trials=2", *FAST,
+                    "model.channels=4", "optimizer.lr=choice(-1,0.004)", f"hydra.sweep.dir={sweep}")
+    output = output_of(result)
+    assert result.returncode == 1, output[-3000:]  # a trial failed
+    rows = summary_rows(result.stderr)
+    assert len(rows) == 2 and sum(f"| failed: {BAD_LR} |" in row for row in rows) == 1
+    finished, = (job for job in ("0", "1") if metrics_of(sweep / job).get("status") != "failed")
+    best = metrics_of(sweep / finished)["best_val_acc"]
+    assert f"Best value: {best}" in output  # the trial's return value: best_<monitor>
+    assert "optimization_results.yaml" in os.listdir(sweep)
