@@ -1,13 +1,19 @@
 """Entry point: ``python runner.py exp=NAME key=value ...`` (``-m`` sweeps with Hydra multirun).
 
-Composes the configuration from configs/, hands it to :func:`gmcnn.training.run`, and turns the
-errors a user can fix (bad config, missing data, corrupt checkpoint, diverged training) into a
-short message and a non-zero exit status instead of a traceback. In a sweep (``-m``) a failed job
-does not stop the others: its error is logged and written to its metrics.json (``"status":
-"failed"``, read by ``python -m gmcnn.report``), and the sweep goes on.
+Composes the configuration from configs/, plans the run (a fresh one, or the run that
+``trainer.resume`` continues, in its own directory, see gmcnn/training/resume.py), takes the run
+directory's lock and hands the run to :func:`gmcnn.training.run`. Exit status: 0 done (or already
+finished), 1 an error the user can fix (one line, no traceback), 3 interrupted by a signal and
+resumable (the line says the command). Every run directory left behind has a status in its
+metrics.json ("finished", "failed" with the error, "interrupted" with how to resume); a single
+run that fails before training, or ``summary_only=true``, leaves no directory. In a sweep
+(``-m``) a failed job does not stop the others: its error goes to its metrics.json (read by
+``python -m gmcnn.report``), and the sweep goes on; finished jobs of a resumed sweep are skipped.
 """
 
+import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -16,37 +22,127 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from gmcnn.training import CheckpointError, ConfigError, TrainingDiverged, run
-from gmcnn.training.tracking import write_json
+from gmcnn.training import CheckpointError, ConfigError, TrainingDiverged, checkpoint, run
+from gmcnn.training.config import resolve_device, validate
+from gmcnn.training.memory import retain_freed_memory
+from gmcnn.training.resume import plan
+from gmcnn.training.rundir import (
+    RunDirectoryBusy,
+    RunLock,
+    is_fresh,
+    read_metrics,
+    record_config,
+    redirect_log_files,
+    remove_fresh,
+    write_status,
+)
+from gmcnn.training.signals import RunInterrupted
 
 log = logging.getLogger("gmcnn")
+
+USER_ERRORS = (ConfigError, CheckpointError, TrainingDiverged, RunDirectoryBusy, OSError)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
-    try:
-        metrics = run(cfg, run_dir, sweep_job=sweeping)
-    except (ConfigError, CheckpointError, TrainingDiverged) as error:
-        log.error("%s", error)
-        if not sweeping:
-            sys.exit(1)
-        record_failure(cfg, run_dir, str(error))  # sys.exit here would end the whole sweep
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    sweeping = hydra_cfg.mode == RunMode.MULTIRUN
+    writer = int(os.environ.get("RANK", "0")) == 0  # torchrun: rank 0 writes
+    job = None
+    with contextlib.ExitStack() as cleanup:
+        try:
+            validate(cfg)
+            if resolve_device(cfg.trainer.device).type == "cpu":
+                retain_freed_memory()  # process-wide: keep freed activations for reuse
+            if writer:
+                cleanup.enter_context(RunLock(run_dir))
+            explicit_dir = any(o.startswith("hydra.run.dir=") for o in hydra_cfg.overrides.hydra)
+            job = plan(cfg, run_dir, list(hydra_cfg.overrides.task),
+                       search_siblings=not (sweeping or explicit_dir),
+                       under_requeue="SUBMITIT_EXECUTOR" in os.environ,
+                       compose=lambda overrides: hydra.compose(config_name="config", overrides=overrides))
+            if job.run_dir != run_dir and writer:
+                redirect_log_files(run_dir, job.run_dir)
+                cleanup.close()  # this command's own directory is not used: remove it
+                remove_fresh(run_dir)
+                cleanup.enter_context(RunLock(job.run_dir))
+            if job.finished:
+                if writer:
+                    record_config(job.run_dir, job.cfg, job.overrides)
+                log.info("run %s is already finished (%s epochs); nothing to do", job.run_dir,
+                         read_metrics(job.run_dir).get("epochs_completed"))
+                return read_metrics(job.run_dir).get(f"best_{job.cfg.trainer.monitor}")
+            if writer and job.saved is not None:
+                record_config(job.run_dir, job.cfg, job.overrides)
+            metrics = run(job)
+            if writer:  # again: a refused second writer may have overwritten it meanwhile
+                record_config(job.run_dir, job.cfg, job.overrides)
+        except RunInterrupted as interruption:
+            where = job.run_dir if job else run_dir
+            command = (f"python runner.py -m <the same sweep> trainer.resume=true "
+                       f"hydra.sweep.dir={hydra_cfg.sweep.dir}" if sweeping
+                       else f"python runner.py trainer.resume={where}")
+            message = f"{interruption}; resume with: {command}"
+            log.warning("%s", message)
+            if writer:
+                write_status(where, "interrupted", name=cfg.name, message=message)
+            interruption.hand_over()  # e.g. submitit requeues the job (and ends the process)
+            sys.exit(3)
+        except USER_ERRORS as error:
+            message = one_line(error)
+            log.error("%s", message)
+            where = job.run_dir if job else run_dir
+            untouched = job is None and not is_fresh(run_dir)  # refused: a run there stays as it is
+            if writer and (untouched or isinstance(error, RunDirectoryBusy)):
+                restore_config_record(run_dir)
+            elif writer:
+                cleanup.close()
+                if sweeping or not remove_fresh(where):
+                    record_failure(cfg, where, message)
+            if not sweeping:
+                sys.exit(1)
+            return None  # sys.exit here would end the whole sweep
+        except Exception as error:
+            if sweeping and writer:  # Hydra records it and runs the other jobs, then exits non-zero
+                record_failure(cfg, job.run_dir if job else run_dir, f"{type(error).__name__}: {error}")
+            raise
+    if metrics.get("summary_only"):
+        if sweeping:
+            write_status(job.run_dir, "finished", **metrics)
+        elif is_fresh(job.run_dir):
+            remove_fresh(job.run_dir)
         return None
-    except Exception as error:
-        if sweeping:  # Hydra records it and runs the other jobs, then exits non-zero
-            record_failure(cfg, run_dir, f"{type(error).__name__}: {error}")
-        raise
-    return metrics.get(f"best_{cfg.trainer.monitor}")  # what a sweeper (Optuna) optimises
+    return metrics[f"best_{job.cfg.trainer.monitor}"]
+
+
+def one_line(error: BaseException) -> str:
+    if isinstance(error, OSError):
+        where = f" {error.filename}" if error.filename else ""
+        return (f"cannot write or read{where}: {error.strerror or error}; the last good "
+                "checkpoint is kept: free space or fix the permissions, then resume with "
+                "trainer.resume=true")
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def restore_config_record(run_dir: Path) -> None:
+    """Hydra has written this refused command's config into ``run_dir/.hydra``: put back the
+    config of the run that is there (from its checkpoint)."""
+    last = run_dir / "checkpoints" / "last.pt"
+    try:
+        saved = checkpoint.load(last)
+        record_config(run_dir, OmegaConf.create(saved["config"]), list(saved["overrides"]))
+    except (CheckpointError, KeyError, OSError):
+        pass  # no (readable) checkpoint: the run there, if any, records its config when it ends
 
 
 def record_failure(cfg: DictConfig, run_dir: Path, message: str) -> None:
-    """Mark a failed sweep job in its metrics.json, so that reports list it with its error."""
-    log.error("job %s failed; the sweep goes on with the other jobs", run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "metrics.json", {"name": OmegaConf.select(cfg, "name", default=None),
-                                          "status": "failed", "error": message})
+    """Mark a failed run in its metrics.json, so that reports list it with its error."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_status(run_dir, "failed", name=OmegaConf.select(cfg, "name", default=None), error=message)
+    except OSError as error:  # e.g. the disk is still full
+        log.error("cannot record the failure in %s: %s", run_dir, error.strerror or error)
 
 
 if __name__ == "__main__":

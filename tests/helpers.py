@@ -28,3 +28,13 @@ def runner(*overrides, timeout=300, **kwargs):
 
 def metrics_of(run_dir):
     return json.loads((Path(run_dir) / "metrics.json").read_text())
+
+
+# FAST with a narrow model: runs whose numbers matter less than their lifecycle
+TINY = [*FAST, "model.channels=8"]
+
+
+def start_runner(*overrides):
+    """``python runner.py *overrides`` as a background process (output captured)."""
+    return subprocess.Popen([sys.executable, str(ROOT / "runner.py"), *overrides], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

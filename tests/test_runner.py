@@ -1,5 +1,6 @@
 """The runner end to end: real configs, real subprocess runs into temporary directories."""
 
+import json
 import signal
 import subprocess
 import sys
@@ -8,8 +9,10 @@ import time
 import pytest
 import torch
 
-from gmcnn.training import TrainingDiverged, run
-from gmcnn.training.engine import Trainer, build_model, count_parameters, resolve_micro_batch_size
+from gmcnn.training import TrainingDiverged, checkpoint, run
+from gmcnn.training.build import build_model, count_parameters
+from gmcnn.training.engine import Trainer, resolve_micro_batch_size
+from gmcnn.training.resume import Plan
 from tests.helpers import ENV, FAST, ROOT, compose_config, metrics_of, runner
 
 CLASSIFICATION = ["cifar10", "rot-mnist", "mnist-bg-rot", "mnist-noise", "rectangles", "norb",
@@ -51,6 +54,7 @@ def test_paper_recipe_is_real_config():
     assert list(cfg.model.group) == ["D14", "D14"]
 
 
+@pytest.mark.slow
 def test_default_run_learns_and_writes_outputs(tmp_path):
     result = runner("trainer.epochs=3", "logger.wandb.mode=offline", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -66,14 +70,16 @@ def test_default_run_learns_and_writes_outputs(tmp_path):
     assert list((tmp_path / "wandb").glob("offline-run-*"))
 
 
-def test_summary_only_writes_num_params_without_data(tmp_path):
+@pytest.mark.slow
+def test_summary_only_prints_num_params_without_data_and_leaves_no_directory(tmp_path):
     result = runner("exp=cifar10", "summary_only=true", "data.root=/nonexistent",
-                    f"hydra.run.dir={tmp_path}")
+                    f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert metrics_of(tmp_path)["num_params"] == 13_691
     assert "13,691" in result.stdout + result.stderr
+    assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_multirun_produces_one_run_per_value(tmp_path):
     result = runner("-m", *FAST, "trainer.epochs=1", "model.channels=4,8",
                     f"hydra.sweep.dir={tmp_path}")
@@ -81,7 +87,21 @@ def test_multirun_produces_one_run_per_value(tmp_path):
     params = sorted(metrics_of(tmp_path / job)["num_params"] for job in ("0", "1"))
     assert params[0] < params[1]
 
+    # the same sweep resumed: the finished job is skipped, the unfinished one continues
+    finished_at = (tmp_path / "0" / "metrics.json").stat().st_mtime_ns
+    unfinished = metrics_of(tmp_path / "1")
+    (tmp_path / "1" / "metrics.json").write_text(json.dumps({"status": "interrupted"}))
+    again = runner("-m", *FAST, "trainer.epochs=1", "model.channels=4,8", "trainer.resume=true",
+                   f"hydra.sweep.dir={tmp_path}")
+    output = again.stdout + again.stderr
+    assert again.returncode == 0, output[-2000:]
+    assert f"run {tmp_path / '0'} is already finished" in output and "resumed from" in output
+    assert (tmp_path / "0" / "metrics.json").stat().st_mtime_ns == finished_at
+    resumed = metrics_of(tmp_path / "1")
+    assert resumed["status"] == "finished" and resumed["test_acc"] == unfinished["test_acc"]
 
+
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     args = [*FAST, "trainer.epochs=4", "data.options.train_size=600"]
     uninterrupted = runner(*args, f"hydra.run.dir={tmp_path / 'full'}")
@@ -113,6 +133,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     assert [r[:5] for r in rows] == [r[:5] for r in full_rows]  # epoch, losses, accuracies
 
 
+@pytest.mark.slow
 def test_compiled_run_matches_eager(tmp_path):
     args = [*FAST, "trainer.epochs=1", "model.dropout=0"]
     eager = runner(*args, f"hydra.run.dir={tmp_path / 'eager'}")
@@ -122,6 +143,7 @@ def test_compiled_run_matches_eager(tmp_path):
     assert got["test_loss"] == pytest.approx(expected["test_loss"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_reported(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
@@ -131,6 +153,7 @@ def test_corrupt_checkpoint_is_reported(tmp_path):
     assert "Traceback" not in result.stderr + result.stdout
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     cfg = compose_config(*FAST, "trainer.epochs=3", "trainer.micro_batch_size=null")
     real_build = build_model
@@ -148,8 +171,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr("gmcnn.training.engine.build_model",
                         lambda c: BreaksInEpochTwo(real_build(c)))
     with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2.*last good checkpoint"):
-        run(cfg, tmp_path)
-    saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+        run(Plan(cfg, tmp_path, []))
+    saved = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
     assert saved["progress"]["epoch"] == 1
 
 
@@ -210,6 +233,7 @@ def test_retain_freed_memory_stops_page_faults():
     assert int(result.stdout) < 100
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides,message", [
     (["exp=nope"], "unknown exp 'nope'"),
     (["model.group=[Q8,C28]"], "unknown group 'Q8'"),
@@ -226,10 +250,10 @@ def test_retain_freed_memory_stops_page_faults():
     (["exp=rectangles", "data.root=/nonexistent/rectangles", "data.options.download=false"],
      "/nonexistent/rectangles"),
 ])
-def test_bad_overrides_exit_with_a_short_message(overrides, message):
-    result = runner("logger=none", "trainer.epochs=1", "hydra.run.dir=/tmp/gmcnn-bad-override",
-                    *overrides)
+def test_bad_overrides_exit_with_a_short_message(tmp_path, overrides, message):
+    result = runner("logger=none", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}", *overrides)
     output = result.stdout + result.stderr
-    assert result.returncode != 0
+    assert result.returncode == 1
     assert message in output, output[-2000:]
     assert "Traceback" not in output
+    assert not (tmp_path / "run").exists()  # a run that fails before training leaves nothing

@@ -17,6 +17,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gmcnn.training.objectives import OBJECTIVES
+
 
 class ConfigError(Exception):
     """The configuration is invalid; the message says which key and what is allowed."""
@@ -29,13 +31,23 @@ CHOICES = {
     "trainer.monitor": ("val_acc", "val_loss", "val_rmse"),
     "logger.wandb.mode": ("auto", "online", "offline", "disabled"),
 }
+# the models' tasks, by target, and the model configs to use for each task
+MODEL_TASKS = {"gmcnn.models.GMCNN": "classification", "gmcnn.models.CNN": "classification",
+               "gmcnn.models.GMDynamics": "dynamics", "gmcnn.models.CNNDynamics": "dynamics"}
+MODELS_FOR_TASK = {"classification": "model=gmcnn or model=cnn",
+                   "dynamics": "model=gm_dynamics or model=cnn_dynamics (the CNN baseline)"}
 TRAINER_KEYS = {"epochs", "batch_size", "device", "amp", "amp_dtype", "grad_clip",
                 "early_stopping_patience", "monitor", "relaxation_penalty", "resume", "num_workers",
                 "compile", "micro_batch_size"}
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first invalid value in ``cfg``."""
+    """Raise ConfigError for the first invalid value in ``cfg`` (before any data is loaded)."""
+    model_task = MODEL_TASKS.get(OmegaConf.select(cfg, "model._target_", default=None))
+    if cfg.get("task") in MODELS_FOR_TASK and model_task not in (None, cfg.task):
+        raise ConfigError(f"model {cfg.model._target_} is a {model_task} model, but task="
+                          f"{cfg.task} (experiment {cfg.get('name')}); use "
+                          f"{MODELS_FOR_TASK[cfg.task]}")
     try:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as error:
@@ -48,7 +60,10 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if allowed is not None and value not in allowed:
             raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(allowed)}")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
     t = cfg.trainer
+    monitor_sign(cfg)
     _positive_int("trainer.epochs", t.epochs)
     _positive_int("trainer.batch_size", t.batch_size)
     _non_negative_int("trainer.num_workers", t.num_workers)
@@ -67,6 +82,19 @@ def validate(cfg: DictConfig) -> None:
     if lr is None or not isinstance(lr, (int, float)) or not lr > 0:
         raise ConfigError(f"optimizer.lr must be a number > 0, got {lr!r}")
     resolve_device(t.device)
+
+
+def monitor_sign(cfg: DictConfig) -> int:
+    """+1 if a larger ``trainer.monitor`` is better, -1 if smaller; ConfigError if the monitored
+    value does not exist for ``cfg.task``."""
+    objective = OBJECTIVES[cfg.task]
+    monitor, score = cfg.trainer.monitor, objective.score
+    if monitor == "val_loss":
+        return -1
+    if monitor != f"val_{score}":
+        raise ConfigError(f"trainer.monitor={monitor} does not apply to task={cfg.task}; use "
+                          f"val_loss or val_{score}")
+    return 1 if objective.higher_is_better else -1
 
 
 def _positive_int(key: str, value: Any) -> None:

@@ -79,6 +79,13 @@ def all_sum(values: Sequence[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if ``flag`` is true on any (e.g. a stop signal reached one process)."""
+    if not dist.is_initialized():
+        return flag
+    return all_sum([float(flag)], device)[0] > 0
+
+
 def sum_gradients(model: nn.Module) -> None:
     """All-reduce (sum) every parameter's gradient in one flat buffer."""
     if not dist.is_initialized():

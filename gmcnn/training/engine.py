@@ -1,90 +1,56 @@
-"""The training engine: one run of one experiment, from a composed config to metrics.json.
+"""The training engine: one run of one experiment, from a planned config to metrics.json.
 
-    config -> validate -> model (+ summary) -> data -> [train epoch -> validate -> checkpoint]*
-           -> best-validation weights -> test -> metrics.json, metrics.csv, curves.png
+    plan (resume.py) -> validate -> model (build.py) -> data (data.py) -> restore the checkpoint
+        -> [train epoch (steps) -> validate -> checkpoint]* -> best-validation weights -> test
+        -> metrics.json, metrics.csv, curves.png
 
-Every epoch ends with an atomic checkpoint of everything needed to continue bit-for-bit (model,
-optimizer, scheduler, AMP scaler, RNG states, history); shuffling draws from a generator seeded
-by (seed, epoch), so a resumed run on CPU reproduces the uninterrupted one exactly.
+One training step (:meth:`Trainer.train_step`): forward and loss per micro-batch, backward, the
+gradients summed over micro-batches and (torchrun) processes, clipping, the optimizer update.
+Every epoch ends with a checkpoint of everything needed to continue bit-for-bit (checkpoint.py);
+a stop signal (signals.py) ends the run after the current step with a mid-epoch checkpoint.
+Shuffling draws from a generator seeded by (seed, epoch), so a resumed run on CPU reproduces the
+uninterrupted one exactly.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from gmcnn.nn import relaxation_penalty
 from gmcnn.training import checkpoint, distributed
-from gmcnn.training.config import ConfigError, instantiate, resolve_device, validate
+from gmcnn.training.build import build_model, count_parameters, model_summary
+from gmcnn.training.checkpoint import Progress
+from gmcnn.training.config import instantiate, monitor_sign, resolve_device, validate
+from gmcnn.training.data import load_data, make_loader
 from gmcnn.training.diagnostics import equivariance_metric, plot_relaxation
-from gmcnn.training.memory import retain_freed_memory
 from gmcnn.training.objectives import OBJECTIVES
-from gmcnn.training.tracking import RunTracker, write_json
+from gmcnn.training.resume import Plan
+from gmcnn.training.signals import RunInterrupted, StopSignals
+from gmcnn.training.tracking import RunTracker
 
 if TYPE_CHECKING:
     from dataset import Splits
 
 log = logging.getLogger(__name__)
 
+__all__ = ["Trainer", "TrainingDiverged", "build_model", "run"]
+
 
 class TrainingDiverged(Exception):
     """The loss became NaN or infinite."""
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def model_summary(model: nn.Module) -> str:
-    """One line per leaf module with its parameter count, then the total."""
-    rows = [(name, type(m).__name__, sum(p.numel() for p in m.parameters()))
-            for name, m in model.named_modules()
-            if name and (not list(m.children()) or list(m.parameters(recurse=False)))]
-    width = max([len(name) for name, _, _ in rows] + [5])
-    lines = [f"{'layer':<{width}}  {'type':<16} {'params':>10}"]
-    lines += [f"{name:<{width}}  {kind:<16} {count:>10,}" for name, kind, count in rows]
-    lines.append(f"{'total':<{width}}  {'':<16} {count_parameters(model):>10,}")
-    return "\n".join(lines)
-
-
-def build_model(cfg: DictConfig) -> nn.Module:
-    model = instantiate("model", cfg.model)
-    expected = tuple(getattr(model, "image_shape", cfg.data.image_size))
-    if expected != tuple(cfg.data.image_size):
-        raise ConfigError(
-            f"the group {list(cfg.model.group)} is laid out on {'x'.join(map(str, expected))} "
-            f"images, but data {cfg.data.name} has {'x'.join(map(str, cfg.data.image_size))}; "
-            "set symmetry.group to factors whose orders equal the image size (Cn has n pixels, "
-            "Dn has 2n)")
-    return model
-
-
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, cfg: DictConfig,
-                device: torch.device) -> DataLoader:
-    """Global batches drawn from a generator seeded by ``seed`` (this process's share of each
-    under torchrun). Datasets that take a list of indices (tensor datasets, ``batch_indexable``
-    ones) are indexed a whole batch at a time, much faster than collating single samples."""
-    generator = torch.Generator().manual_seed(seed)
-    sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
-    batches = BatchSampler(sampler, batch_size, drop_last=False)
-    if distributed.world_size() > 1:
-        batches = distributed.ShardedBatches(batches)
-    common = dict(num_workers=cfg.trainer.num_workers, pin_memory=device.type == "cuda")
-    if cfg.trainer.num_workers > 0:  # also inside joblib/submitit workers, whose default fails
-        common["multiprocessing_context"] = "fork"
-    if isinstance(dataset, TensorDataset) or getattr(dataset, "batch_indexable", False):
-        return DataLoader(dataset, sampler=batches, batch_size=None, **common)
-    return DataLoader(dataset, batch_sampler=batches, **common)
 
 
 # Samples per forward/backward chunk on CPU: fewer chunks amortise each chunk's fixed cost,
@@ -117,10 +83,7 @@ class Trainer:
         self.amp_dtype = getattr(torch, cfg.trainer.amp_dtype)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp and self.amp_dtype == torch.float16)
         self.penalty_weight = float(cfg.trainer.relaxation_penalty)
-        if device.type == "cpu":
-            retain_freed_memory()
-        self.micro_batch_size = resolve_micro_batch_size(cfg.trainer.micro_batch_size, model,
-                                                         device)
+        self.micro_batch_size = resolve_micro_batch_size(cfg.trainer.micro_batch_size, model, device)
 
     def _batches(self, loader: DataLoader, desc: str):
         for inputs, targets in tqdm(loader, desc=desc, leave=False, disable=None):
@@ -159,21 +122,33 @@ class Trainer:
         self.scaler.update()
         return loss_sum, score_sum
 
-    def train_epoch(self, loader: DataLoader, epoch: int) -> dict[str, float]:
+    def train_epoch(self, loader: DataLoader, epoch: int, progress: Progress,
+                    stop: StopSignals) -> dict[str, float] | None:
+        """Train on ``loader`` (the epoch's batches after the ``progress.step`` already done),
+        accumulating into ``progress``; the epoch's row, or None if a stop signal ended it early
+        (``progress`` then holds the global running sums, ready for a checkpoint)."""
         self.model.train()
-        total_loss, total_score, seen = 0.0, 0.0, 0
-        for step, (inputs, targets) in enumerate(self._batches(loader, f"train {epoch}")):
+        start = time.perf_counter()
+        stopped = False
+        for inputs, targets in self._batches(loader, f"train {epoch}"):
             try:
                 loss_sum, score_sum = self.train_step(inputs, targets)
             except TrainingDiverged as error:
-                raise TrainingDiverged(f"{error} at epoch {epoch}, step {step}") from None
-            total_loss += loss_sum
-            total_score += score_sum
-            seen += len(targets)
-        total_loss, total_score, seen = distributed.all_sum([total_loss, total_score, seen],
-                                                            self.device)
-        score = self.objective.finish(total_score / seen)
-        return {"train_loss": total_loss / seen, f"train_{self.objective.score}": score}
+                raise TrainingDiverged(f"{error} at epoch {epoch}, step {progress.step}") from None
+            progress.loss_sum += loss_sum
+            progress.score_sum += score_sum
+            progress.seen += len(targets)
+            progress.step += 1
+            if distributed.any_rank(stop.requested, self.device):
+                stopped = True
+                break
+        progress.epoch_seconds += time.perf_counter() - start
+        progress.loss_sum, progress.score_sum, progress.seen = distributed.all_sum(
+            [progress.loss_sum, progress.score_sum, progress.seen], self.device)
+        if stopped:
+            return None
+        score = self.objective.finish(progress.score_sum / progress.seen)
+        return {"train_loss": progress.loss_sum / progress.seen, f"train_{self.objective.score}": score}
 
     @torch.no_grad()
     def evaluate(self, loader: DataLoader, desc: str) -> dict[str, float]:
@@ -203,11 +178,20 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
                 "scaler": self.scaler.state_dict()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], changes: dict[str, tuple[Any, Any]]) -> None:
+        """Restore the saved state, then apply the configuration ``changes`` of this resume: a
+        new optimizer (scheduler) class starts with fresh state, changed hyperparameters (e.g.
+        optimizer.lr) replace the saved ones."""
         try:
             self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            if self.scheduler is not None and state["scheduler"] is not None:
+            if "optimizer._target_" in changes:
+                log.warning("optimizer changed (%s -> %s): its state (moments, step counts) "
+                            "starts afresh", *changes["optimizer._target_"])
+            else:
+                self.optimizer.load_state_dict(state["optimizer"])
+            if "scheduler._target_" in changes:
+                log.warning("scheduler changed (%s -> %s): it starts afresh", *changes["scheduler._target_"])
+            elif self.scheduler is not None and state["scheduler"] is not None:
                 self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
         except (KeyError, RuntimeError, ValueError) as error:
@@ -215,130 +199,112 @@ class Trainer:
                 f"the checkpoint does not match this run's model or optimizer "
                 f"({str(error).splitlines()[0]}); resume with the configuration it was written "
                 "with, or start afresh with trainer.resume=false") from None
+        for key, (_, value) in changes.items():
+            group, _, name = key.partition(".")
+            if group == "optimizer" and name in self.optimizer.param_groups[0]:
+                for param_group in self.optimizer.param_groups:
+                    param_group[name] = value
+                if name == "lr" and self.scheduler is not None and hasattr(self.scheduler, "base_lrs"):
+                    self.scheduler.base_lrs = [value] * len(self.optimizer.param_groups)
+            elif group == "scheduler" and self.scheduler is not None and hasattr(self.scheduler, name):
+                setattr(self.scheduler, name, value)
 
 
-def load_data(cfg: DictConfig) -> Splits:
-    """The dataset splits of ``cfg.data``; data problems become a ConfigError."""
-    from dataset import DatasetError, build_dataset
-
-    try:
-        splits = build_dataset(cfg.data.name, cfg.data.root,
-                               **OmegaConf.to_container(cfg.data.options, resolve=True))
-    except DatasetError as error:
-        raise ConfigError(str(error)) from None
-    if tuple(splits.image_shape) != tuple(cfg.data.image_size):
-        raise ConfigError(f"data {cfg.data.name} has images of {splits.image_shape}, but "
-                          f"data.image_size says {list(cfg.data.image_size)}")
-    return splits
-
-
-def fresh_progress() -> dict[str, Any]:
-    return {"epoch": 0, "best": None, "best_epoch": None, "bad_epochs": 0, "history": [],
-            "train_seconds": 0.0}
-
-
-def resume(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, ckpt_dir: Path,
-           search_siblings: bool = True) -> dict[str, Any]:
-    """Restore the trainer, RNGs and progress from the checkpoint ``trainer.resume`` selects."""
-    resume_from = checkpoint.find_resume_checkpoint(cfg.trainer.resume, ckpt_dir.parent,
-                                                     search_siblings)
-    if resume_from is None:
-        return fresh_progress()
-    saved = checkpoint.load(resume_from)
-    trainer.load_state_dict(saved["trainer"])
-    checkpoint.set_rng_state(saved["rng"])
-    tracker.restore(saved["progress"]["history"])
-    if resume_from.parent != ckpt_dir and distributed.is_main():  # carry its best weights over
-        checkpoint.save(ckpt_dir / "best.pt", checkpoint.load(resume_from.parent / "best.pt"))
-    log.info("resumed from %s after epoch %d", resume_from, saved["progress"]["epoch"])
-    return saved["progress"]
-
-
-def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits: Splits,
-        progress: dict[str, Any], ckpt_dir: Path) -> None:
-    """Epochs from ``progress["epoch"] + 1``: train, validate, step the scheduler, keep the best
-    weights (``trainer.monitor``), checkpoint everything, log; early stopping if configured.
-    Under torchrun every rank computes the same numbers; rank 0 writes the files."""
-    main = distributed.is_main()
-    score = trainer.objective.score
-    monitor, sign = cfg.trainer.monitor, (1 if trainer.objective.higher_is_better else -1)
-    if monitor == "val_loss":
-        sign = -1
-    elif monitor != f"val_{score}":
-        raise ConfigError(f"trainer.monitor={monitor} does not apply to {cfg.task}; use val_loss "
-                          f"or val_{score}")
+def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits: Splits, progress: Progress,
+        save_last: Any, stop: StopSignals) -> None:
+    """Epochs from ``progress.epoch + 1`` (from step ``progress.step`` within it): train,
+    validate, step the scheduler, keep the best weights (``trainer.monitor``), checkpoint
+    (``save_last()``), log; early stopping if configured; RunInterrupted on a stop signal, after
+    the checkpoint. Under torchrun every rank computes the same numbers; rank 0 writes the files."""
+    score, monitor = trainer.objective.score, cfg.trainer.monitor
+    sign = monitor_sign(cfg)
     patience = cfg.trainer.early_stopping_patience
-    config = OmegaConf.to_container(cfg, resolve=True)
+    ckpt_dir = tracker.run_dir / "checkpoints"
     valid_loader = make_loader(splits.valid, cfg.trainer.batch_size, False, 0, cfg, trainer.device)
     with logging_redirect_tqdm(), tqdm(
-            range(progress["epoch"] + 1, cfg.trainer.epochs + 1), desc="epochs",
-            initial=progress["epoch"], total=cfg.trainer.epochs, disable=None) as epochs:
+            range(progress.epoch + 1, cfg.trainer.epochs + 1), desc="epochs",
+            initial=progress.epoch, total=cfg.trainer.epochs, disable=None) as epochs:
         for epoch in epochs:
-            if patience and progress["bad_epochs"] >= patience:
+            if patience and progress.bad_epochs >= patience:
                 log.info("early stopping: no improvement of %s for %d epochs", monitor, patience)
                 break
-            start = time.perf_counter()
             loader = make_loader(splits.train, cfg.trainer.batch_size, True,
-                                 cfg.seed * 100_003 + epoch, cfg, trainer.device)
-            row = {"epoch": epoch, **trainer.train_epoch(loader, epoch)}
+                                 cfg.seed * 100_003 + epoch, cfg, trainer.device,
+                                 skip_batches=progress.step)
+            train = trainer.train_epoch(loader, epoch, progress, stop)
+            if train is None:
+                save_last()
+                raise RunInterrupted(f"stopped by {stop.received} in epoch {epoch} after step "
+                                     f"{progress.step}; the checkpoint is written")
+            start = time.perf_counter()
             val = trainer.evaluate(valid_loader, f"valid {epoch}")
-            row.update({"val_loss": val["loss"], f"val_{score}": val[score],
-                        "lr": trainer.optimizer.param_groups[0]["lr"]})
+            row = {"epoch": epoch, **train, "val_loss": val["loss"], f"val_{score}": val[score],
+                   "lr": trainer.optimizer.param_groups[0]["lr"]}
             trainer.step_scheduler(val["loss"])
-            progress["train_seconds"] += time.perf_counter() - start
-            if progress["best"] is None or sign * (row[monitor] - progress["best"]) > 0:
-                progress.update(best=row[monitor], best_epoch=epoch, bad_epochs=0)
-                if main:
+            seconds = progress.epoch_seconds + time.perf_counter() - start
+            progress.train_seconds += seconds
+            if progress.best is None or sign * (row[monitor] - progress.best) > 0:
+                progress.best, progress.best_epoch, progress.bad_epochs = row[monitor], epoch, 0
+                if distributed.is_main():
                     checkpoint.save(ckpt_dir / "best.pt",
                                     {"model": trainer.model.state_dict(), "epoch": epoch})
             else:
-                progress["bad_epochs"] += 1
-            progress["epoch"] = epoch
-            progress["history"].append(row)
-            if main:
-                checkpoint.save(ckpt_dir / "last.pt", {"trainer": trainer.state_dict(),
-                                                        "rng": checkpoint.rng_state(),
-                                                        "progress": progress, "config": config})
+                progress.bad_epochs += 1
+            progress.epoch = epoch
+            progress.start_epoch()
+            progress.history.append(row)
+            save_last()
             tracker.log_epoch(row)
             log.info("epoch %d/%d  train loss %.4g %s %.4g  val loss %.4g %s %.4g  (%.1fs)",
                      epoch, cfg.trainer.epochs, row["train_loss"], score, row[f"train_{score}"],
-                     row["val_loss"], score, row[f"val_{score}"], time.perf_counter() - start)
+                     row["val_loss"], score, row[f"val_{score}"], seconds)
+            if distributed.any_rank(stop.requested, trainer.device):
+                raise RunInterrupted(f"stopped by {stop.received} after epoch {epoch}; the "
+                                     "checkpoint is written")
 
 
-def run(cfg: DictConfig, run_dir: Path, sweep_job: bool = False) -> dict[str, Any]:
-    """Train, validate and test one experiment; returns the metrics written to metrics.json.
-    ``sweep_job``: one job of a multirun, whose ``trainer.resume=true`` looks only at its own
-    run directory (its siblings are other sweep points)."""
-    validate(cfg)
-    device = distributed.setup(resolve_device(cfg.trainer.device))
+def run(plan: Plan) -> dict[str, Any]:
+    """Train, validate and test one experiment as ``plan`` says (its config, run directory and
+    the checkpoint it continues); returns the metrics written to metrics.json."""
+    validate(plan.cfg)
+    device = distributed.setup(resolve_device(plan.cfg.trainer.device))
     try:
-        return _run(cfg, distributed.broadcast(run_dir), device, sweep_job)
+        return _run(plan, distributed.broadcast(plan.run_dir), device)
     finally:
         distributed.teardown()
 
 
-def _run(cfg: DictConfig, run_dir: Path, device: torch.device, sweep_job: bool) -> dict[str, Any]:
-    main = distributed.is_main()
-    run_dir.mkdir(parents=True, exist_ok=True)
+def _run(plan: Plan, run_dir: Path, device: torch.device) -> dict[str, Any]:
+    cfg, main = plan.cfg, distributed.is_main()
     checkpoint.seed_everything(cfg.seed)
     model = build_model(cfg)
     num_params = count_parameters(model)
     log.info("model %s on %s\n%s", cfg.model._target_, device, model_summary(model))
     log.info("parameters: %s", f"{num_params:,}")
     if cfg.summary_only:
-        metrics = {"num_params": num_params, "name": cfg.name}
-        if main:
-            write_json(run_dir / "metrics.json", metrics)
-        return metrics
+        return {"name": cfg.name, "num_params": num_params, "summary_only": True}
 
     splits = load_data(cfg)
     trainer = Trainer(cfg, model, device)
     ckpt_dir = run_dir / "checkpoints"
+    progress, wandb_id = Progress(), uuid.uuid4().hex[:12]
+    if plan.saved is not None:
+        progress, wandb_id = restore(plan, trainer, ckpt_dir), plan.saved.get("wandb_id", wandb_id)
     tracker = RunTracker(run_dir, OmegaConf.to_container(cfg, resolve=True), cfg.logger.wandb,
-                         cfg.name, enabled=main)
+                         cfg.name, enabled=main, run_id=wandb_id)
+    tracker.restore(progress.history)
+    config = OmegaConf.to_container(cfg, resolve=False)
+
+    def save_last() -> None:
+        if main:
+            checkpoint.save(ckpt_dir / "last.pt", {
+                "trainer": trainer.state_dict(), "rng": checkpoint.rng_state(),
+                "progress": progress.to_dict(), "config": config, "overrides": plan.overrides,
+                "wandb_id": wandb_id})
+
     try:
-        progress = resume(cfg, trainer, tracker, ckpt_dir, search_siblings=not sweep_job)
-        fit(cfg, trainer, tracker, splits, progress, ckpt_dir)
+        with StopSignals() as stop:
+            fit(cfg, trainer, tracker, splits, progress, save_last, stop)
     except TrainingDiverged as error:
         tracker.close()
         last = ckpt_dir / "last.pt"
@@ -351,18 +317,47 @@ def _run(cfg: DictConfig, run_dir: Path, device: torch.device, sweep_job: bool) 
 
     distributed.barrier()  # rank 0 has written best.pt
     model.load_state_dict(checkpoint.load(ckpt_dir / "best.pt")["model"])
-    metrics = {"name": cfg.name, "num_params": num_params, "best_epoch": progress["best_epoch"],
-               f"best_{cfg.trainer.monitor}": progress["best"],
-               "epochs_completed": progress["epoch"],
-               "train_seconds": round(progress["train_seconds"], 3), "device": str(device)}
+    metrics = {"name": cfg.name, "num_params": num_params, "best_epoch": progress.best_epoch,
+               f"best_{cfg.trainer.monitor}": progress.best, "epochs_completed": progress.epoch,
+               "train_seconds": round(progress.train_seconds, 3), "device": str(device)}
+    if progress.changes:
+        metrics["config_changes"] = progress.changes
     metrics.update(test_metrics(cfg, trainer, splits))
     if main and plot_relaxation(model, run_dir / "relaxation.png"):
         log.info("symmetry-breaking maps of the relaxed layers: %s", run_dir / "relaxation.png")
     tracker.finish(metrics)
     log.info("test: %s (best epoch %s); outputs in %s",
              ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("test_")),
-             progress["best_epoch"], run_dir)
+             progress.best_epoch, run_dir)
     return metrics
+
+
+def restore(plan: Plan, trainer: Trainer, ckpt_dir: Path) -> Progress:
+    """Load the trainer, RNG states and progress of the checkpoint ``plan`` continues and
+    record this resume's configuration changes."""
+    saved = plan.saved
+    trainer.load_state_dict(saved["trainer"], plan.changes)
+    checkpoint.set_rng_state(saved["rng"])
+    progress = Progress.from_dict(saved["progress"])
+    if not distributed.is_main():  # rank 0 carries the running sums of a mid-epoch checkpoint
+        progress.loss_sum, progress.score_sum, progress.seen = 0.0, 0.0, 0
+    if plan.changes:
+        changes = {key: [old, new] for key, (old, new) in plan.changes.items()}
+        progress.changes.append({"epoch": progress.epoch, "step": progress.step, "changes": changes})
+        log.info("configuration changes from epoch %d: %s", progress.epoch + 1,
+                 ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in plan.changes.items()))
+    if plan.source.parent != ckpt_dir and distributed.is_main():  # a checkpoint from elsewhere
+        best = plan.source.parent / "best.pt"
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if best.is_file():
+            checkpoint.load(best)  # refused if unsafe, before it is copied
+            shutil.copyfile(best, ckpt_dir / "best.pt")
+        else:
+            checkpoint.save(ckpt_dir / "best.pt", {"model": trainer.model.state_dict(),
+                                                   "epoch": progress.epoch})
+    where = f"epoch {progress.epoch}" + (f", step {progress.step}" if progress.step else "")
+    log.info("resumed from %s after %s", plan.source, where)
+    return progress
 
 
 def test_metrics(cfg: DictConfig, trainer: Trainer, splits: Splits) -> dict[str, float]:

@@ -2,18 +2,23 @@
 
 wandb is optional at run time: mode "auto" logs online when an API key is configured and
 offline otherwise (sync later with ``wandb sync``); "disabled" or a missing package writes only
-the local files. Each run (each multirun job) gets its own wandb run, always finished.
+the local files. Each run (each multirun job) gets its own wandb run, always finished; a resumed
+run logs into the same wandb run again (its id is kept in the checkpoint), so its curves continue.
+Files are written with :func:`gmcnn.io.atomic_write` (fsynced, then renamed).
 """
 
 from __future__ import annotations
 
 import csv
-import json
+import io
 import logging
 import math
 import os
 from pathlib import Path
 from typing import Any
+
+from gmcnn.io import atomic_write_text
+from gmcnn.training.rundir import write_status
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +34,12 @@ def wandb_mode(mode: str) -> str:
     return "offline"
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 class RunTracker:
     """Collects per-epoch metrics and writes them to the run directory (and wandb); writes
     nothing when not ``enabled`` (the other ranks of a torchrun job)."""
 
     def __init__(self, run_dir: Path, config: dict[str, Any], wandb_cfg: Any, name: str,
-                 enabled: bool = True):
+                 enabled: bool = True, run_id: str | None = None):
         self.run_dir, self.enabled = run_dir, enabled
         self.history: list[dict[str, float]] = []
         self._wandb = None
@@ -55,7 +54,7 @@ class RunTracker:
         self._wandb = wandb.init(project=wandb_cfg.project, entity=wandb_cfg.entity,
                                  tags=list(wandb_cfg.tags), name=f"{name}/{run_dir.name}",
                                  group=name, config=config, dir=str(run_dir), mode=mode,
-                                 reinit="finish_previous")
+                                 reinit="finish_previous", id=run_id, resume="allow")
         log.info("wandb run %s (%s)", self._wandb.name, mode)
 
     def log_epoch(self, row: dict[str, float]) -> None:
@@ -71,20 +70,20 @@ class RunTracker:
     def _write_csv(self) -> None:
         if not self.enabled:
             return
-        path = self.run_dir / "metrics.csv"
-        fields = list(self.history[0])
-        tmp = path.with_name(".metrics.csv.tmp")
-        with tmp.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(self.history)
-        os.replace(tmp, path)
+        if not self.history:
+            return
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=list(self.history[0]))
+        writer.writeheader()
+        writer.writerows(self.history)
+        atomic_write_text(self.run_dir / "metrics.csv", text.getvalue())
 
     def finish(self, metrics: dict[str, Any]) -> None:
-        """Write metrics.json and curves.png, send the summary to wandb and close the run."""
+        """Write metrics.json (status finished) and curves.png, send the summary to wandb and
+        close the run."""
         if not self.enabled:
             return
-        write_json(self.run_dir / "metrics.json", metrics)
+        write_status(self.run_dir, "finished", **metrics)
         if self.history:
             plot_curves(self.history, self.run_dir / "curves.png")
         self.close(metrics)

@@ -1,0 +1,144 @@
+"""The run directory: one writer at a time, a status in metrics.json, nothing half-written.
+
+* :class:`RunLock`: an exclusive ``fcntl.flock`` on ``<run dir>/.lock``, which holds the owner's
+  pid and host for the message a second writer gets. The OS releases the lock when the process
+  dies, so a lock file left by a killed run does not block the next one.
+* :func:`write_status`: every run directory's ``metrics.json`` says ``"status"``: ``finished``
+  (with the metrics), ``failed`` (with ``"error"``, the one-line message) or ``interrupted``
+  (with ``"message"``: how to resume).
+* :func:`is_fresh` / :func:`remove_fresh`: a directory Hydra has just made for this command
+  (only ``.hydra/`` and the log file in it) can be removed when the run goes elsewhere (a resume)
+  or fails before training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Any
+
+from gmcnn.io import atomic_write_text, remove_temporaries
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".lock"
+HYDRA_FILES = {".hydra", "runner.log", LOCK_NAME}
+
+
+class RunDirectoryBusy(Exception):
+    """Another live process writes to this run directory."""
+
+
+class RunLock:
+    """Exclusive lock on a run directory, held from ``acquire`` until ``release`` (or the
+    process's end). On acquiring, temporary files a killed writer left are removed."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / LOCK_NAME
+        self._handle = None
+
+    def acquire(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            handle = open(self.path, "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip() or "another process"
+                handle.close()
+                raise RunDirectoryBusy(
+                    f"run directory {self.path.parent} is in use by {owner}; wait for it to end "
+                    "or choose another directory (hydra.run.dir=...)") from None
+            try:  # the file may have been removed by its previous owner after we opened it
+                if os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            handle.close()
+        handle.truncate(0)
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self._handle = handle
+        for directory in (self.path.parent, self.path.parent / "checkpoints"):
+            for stale in remove_temporaries(directory):
+                log.info("removed %s, a partial write of a killed run", stale)
+        return self
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self.path.unlink(missing_ok=True)
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    """The run's metrics.json ({} if missing or unreadable)."""
+    try:
+        return json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_status(run_dir: Path, status: str, **fields: Any) -> None:
+    """metrics.json with ``status`` ("finished", "failed" or "interrupted") and ``fields``."""
+    write_json(run_dir / "metrics.json", {**fields, "status": status})
+
+
+def is_fresh(run_dir: Path) -> bool:
+    """True if ``run_dir`` holds nothing but what Hydra writes at start (nothing of a run)."""
+    return run_dir.is_dir() and all(p.name in HYDRA_FILES for p in run_dir.iterdir())
+
+
+def remove_fresh(run_dir: Path) -> bool:
+    """Remove ``run_dir`` if it is fresh (closing the log file Hydra opened in it), and its
+    parent if that is then empty; True if removed."""
+    if not is_fresh(run_dir):
+        return False
+    redirect_log_files(run_dir, None)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the experiment's folder Hydra made for it, if now empty
+        run_dir.parent.rmdir()
+    return True
+
+
+def redirect_log_files(old_dir: Path, new_dir: Path | None) -> None:
+    """Move the root logger's file handlers writing into ``old_dir`` to the same file name in
+    ``new_dir`` (appending), or close them if ``new_dir`` is None."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        filename = getattr(handler, "baseFilename", None)
+        if not isinstance(handler, logging.FileHandler) or Path(filename).parent != old_dir:
+            continue
+        root.removeHandler(handler)
+        handler.close()
+        if new_dir is not None:
+            moved = logging.FileHandler(new_dir / Path(filename).name, mode="a")
+            moved.setFormatter(handler.formatter)
+            moved.setLevel(handler.level)
+            root.addHandler(moved)
+
+
+def record_config(run_dir: Path, cfg: Any, overrides: list[str]) -> None:
+    """Write the run's effective configuration and overrides to ``.hydra/`` (where Hydra and
+    ``python -m gmcnn.report`` read them), replacing what the resume command composed."""
+    from omegaconf import OmegaConf
+
+    atomic_write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
+    atomic_write_text(run_dir / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))

@@ -1,0 +1,301 @@
+"""The run lifecycle: safe checkpoints, one writer per run directory, resume with the run's own
+configuration, signals, a full disk, one-line errors, resumed sweeps."""
+
+import errno
+import json
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from gmcnn.io import atomic_write_bytes
+from gmcnn.training import ConfigError, checkpoint, run
+from gmcnn.training.checkpoint import CheckpointError, Progress
+from gmcnn.training.config import validate
+from gmcnn.training.data import load_data
+from gmcnn.training.resume import Plan, plan, reconcile
+from gmcnn.training.rundir import RunDirectoryBusy, RunLock, read_metrics
+from gmcnn.training.signals import RunInterrupted, StopSignals
+from tests.helpers import FAST, TINY, compose_config, metrics_of, runner, start_runner
+
+
+class Payload:
+    """Unpickling this creates a file: what a crafted checkpoint would do instead."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def craft(path, marker):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": {}, "trainer": Payload(marker)}, path)
+
+
+@pytest.mark.parametrize("name", ["last.pt", "best.pt"])
+def test_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path, name):
+    marker = tmp_path / "pwned"
+    craft(tmp_path / "checkpoints" / name, marker)
+    with pytest.raises(CheckpointError, match="refused.*could run code.*nothing in it was executed"):
+        checkpoint.load(tmp_path / "checkpoints" / name)
+    assert not marker.exists()
+
+
+def test_checkpoint_round_trips_rng_states_as_plain_data(tmp_path):
+    checkpoint.seed_everything(3)
+    state = {"rng": checkpoint.rng_state(), "progress": Progress(epoch=2, best=0.5).to_dict()}
+    checkpoint.save(tmp_path / "last.pt", state)
+    expected = (torch.rand(3), __import__("numpy").random.rand(), __import__("random").random())
+    checkpoint.set_rng_state(checkpoint.load(tmp_path / "last.pt")["rng"])
+    again = (torch.rand(3), __import__("numpy").random.rand(), __import__("random").random())
+    assert torch.equal(expected[0], again[0]) and expected[1:] == again[1:]
+    assert Progress.from_dict(checkpoint.load(tmp_path / "last.pt")["progress"]).epoch == 2
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_second_writer_is_refused_naming_the_first_and_stale_locks_are_taken(tmp_path):
+    first = RunLock(tmp_path).acquire()
+    with pytest.raises(RunDirectoryBusy, match=f"in use by process {os.getpid()} on "):
+        RunLock(tmp_path).acquire()
+    first.release()
+    (tmp_path / ".lock").write_text("process 999999 on elsewhere\n")  # a dead owner's file
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / ".last.pt.4242.tmp").write_bytes(b"partial")  # a killed write
+    with RunLock(tmp_path):
+        assert not (tmp_path / "checkpoints" / ".last.pt.4242.tmp").exists()
+
+
+def test_full_disk_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = compose_config(*TINY, "trainer.epochs=2")
+    saves = []
+
+    def full_after_first_epoch(path, write):
+        saves.append(path.name)
+        if saves.count("last.pt") > 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, write)
+
+    real = checkpoint.atomic_write
+    monkeypatch.setattr(checkpoint, "atomic_write", full_after_first_epoch)
+    with pytest.raises(OSError) as raised:
+        run(Plan(cfg, tmp_path, []))
+    assert raised.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert Progress.from_dict(checkpoint.load(tmp_path / "checkpoints" / "last.pt")["progress"]).epoch == 1
+    from runner import one_line
+
+    message = one_line(raised.value)
+    assert "No space left on device" in message and "trainer.resume=true" in message
+    assert "\n" not in message
+
+
+def test_atomic_write_leaves_no_temporary_file_on_error(tmp_path):
+    atomic_write_bytes(tmp_path / "f", b"old")
+
+    def fails(handle):
+        handle.write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError):
+        __import__("gmcnn.io").io.atomic_write(tmp_path / "f", fails)
+    assert (tmp_path / "f").read_bytes() == b"old" and os.listdir(tmp_path) == ["f"]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["seed=abc"], "seed must be an integer, got 'abc'"),
+    (["exp=plume-rotation", "model=cnn"], "use model=gm_dynamics or model=cnn_dynamics"),
+    (["task=dynamics"], "GMCNN is a classification model, but task=dynamics"),
+    (["trainer.monitor=val_rmse"], "trainer.monitor=val_rmse does not apply to task=classification"),
+])
+def test_config_errors_are_found_before_any_data(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        validate(compose_config(*overrides))
+
+
+def test_data_errors_are_one_line(monkeypatch):
+    with pytest.raises(ConfigError, match=r"data\.num_classes=3, but data rectangles-generated has 2 "
+                                          r"classes .*set data\.num_classes=2"):
+        load_data(compose_config(*FAST, "data.num_classes=3"))
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", "/data/train.amat")
+
+    monkeypatch.setattr("dataset.build_dataset", unreadable)
+    with pytest.raises(ConfigError, match="cannot read data .* at /data/train.amat: Permission denied"):
+        load_data(compose_config(*FAST))
+
+
+def test_resume_keeps_the_saved_config_and_applies_new_overrides():
+    saved_overrides = [*FAST, "trainer.epochs=4"]
+    saved = compose_config(*saved_overrides)
+    container = __import__("omegaconf").OmegaConf.to_container(saved, resolve=False)
+    cfg, merged, changes = reconcile(container, saved_overrides,
+                                     ["trainer.resume=true", "optimizer=sgd", "optimizer.lr=0.01"],
+                                     lambda o: compose_config(*o))
+    assert cfg.trainer.epochs == 4 and cfg.trainer.resume is False
+    assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.lr == 0.01
+    assert changes["optimizer._target_"] == ("torch.optim.AdamW", "torch.optim.SGD")
+    assert changes["optimizer.lr"] == (0.004, 0.01) and "trainer.epochs" not in changes
+    assert merged == [*saved_overrides, "optimizer=sgd", "optimizer.lr=0.01"]
+
+
+def test_requeued_job_continues_its_interrupted_directory(tmp_path):
+    cfg = compose_config(*FAST)
+    (tmp_path / "checkpoints").mkdir()
+    checkpoint.save(tmp_path / "checkpoints" / "last.pt", {
+        "config": __import__("omegaconf").OmegaConf.to_container(cfg), "overrides": list(FAST),
+        "progress": Progress(epoch=1, step=2).to_dict()})
+    (tmp_path / "metrics.json").write_text(json.dumps({"status": "interrupted"}))
+    with pytest.raises(ConfigError, match="already holds a run; continue it with trainer.resume=true"):
+        plan(cfg, tmp_path, list(FAST), search_siblings=False, under_requeue=False, compose=None)
+    job = plan(cfg, tmp_path, list(FAST), search_siblings=False, under_requeue=True, compose=None)
+    assert job.run_dir == tmp_path and job.saved["progress"]["step"] == 2 and not job.changes
+
+
+def test_stop_signal_sets_a_flag_then_hands_over_to_the_previous_handler():
+    calls = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))
+    try:
+        with pytest.raises(RunInterrupted) as raised, StopSignals() as stop:
+            os.kill(os.getpid(), signal.SIGUSR2)
+            time.sleep(0.01)
+            assert stop.received == "SIGUSR2" and not calls
+            raise RunInterrupted("stopped")
+        assert signal.getsignal(signal.SIGUSR2) is not stop._handle  # restored
+        raised.value.hand_over()  # e.g. submitit's requeue handler
+        assert calls == [signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
+# --- real runs of the runner -------------------------------------------------------------------
+
+def assert_no_files_under(directory):
+    """Hydra made a run directory here for a resume command; it must be gone (empty parents may
+    stay)."""
+    assert not [p for p in directory.rglob("*") if p.is_file()]
+    assert not list(directory.glob("*/*"))
+
+
+SIGNAL_ARGS = [*TINY, "trainer.epochs=3", "data.options.train_size=640"]  # 10 steps an epoch
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("full")
+    result = runner(*SIGNAL_ARGS, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return run_dir
+
+
+def interrupt(run_dir, signum, *extra):
+    """Start a run, send ``signum`` a moment after epoch 1's checkpoint exists (in epoch 2's
+    steps, unless the machine is very fast or slow); (process, output)."""
+    process = start_runner(*SIGNAL_ARGS, *extra, f"hydra.run.dir={run_dir}")
+    deadline = time.time() + 240
+    while not (run_dir / "checkpoints" / "last.pt").exists() and time.time() < deadline:
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        time.sleep(0.02)
+    time.sleep(0.5)
+    process.send_signal(signum)
+    output = process.communicate(timeout=240)[0]
+    return process, output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_cleanly_and_resume_is_identical(tmp_path, uninterrupted, signum):
+    run_dir = tmp_path / "run"
+    wandb = ["logger=wandb", "logger.wandb.mode=offline"] if signum == signal.SIGTERM else []
+    process, output = interrupt(run_dir, signum, *wandb)
+    assert process.returncode == 3, output[-3000:]
+    assert "Traceback" not in output
+    assert f"stopped by {signal.Signals(signum).name}" in output
+    line = next(x for x in output.splitlines() if "resume with: " in x)
+    command = line.split("resume with: ")[1]
+    assert command == f"python runner.py trainer.resume={run_dir}"
+    assert read_metrics(run_dir)["status"] == "interrupted"
+
+    out_dir = tmp_path / "outputs"
+    resumed = runner(*command.split()[2:], *wandb, f"paths.output_dir={out_dir}")  # as printed
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert_no_files_under(out_dir)  # no second run directory
+    full, again = metrics_of(uninterrupted), metrics_of(run_dir)
+    assert again["status"] == "finished" and again["epochs_completed"] == 3  # the run's own epochs
+    for key in ("test_acc", "test_loss", "best_epoch", "best_val_acc"):
+        assert full[key] == again[key], key
+    expected = (uninterrupted / "metrics.csv").read_text().splitlines()
+    got = (run_dir / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[:5] for r in got] == [r.split(",")[:5] for r in expected]
+    if wandb:
+        ids = {p.name.rsplit("-", 1)[1] for p in (run_dir / "wandb").glob("offline-run-*")}
+        assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 2 and len(ids) == 1
+
+
+@pytest.mark.slow
+def test_crafted_checkpoint_given_to_resume_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    craft(tmp_path / "received.pt", marker)
+    result = runner(*TINY, f"trainer.resume={tmp_path / 'received.pt'}", f"hydra.run.dir={tmp_path / 'run'}")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output
+    assert "was refused: it holds pickled objects other than tensors" in output
+    assert not marker.exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_concurrent_writer_is_refused_with_the_other_process(tmp_path):
+    run_dir = tmp_path / "run"
+    first = start_runner(*TINY, "trainer.epochs=2", f"hydra.run.dir={run_dir}")
+    deadline = time.time() + 120
+    while not (run_dir / ".lock").is_file() or not (run_dir / ".lock").read_text():
+        assert first.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    second = runner(*TINY, "trainer.epochs=2", f"hydra.run.dir={run_dir}")
+    assert second.returncode == 1
+    lines = [x for x in (second.stdout + second.stderr).splitlines() if "ERROR" in x]
+    assert len(lines) == 1 and f"is in use by process {first.pid} on " in lines[0]
+    assert first.wait(timeout=240) == 0
+    metrics = metrics_of(run_dir)
+    assert metrics["status"] == "finished" and metrics["epochs_completed"] == 2
+
+
+@pytest.mark.slow
+def test_diverged_run_resumes_with_a_lower_lr_and_refuses_another_model(tmp_path):
+    run_dir = tmp_path / "run"
+    at = f"hydra.run.dir={run_dir}"
+    assert runner(*TINY, "trainer.epochs=1", at).returncode == 0
+    diverged = runner("trainer.resume=true", "trainer.epochs=3", "optimizer.lr=1e30", at)
+    output = diverged.stdout + diverged.stderr
+    assert diverged.returncode == 1, output[-3000:]
+    assert "loss became" in output and "resume with trainer.resume=true" in output
+    assert read_metrics(run_dir)["status"] == "failed"
+    # the failed attempt wrote no checkpoint: its changes are given again, with a lower lr
+    resumed = runner("trainer.resume=true", "trainer.epochs=3", "optimizer.lr=0.001", at)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    metrics = metrics_of(run_dir)
+    assert metrics["status"] == "finished" and metrics["epochs_completed"] == 3
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    lr = rows[0].split(",").index("lr")
+    assert [float(r.split(",")[lr]) for r in rows[1:]] == [0.004, 0.001, 0.001]
+    assert metrics["config_changes"] == [{"epoch": 1, "step": 0, "changes": {
+        "optimizer.lr": [0.004, 0.001], "trainer.epochs": [1, 3]}}]
+
+    sgd = runner("trainer.resume=true", "trainer.epochs=4", "optimizer=sgd", at)
+    assert sgd.returncode == 0, sgd.stdout[-3000:] + sgd.stderr[-3000:]
+    assert "optimizer changed (torch.optim.AdamW -> torch.optim.SGD)" in sgd.stdout + sgd.stderr
+    assert metrics_of(run_dir)["epochs_completed"] == 4
+
+    finished = runner(f"trainer.resume={run_dir}", f"paths.output_dir={tmp_path / 'out'}")
+    assert finished.returncode == 0 and "already finished" in finished.stdout + finished.stderr
+    assert_no_files_under(tmp_path / "out")
+    wider = runner("trainer.resume=true", "model.channels=16", at)
+    output = wider.stdout + wider.stderr
+    assert wider.returncode == 1 and "Traceback" not in output
+    assert "model.channels=16: it was trained with model.channels=8" in output
+    assert metrics_of(run_dir)["status"] == "finished"
+    assert "channels: 8" in (run_dir / ".hydra" / "config.yaml").read_text()
