@@ -167,6 +167,28 @@ def gm_conv(x: Tensor, weight: Tensor, index: Tensor, inverse: Tensor,
     return torch.baddbmm(bias[:, None].expand(x.shape[0], -1, x.shape[-1]), weight, gathered)
 
 
+def gm_conv_profiled(x: Tensor, weight: Tensor, profiles: Tensor, index: Tensor, inverse: Tensor,
+                     bias: Tensor | None = None) -> Tensor:
+    """``y[b, o, u] = sum_i profiles[i, u] gm_conv(x, weight[:, i])[b, o, u]`` (+ bias): R GM
+    convolutions with position profiles (a relaxed layer, :mod:`gmcnn.nn.relaxation`) from one
+    gather. A profile multiplies the tap that reaches position u as much as the output there, so
+    it is applied to the C' K gathered rows instead of the R O output rows, and one matmul with
+    the weight sets side by side, [W_0, .., W_R-1] [g p_0; ..; g p_R-1], gives y.
+
+    x: (B, C, N); weight: (O, R, C', K) with C' = 1 (shared mode) or C; profiles: (R, N).
+    Returns (B, O, N). Cheaper than R separate products when R C' K is small against R O (shared
+    mode)."""
+    batch = x.shape[0]
+    if weight.shape[2] == 1:  # the channel sum as a matmul (faster than a reduction on CPU)
+        x = torch.matmul(x.new_ones(1, x.shape[1]), x)
+    taps = permutation_gather(x, index, inverse)                       # (B, C', K, N)
+    profiled = (taps[:, None] * profiles.to(taps.dtype)[:, None, None]).flatten(1, 3)
+    weight = weight.flatten(1).expand(batch, -1, -1)                  # (B, O, R C' K)
+    if bias is None:
+        return torch.bmm(weight, profiled)
+    return torch.baddbmm(bias[:, None].expand(batch, -1, x.shape[-1]), weight, profiled)
+
+
 def gm_conv_naive(x: Tensor, weight: Tensor, index: Tensor, bias: Tensor | None = None) -> Tensor:
     """Reference formulation (what the original code did): gather every input channel into a
     (B, C, K, N) tensor, then contract. Memory grows with C * K * N; use only to check."""

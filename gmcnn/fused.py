@@ -20,6 +20,8 @@ alpha = mean(gy) and beta = mean(gy * y) per sample, and folds alpha and beta in
 again (y gc^T = rstd W Gc, y 1 = N rstd c), so neither h nor gh is ever materialised:
 
     dL/dW = sum_b [ rstd (gy gc^T - beta rstd W Gc) + (gh 1) gbar^T ],   dL/db = sum_b gh 1,
+    (with W shared, sum_b beta rstd^2 W Gc = W sum_b beta rstd^2 Gc, and tr(W Gc W^T) = <W^T W, Gc>:
+    no O x K x K product per sample)
     dL/dg = rstd (W^T gy - alpha W^T 1 1^T - beta rstd (W^T W gc + W^T c 1^T)).
 
 beta itself is <W, gy gc^T> rstd + <c, gy 1> rstd over O N, from the same product. The PReLU
@@ -43,6 +45,7 @@ and are once differentiable.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import torch
@@ -58,7 +61,7 @@ class _Normalized(NamedTuple):
     y: Tensor            # (B, O, N) normalised convolution output
     gc_ones: Tensor      # (B, K + 1, N) [gc; 1^T]: gathered taps centred along positions, ones
     g_mean: Tensor       # (B, K)
-    w_gram: Tensor       # (B, O, K) W Gc
+    gram: Tensor         # (B, K, K) Gc
     offset: Tensor       # (B, O) c = W gbar + b - mu
     rstd: Tensor         # (B,)
 
@@ -68,6 +71,32 @@ class _Normalized(NamedTuple):
 
 
 Gram = tuple[Tensor, Tensor]   # (anchors, pairs) of gmcnn.functional.gram_plan
+
+
+def _save(ctx, **records: Tensor | _Normalized | None) -> None:
+    """``ctx.save_for_backward`` by name: tensors (or None) and _Normalized records, read back
+    as attributes by :func:`_saved`."""
+    names, tensors = [], []
+    for name, value in records.items():
+        fields = zip(value._fields, value) if isinstance(value, _Normalized) else [(None, value)]
+        for field, tensor in fields:
+            names.append((name, field))
+            tensors.append(tensor)
+    ctx.save_for_backward(*tensors)
+    ctx.saved_names = names
+
+
+def _saved(ctx) -> SimpleNamespace:
+    """The records of :func:`_save`, by name."""
+    plain: dict[str, Tensor | None] = {}
+    normalized: dict[str, dict[str, Tensor | None]] = {}
+    for (name, field), tensor in zip(ctx.saved_names, ctx.saved_tensors):
+        if field is None:
+            plain[name] = tensor
+        else:
+            normalized.setdefault(name, {})[field] = tensor
+    return SimpleNamespace(**plain, **{name: _Normalized(**fields)
+                                       for name, fields in normalized.items()})
 
 
 def _normalized_conv(x: Tensor, w: Tensor, bias: Tensor | None, index: Tensor, eps: float,
@@ -93,12 +122,20 @@ def _normalized_conv(x: Tensor, w: Tensor, bias: Tensor | None, index: Tensor, e
         gram = torch.bmm(gc, gc[:, anchors].transpose(1, 2)).flatten(1)[:, pairs]
     offset = g_mean @ w.T if bias is None else torch.addmm(bias, g_mean, w.T)
     offset = offset - offset.mean(1, keepdim=True)
-    w_gram = torch.matmul(w, gram)
-    var = ((w_gram * w).sum((1, 2)) + positions * offset.square().sum(1)) / (w.shape[0] * positions)
+    # tr(W Gc W^T) = <W^T W, Gc>: W^T W once per batch, not W Gc per sample
+    var = ((gram * (w.T @ w)).sum((1, 2)) + positions * offset.square().sum(1)) / (w.shape[0] * positions)
     rstd = (var + eps).rsqrt()
     y = torch.bmm(torch.cat([w.expand(batch, -1, -1), offset[..., None]], 2) * rstd[:, None, None],
                   gc_ones)
-    return _Normalized(y, gc_ones, g_mean, w_gram, offset, rstd)
+    return _Normalized(y, gc_ones, g_mean, gram, offset, rstd)
+
+
+def _fold_y(w: Tensor) -> bool:
+    """Whether the input gradient's beta term is taken as W^T (gy - beta y) rather than
+    beta rstd (W^T W gc + W^T c 1^T) (the same, since y = rstd (W gc + c 1^T)): with more taps
+    than output channels (K > O; K = 196 on D14 x D14) the K x K x N product costs more than
+    an O x N pass and an O x K x N product."""
+    return w.shape[1] > w.shape[0]
 
 
 def _normalized_conv_backward(saved: _Normalized, w: Tensor, grad_y_sum: Tensor,
@@ -106,10 +143,10 @@ def _normalized_conv_backward(saved: _Normalized, w: Tensor, grad_y_sum: Tensor,
                               needs: tuple[bool, bool, bool]):
     """Gradients of (x, weight, bias), and gy . y summed over the batch, from the two
     contractions of the LayerNorm input gradient gy that the weight needs, gy 1 (B, O) and
-    gy gc^T (B, O, K); ``grad_y_to_taps()`` returns W^T gy (B, K, N) and is called only when x
-    needs a gradient."""
+    gy gc^T (B, O, K); ``grad_y_to_taps(beta)`` returns W^T (gy - beta y) (B, K, N) if
+    :func:`_fold_y` (beta (B,)), W^T gy otherwise, and is called only when x needs a gradient."""
     need_x, need_w, need_b = needs
-    gc, g_mean, w_gram, offset, rstd = saved.gc, *saved[2:]
+    gc, g_mean, gram, offset, rstd = saved.gc, saved.g_mean, saved.gram, saved.offset, saved.rstd
     out_channels, positions = w.shape[0], gc.shape[-1]
     numel = out_channels * positions
     # alpha = mean(gy), beta = mean(gy * y) with y = rstd (W gc + c 1^T)
@@ -122,15 +159,21 @@ def _normalized_conv_backward(saved: _Normalized, w: Tensor, grad_y_sum: Tensor,
         grad_h_sum = rstd[:, None] * (grad_y_sum - positions * (
             alpha[:, None] + beta_rstd[:, None] * offset))
         if need_w:
-            grad_hg = rstd[:, None, None] * (grad_y_gc - beta_rstd[:, None, None] * w_gram)
-            grad_w = (grad_hg.sum(0) + grad_h_sum.T @ g_mean)[:, None]
+            # sum_b rstd (gy gc^T - beta rstd W Gc): W is shared, so W (sum_b beta rstd^2 Gc)
+            # is one O x K x K product per batch
+            grad_hg = torch.einsum("b,bok->ok", rstd, grad_y_gc) - w @ torch.einsum(
+                "b,bkl->kl", rstd * beta_rstd, gram)
+            grad_w = (grad_hg + grad_h_sum.T @ g_mean)[:, None]
         if need_b:
             grad_b = grad_h_sum.sum(0)
     if need_x:
-        grad_g = grad_y_to_taps().baddbmm_(-beta_rstd[:, None, None] * (w.T @ w), gc)
+        grad_g = grad_y_to_taps(grad_y_y / numel)
         # a term constant along positions adds its sum over taps to every position of the
         # adjoint, and rstd scales it: both applied to the (B, N) result
-        constant = alpha[:, None] * w.sum(0) + beta_rstd[:, None] * (offset @ w)   # (B, K)
+        constant = alpha[:, None] * w.sum(0)                                        # (B, K)
+        if not _fold_y(w):
+            grad_g.baddbmm_(-beta_rstd[:, None, None] * (w.T @ w), gc)
+            constant = constant + beta_rstd[:, None] * (offset @ w)
         grad_x = (gather_adjoint(grad_g, inverse) - constant.sum(1, keepdim=True)) * rstd[:, None]
     return grad_x, grad_w, grad_b, grad_y_y.sum()
 
@@ -141,16 +184,16 @@ class _GMConvNormPReLU(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, slope: Tensor,
                 index: Tensor, inverse: Tensor, eps: float, gram_plan: Gram | None) -> Tensor:
         saved = _normalized_conv(x, weight[:, 0], bias, index, eps, gram_plan)
-        ctx.save_for_backward(*saved, weight, slope, inverse)
+        _save(ctx, conv=saved, weight=weight, slope=slope, inverse=inverse)
         ctx.channels, ctx.has_bias = x.shape[1], bias is not None
         return F.prelu(saved.y, slope)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_z: Tensor):
-        *saved, weight, slope, inverse = ctx.saved_tensors
-        saved = _Normalized(*saved)
-        y, w = saved.y, weight[:, 0]
+        record = _saved(ctx)
+        saved, slope, inverse = record.conv, record.slope, record.inverse
+        y, w = saved.y, record.weight[:, 0]
         # grad_z where y > 0 (ReLU's backward kernel), then in place: on CPU every fresh
         # activation-sized buffer costs more than the arithmetic on it
         grad_y = torch.ops.aten.threshold_backward(grad_z, y, 0)
@@ -169,7 +212,8 @@ class _GMConvNormPReLU(torch.autograd.Function):
         grad_y_gc_ones = torch.bmm(saved.gc_ones, grad_y.transpose(1, 2)).transpose(1, 2)
         grad_x, grad_w, grad_b, grad_y_y = _normalized_conv_backward(
             saved, w, grad_y_gc_ones[..., -1], grad_y_gc_ones[..., :-1],
-            lambda: torch.bmm(w.T.expand(y.shape[0], -1, -1), grad_y), inverse,
+            lambda beta: torch.bmm(w.T.expand(y.shape[0], -1, -1), grad_y.addcmul_(
+                y, -beta[:, None, None]) if _fold_y(w) else grad_y), inverse,
             (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
              ctx.needs_input_grad[2] and ctx.has_bias))
         grad_slope = None
@@ -179,6 +223,33 @@ class _GMConvNormPReLU(torch.autograd.Function):
         if grad_x is not None:
             grad_x = grad_x[:, None].expand(-1, ctx.channels, -1)
         return grad_x, grad_w, grad_b, grad_slope, None, None, None, None
+
+
+class _PReLU(torch.autograd.Function):
+    """PReLU with one slope; the backward is ReLU's backward kernel, an in-place lerp and two dot
+    products (aten's PReLU backward is several times slower on CPU)."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, slope: Tensor) -> Tensor:
+        ctx.save_for_backward(h, slope)
+        return F.prelu(h, slope)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_z: Tensor):
+        h, slope = ctx.saved_tensors
+        grad_h = torch.ops.aten.threshold_backward(grad_z, h, 0)       # grad_z where h > 0
+        grad_slope = None
+        if ctx.needs_input_grad[1]:  # sum over h <= 0 of grad_z h
+            grad_slope = (torch.dot(grad_z.flatten(), h.flatten())
+                          - torch.dot(grad_h.flatten(), h.flatten())).reshape(slope.shape)
+        return grad_h.lerp_(grad_z, slope), grad_slope
+
+
+def prelu(h: Tensor, slope: Tensor) -> Tensor:
+    """``F.prelu(h, slope)`` for a single slope (1,), with a faster backward."""
+    _check_fusable(None, slope)
+    return _PReLU.apply(h, slope)
 
 
 def _max_over_positions(z: Tensor) -> tuple[Tensor, Tensor]:
@@ -222,14 +293,18 @@ def _last_block_backward(saved: _Normalized, w: Tensor, slope: Tensor, y_at_max:
     """Backward of max_u PReLU(LayerNorm(GM conv(x)))(o, u) without the residual: the gradient
     of x's channel sum (B, N), of the weight, the bias and the slope. The pool's gradient
     reaches one position per sample and channel, so gy gc^T and W^T gy are gathers and
-    scatters of B x O values instead of two large matmuls."""
+    scatters of B x O values instead of two large matmuls (``saved.y`` is kept only where
+    :func:`_fold_y` needs it)."""
     grad_y, grad_slope = _prelu_at_max(grad_pooled, y_at_max, slope, needs[3])
     grad_y_gc = grad_y[..., None] * _at_max(saved.gc, argmax).transpose(1, 2)
+
+    def grad_y_to_taps(beta: Tensor) -> Tensor:
+        dense = (torch.bmm(w.T.expand(beta.shape[0], -1, -1), saved.y * -beta[:, None, None])
+                 if _fold_y(w) else saved.gc.new_zeros(saved.gc.shape))
+        return _scatter_at_max(dense, argmax, w.T[None] * grad_y[:, None])
+
     grad_sum, grad_w, grad_b, _ = _normalized_conv_backward(
-        saved, w, grad_y, grad_y_gc,
-        lambda: _scatter_at_max(saved.gc.new_zeros(saved.gc.shape), argmax,
-                                w.T[None] * grad_y[:, None]),
-        inverse, needs[:3])
+        saved, w, grad_y, grad_y_gc, grad_y_to_taps, inverse, needs[:3])
     return grad_sum, grad_w, grad_b, grad_slope
 
 
@@ -243,21 +318,23 @@ class _GMResidualBlockMax(torch.autograd.Function):
         saved = _normalized_conv(x, weight[:, 0], bias, index, eps, gram_plan)
         pooled, argmax = _max_over_positions(F.prelu(saved.y, slope).add_(x))
         y_at_max = saved.y.gather(-1, argmax[..., None])[..., 0]
-        ctx.save_for_backward(*saved[1:], y_at_max, argmax, weight, slope, inverse)
+        _save(ctx, conv=saved if _fold_y(weight[:, 0]) else saved._replace(y=None),
+              y_at_max=y_at_max, argmax=argmax, weight=weight, slope=slope, inverse=inverse)
         ctx.has_bias = bias is not None
         return pooled
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_pooled: Tensor):
-        *saved, y_at_max, argmax, weight, slope, inverse = ctx.saved_tensors
+        saved = _saved(ctx)
         need = ctx.needs_input_grad
         grad_sum, grad_w, grad_b, grad_slope = _last_block_backward(
-            _Normalized(None, *saved), weight[:, 0], slope, y_at_max, argmax, grad_pooled,
-            inverse, (need[0], need[1], need[2] and ctx.has_bias, need[3]))
+            saved.conv, saved.weight[:, 0], saved.slope, saved.y_at_max, saved.argmax,
+            grad_pooled, saved.inverse, (need[0], need[1], need[2] and ctx.has_bias, need[3]))
         grad_x = None
         if grad_sum is not None:  # the convolution's input gradient plus the residual's
-            grad_x = _over_channels_plus_at_max(grad_sum, weight.shape[0], argmax, grad_pooled)
+            grad_x = _over_channels_plus_at_max(grad_sum, saved.weight.shape[0], saved.argmax,
+                                                grad_pooled)
         return grad_x, grad_w, grad_b, grad_slope, None, None, None, None
 
 
@@ -293,29 +370,30 @@ class _GMTwoBlocksMax(torch.autograd.Function):
         second = _normalized_conv(r, weight_2[:, 0], bias_2, index, eps, gram_plan)
         pooled, argmax = _max_over_positions(F.prelu(second.y, slope).add_(r))
         ys_at_max = [s.y.gather(-1, argmax[..., None])[..., 0] for s in (first, second)]
-        ctx.save_for_backward(x if shortcut_weight is not None else None, *first, *second[1:],
-                              *ys_at_max, argmax, weight_1, shortcut_weight, weight_2, slope,
-                              inverse)
+        _save(ctx, x=x if shortcut_weight is not None else None, first=first,
+              second=second if _fold_y(weight_2[:, 0]) else second._replace(y=None),
+              y1_at_max=ys_at_max[0], y2_at_max=ys_at_max[1], argmax=argmax, weight_1=weight_1,
+              shortcut_weight=shortcut_weight, weight_2=weight_2, slope=slope, inverse=inverse)
         ctx.has_bias = (bias_1 is not None, shortcut_bias is not None, bias_2 is not None)
         return pooled
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_pooled: Tensor):
-        x, *saved = ctx.saved_tensors
-        first, second = _Normalized(*saved[:6]), _Normalized(None, *saved[6:11])
-        y1_at_max, y2_at_max, argmax, weight_1, shortcut_weight, weight_2, slope, inverse = \
-            saved[11:]
+        saved = _saved(ctx)
+        x, first, second, argmax, slope, inverse = (saved.x, saved.first, saved.second,
+                                                    saved.argmax, saved.slope, saved.inverse)
+        weight_1, shortcut_weight = saved.weight_1, saved.shortcut_weight
         need = ctx.needs_input_grad
         has_b1, has_sb, has_b2 = ctx.has_bias
         grad_sum_r, grad_w2, grad_b2, grad_slope = _last_block_backward(
-            second, weight_2[:, 0], slope, y2_at_max, argmax, grad_pooled, inverse,
+            second, saved.weight_2[:, 0], slope, saved.y2_at_max, argmax, grad_pooled, inverse,
             (True, need[5], need[6] and has_b2, need[7]))
         # gradient of r: 1 gs^T + S, S = grad_pooled at argmax; through PReLU: m o (1 gs^T + S)
         gs = grad_sum_r
         w1, gc_ones = weight_1[:, 0], first.gc_ones
         taps = w1.shape[1]
-        grad_sparse, slope_sparse = _prelu_at_max(grad_pooled, y1_at_max, slope, need[7])
+        grad_sparse, slope_sparse = _prelu_at_max(grad_pooled, saved.y1_at_max, slope, need[7])
         mask = torch.gt(first.y, 0, out=torch.empty_like(first.y))   # P, as numbers
         gc_ones_gs = torch.bmm(gc_ones, gs[..., None])[..., 0]      # (B, K + 1)
         mask_gc_ones_gs = torch.bmm(gc_ones * gs[:, None], mask.transpose(1, 2)).transpose(1, 2)
@@ -323,8 +401,12 @@ class _GMTwoBlocksMax(torch.autograd.Function):
         grad_y_gc_ones = (a * gc_ones_gs[:, None] + (1 - a) * mask_gc_ones_gs
                           + grad_sparse[..., None] * _at_max(gc_ones, argmax).transpose(1, 2))
 
-        def grad_y_to_taps() -> Tensor:
-            grad_g = torch.matmul(w1.T, mask).mul_((1 - a) * gs[:, None])
+        def grad_y_to_taps(beta: Tensor) -> Tensor:
+            if _fold_y(w1):   # W^T (P diag((1 - a) gs) - beta y_1)
+                dense = mask.mul_((1 - a) * gs[:, None]).addcmul_(first.y, -beta[:, None, None])
+                grad_g = torch.matmul(w1.T, dense)
+            else:
+                grad_g = torch.matmul(w1.T, mask).mul_((1 - a) * gs[:, None])
             grad_g += (a * w1.sum(0))[None, :, None] * gs[:, None]
             return _scatter_at_max(grad_g, argmax, w1.T[None] * grad_sparse[:, None])
 
@@ -354,8 +436,8 @@ class _GMTwoBlocksMax(torch.autograd.Function):
                 None, None, None, None)
 
 
-def _check_fusable(weight: Tensor, slope: Tensor) -> None:
-    if weight.shape[1] != 1 or slope.numel() != 1:
+def _check_fusable(weight: Tensor | None, slope: Tensor) -> None:
+    if (weight is not None and weight.shape[1] != 1) or slope.numel() != 1:
         raise ValueError("the fused GM layers need shared channel mode (weight of shape "
                          "(O, 1, K)) and a single PReLU weight")
 

@@ -1,12 +1,17 @@
-"""Shared helpers for tests that compose the real configs or run the real runner."""
+"""Shared helpers for tests: composing the real configs, running the real runner, and checking
+a module's fast paths against its reference (gmcnn.nn.blocks)."""
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
+
+from gmcnn.nn.blocks import FastPathModule, set_fast_path
 
 ROOT = Path(__file__).resolve().parents[1]
 # small generated data, no wandb: a default-experiment run takes seconds
@@ -38,3 +43,54 @@ def start_runner(*overrides):
     """``python runner.py *overrides`` as a background process (output captured)."""
     return subprocess.Popen([sys.executable, str(ROOT / "runner.py"), *overrides], cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@contextlib.contextmanager
+def recorded_fast_paths(module: torch.nn.Module):
+    """Collects the ``fast_path`` decision of every block inside ``module`` (gmcnn.nn.blocks)
+    made while the context is open, as a list of names (None: the reference path)."""
+    taken: list = []
+    blocks = [m for m in module.modules() if isinstance(m, FastPathModule)]
+    for block in blocks:
+        def recorder(x, decide=block.fast_path):
+            taken.append(decide(x))
+            return taken[-1]
+        block.fast_path = recorder
+    try:
+        yield taken
+    finally:
+        for block in blocks:
+            del block.fast_path
+
+
+def assert_fast_path_matches_reference(module: torch.nn.Module, inputs, require_fast_path=True,
+                                       rtol: float = 1e-8, atol: float = 1e-10) -> set:
+    """``module(*inputs)`` with every block's fast path allowed equals it with every block on its
+    reference path (``fused`` False), in float64 and eval mode: the values and the gradients of
+    every input and every parameter. Returns the names of the fast paths taken, and fails if
+    none was (unless ``require_fast_path`` is False), since the comparison would then be vacuous."""
+    module = module.double().eval()
+    inputs = [x.detach().double().requires_grad_(True) for x in inputs]
+    params = [p for p in module.parameters() if p.requires_grad]
+    runs = []
+    for enabled in (True, False):
+        set_fast_path(module, enabled)
+        with recorded_fast_paths(module) as taken:
+            out = module(*inputs)
+        grad_out = torch.randn(out.shape, dtype=out.dtype,
+                               generator=torch.Generator().manual_seed(1))
+        grads = torch.autograd.grad(out, inputs + params, grad_out, allow_unused=True)
+        runs.append((out, grads, {name for name in taken if name is not None}))
+    set_fast_path(module, True)
+    (fast, fast_grads, paths), (reference, reference_grads, reference_paths) = runs
+    assert not reference_paths, f"fused=False still took {reference_paths}"
+    if require_fast_path:
+        assert paths, "no block took a fast path: the comparison would be vacuous"
+    torch.testing.assert_close(fast, reference, rtol=rtol, atol=atol)
+    names = [f"input {i}" for i in range(len(inputs))] + [
+        name for name, p in module.named_parameters() if p.requires_grad]
+    for name, got, want in zip(names, fast_grads, reference_grads):
+        assert (got is None) == (want is None), f"gradient of {name}: {got} against {want}"
+        if got is not None:
+            torch.testing.assert_close(got, want, rtol=rtol, atol=atol, msg=lambda m, name=name: f"{name}: {m}")
+    return paths

@@ -2,12 +2,15 @@
 
     input_frames stacked velocity fields (B, input_frames * 2, H, W)
     -> 1x1 conv to C channels
-    -> blocks x [x + PReLU(GMConv(x))]           (relaxed GMConv: rank r > 0 breaks symmetry)
+    -> blocks x [x + PReLU(GMConv(x))]           (relaxed GMConv: rank r > 0 breaks symmetry;
+                                                  one PReLU per block)
     -> 1x1 conv to 2 channels: the next velocity field (B, 2, H, W)
 
 Pointwise convolutions commute with every permutation of positions, so with rank 0 the network
 is exactly equivariant to the translations (or other elements) of its group G = G_rows x G_cols.
-Predictions are rolled out autoregressively by the training protocol, not here.
+Predictions are rolled out autoregressively by the training protocol, not here. The blocks are
+:mod:`gmcnn.nn.blocks` residual blocks; their fast path (``fused=True``) computes a relaxed
+layer's (1 + r) GM products from one gather, ``fused=False`` their reference composition.
 """
 
 from __future__ import annotations
@@ -19,15 +22,16 @@ from torch import Tensor, nn
 
 from gmcnn.groups import axis_sizes, make_group
 from gmcnn.nn import EquivariantModule, GMConv, PointwiseConv
+from gmcnn.nn.blocks import ConvNormAct, FusedFlag, ResidualBlock
 
 
-class GMDynamics(EquivariantModule):
+class GMDynamics(FusedFlag, EquivariantModule):
     """Next-frame predictor on a grid whose axes carry ``group`` (e.g. ``["C64", "C64"]``)."""
 
     def __init__(self, group: str | Sequence[str], input_frames: int = 10, field_channels: int = 2,
                  channels: int = 120, blocks: int = 2, t: int = 1, rank: int = 1,
                  relaxation: str = "additive", channel_mode: str = "shared",
-                 backend: str = "auto"):
+                 backend: str = "auto", fused: bool = True):
         super().__init__()
         if input_frames < 1 or blocks < 1 or channels < 1:
             raise ValueError("input_frames, blocks and channels must be >= 1, got "
@@ -37,20 +41,19 @@ class GMDynamics(EquivariantModule):
         self.in_space = self.out_space = self.group
         self.in_channels = input_frames * field_channels
         self.lift = PointwiseConv(self.in_channels, channels)
-        self.convs = nn.ModuleList(
+        self.blocks = nn.Sequential(*(ResidualBlock([ConvNormAct(
             GMConv(self.group, channels, channels, t=t, channel_mode=channel_mode, rank=rank,
-                   relaxation=relaxation, backend=backend) for _ in range(blocks))
-        self.activations = nn.ModuleList(nn.PReLU() for _ in range(blocks))
+                   relaxation=relaxation, backend=backend), nn.PReLU(), norm=None)])
+            for _ in range(blocks)))
         self.project = PointwiseConv(channels, field_channels)
+        self.fused = fused
 
     def forward(self, frames: Tensor) -> Tensor:
         if tuple(frames.shape[1:]) != (self.in_channels, *self.image_shape):
             raise ValueError(f"GMDynamics on {self.group.name} expects input of shape (batch, "
                              f"{self.in_channels}, {', '.join(map(str, self.image_shape))}); got "
                              f"{tuple(frames.shape)}")
-        x = self.lift(frames.flatten(2))
-        for conv, activation in zip(self.convs, self.activations):
-            x = x + activation(conv(x))
+        x = self.blocks(self.lift(frames.flatten(2)))
         return self.project(x).reshape(frames.shape[0], -1, *self.image_shape)
 
     def example_input(self, batch_size: int = 2) -> Tensor:

@@ -9,7 +9,9 @@ Additive, rank r (the paper's LDR generalisation):
     y_o(u) = sum_k (w[o, k] + sum_{i<r} a[o, i, k] v_i(u)) s(u e_k^-1)
            = (GM(w_o) s)(u) + sum_i v_i(u) (GM(a_oi) s)(u),
 
-so the layer costs (1 + r) GM products. The tap-by-position coefficient matrix
+so the layer costs (1 + r) GM products; ``profiled_weights`` writes it as
+sum_i P[i, u] (GM(W_i) s)(u) with W = [w, a_0..], P = [1, v_0..], which
+:func:`gmcnn.functional.gm_conv_profiled` computes from one gather of s. The tap-by-position coefficient matrix
 F[k, u] = w[o, k] + sum_i a[o, i, k] v_i(u) has displacement F - F P (P a cyclic shift over
 positions) of rank <= r; a = 0 (the initial value) is exactly equivariant. ``penalty()`` is
 ||sum_i a_i v_i^T||_F^2 / N, the mean squared perturbation per position.
@@ -46,6 +48,12 @@ class AdditiveRelaxation(nn.Module):
         extra = extra.unflatten(1, (self.out_channels, self.rank))
         return exact + torch.einsum("born,rn->bon", extra, self.profiles.to(extra.dtype))
 
+    def profiled_weights(self, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """The layer as sum_i P[i, u] GM(W[:, i]) x: weight sets W (O, 1 + r, *rest) = [w, a_0..]
+        and position profiles P (1 + r, N) = [1, v_0..]."""
+        ones = self.profiles.new_ones(1, self.profiles.shape[1])
+        return torch.cat([weight[:, None], self.coefficients], 1), torch.cat([ones, self.profiles])
+
     def position_coefficients(self, weight: Tensor) -> Tensor:
         """w[o, ...] + sum_i a[o, i, ...] v_i(u): shape (O, *rest, N)."""
         return weight[..., None] + torch.einsum("or...,rn->o...n", self.coefficients, self.profiles)
@@ -76,6 +84,10 @@ class MultiplicativeRelaxation(nn.Module):
 
     def combine(self, y: Tensor) -> Tensor:
         return y * self._unit_profile().to(y.dtype)
+
+    def profiled_weights(self, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """The layer as P[0, u] GM(W[:, 0]) x: W = w / ||w_o|| (O, 1, *rest), P = e (1, N)."""
+        return self.expand_weight(weight)[:, None], self._unit_profile()[None]
 
     def position_coefficients(self, weight: Tensor) -> Tensor:
         """e(u) w[o, ...] / ||w_o||: shape (O, *rest, N)."""

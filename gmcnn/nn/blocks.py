@@ -1,0 +1,250 @@
+"""Network blocks that own their fast path (docs/design.md §3).
+
+A block holds its reference computation (the composition of its modules) and the kernel that
+computes the same function side by side in its ``forward``, behind one check of the block
+itself, ``fast_path(x)``: the name of the fast path that computes exactly this block on this
+input, or None for the reference. The check inspects the actual modules (the layer's type,
+channel mode, relaxation, backend and index; the norm's type, shape and affine parameters; the
+activation's type and parameter count; the shortcut's type) and the runtime: float32 / float64
+input and parameters, no autocast (the kernels are not written for reduced precision), not under
+torch.compile (which fuses the reference itself). The kernels are once-differentiable autograd
+Functions with a hand-derived backward: a double backward through them raises, and needs
+``fused=False``. So a change to a block that its kernel does not implement (a
+SiLU for the PReLU, an affine norm, a lifting layer, another shortcut) takes the reference path.
+``fused=False`` (a block's flag, or :func:`set_fast_path` for a whole model) forces the reference.
+
+* :class:`ConvNormAct` ``(layer, activation, norm="layer")``: activation(norm(layer(x))) with
+  norm the LayerNorm over (C, N) without affine (GM-CNN) or None (GMDynamics). Fast paths:
+  ``"conv_norm_prelu"`` (exact shared-mode gather GMConv, that LayerNorm, a one-slope PReLU: the
+  whole block as :func:`gmcnn.fused.gm_conv_norm_prelu`) and ``"profiled"`` (a relaxed
+  shared-mode gather GMConv: its (1 + r) GM products from one gather,
+  :meth:`~gmcnn.nn.conv.GMConv.profiled_product`; the norm by its module, a one-slope PReLU as
+  :func:`gmcnn.fused.prelu`, another activation by its module).
+* :class:`ResidualBlock` ``(layers, shortcut=None)``: layers(x) + shortcut(x), the shortcut the
+  identity or a :class:`~gmcnn.nn.pointwise.PointwiseConv`. Fast path ``"add_in_place"``: the
+  shortcut accumulates into the last layer's output when that is a PReLU's (whose backward does
+  not read its output), one activation-sized buffer less.
+* :class:`GlobalMaxTail` ``(blocks)``: max over positions of the last one or two residual blocks'
+  output, (B, C, N) -> (B, C). Fast paths: ``"two_blocks_max"`` (two one-layer blocks whose
+  layers take ``"conv_norm_prelu"``, share the index, the PReLU slope and the eps, an identity or
+  1x1 shortcut then an identity: :func:`gmcnn.fused.gm_two_blocks_max`) and ``"block_max"`` (the
+  last such block with an identity shortcut: :func:`gmcnn.fused.gm_residual_block_max`).
+
+A layer is anything with the GroupMatrixLayer interface: ``in_channels``, ``out_channels``,
+``weight``, ``bias``, ``in_space``, ``out_space`` and ``forward`` (B, C, N_in) -> (B, O, N_out);
+only GMConv itself (``type(layer) is GMConv``) has fast paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from gmcnn import fused as kernels
+from gmcnn.nn.base import num_positions
+from gmcnn.nn.conv import GMConv
+from gmcnn.nn.pointwise import PointwiseConv
+
+KERNEL_DTYPES = (torch.float32, torch.float64)
+
+
+def runtime_allows_fast_path(x: Tensor, parameters: Sequence[Tensor]) -> bool:
+    """Whether the kernels may run now on x with these parameters (see the module docstring)."""
+    return (x.dtype in KERNEL_DTYPES and all(p.dtype == x.dtype for p in parameters)
+            and not torch.is_autocast_enabled(x.device.type)
+            and not torch.compiler.is_compiling())
+
+
+class FastPathModule(nn.Module):
+    """A block with a fast path next to its reference; ``fused`` False forces the reference."""
+
+    fused: bool = True
+
+    def fast_path(self, x: Tensor) -> str | None:
+        """The name of the fast path that computes this block on ``x``, or None."""
+        raise NotImplementedError
+
+
+def set_fast_path(module: nn.Module, enabled: bool) -> None:
+    """Set the ``fused`` flag of every block inside ``module``."""
+    for block in module.modules():
+        if isinstance(block, FastPathModule):
+            block.fused = bool(enabled)
+
+
+class FusedFlag:
+    """Models: ``model.fused`` reads the flag, and setting it sets every block's."""
+
+    @property
+    def fused(self) -> bool:
+        return self._fused
+
+    @fused.setter
+    def fused(self, enabled: bool) -> None:
+        self._fused = bool(enabled)
+        set_fast_path(self, enabled)
+
+
+def layer_norm_over(layer: nn.Module) -> nn.LayerNorm:
+    """LayerNorm over all (C, N) entries of the layer's output, without affine parameters."""
+    return nn.LayerNorm((layer.out_channels, num_positions(layer.out_space)),
+                        elementwise_affine=False)
+
+
+class ConvNormAct(FastPathModule):
+    """activation(norm(layer(x))): (B, C, N_in) -> (B, O, N_out). ``norm`` "layer" (default)
+    is :func:`layer_norm_over` the layer, None none, or any module."""
+
+    def __init__(self, layer: nn.Module, activation: nn.Module,
+                 norm: nn.Module | str | None = "layer", fused: bool = True):
+        super().__init__()
+        if isinstance(norm, str) and norm != "layer":
+            raise ValueError(f"norm must be 'layer', None or a module, got {norm!r}")
+        self.conv = layer
+        self.norm = layer_norm_over(layer) if norm == "layer" else norm
+        self.activation = activation
+        self.fused = fused
+
+    def _plain_layer_norm(self) -> bool:
+        norm, conv = self.norm, self.conv
+        return (type(norm) is nn.LayerNorm and norm.weight is None and norm.bias is None
+                and tuple(norm.normalized_shape) == (conv.out_channels, conv.group.order))
+
+    def fast_path(self, x: Tensor) -> str | None:
+        return self.path_for(x)
+
+    def path_for(self, x: Tensor) -> str | None:
+        """The check behind ``fast_path`` (GlobalMaxTail asks it about its layers directly)."""
+        conv = self.conv
+        if not (self.fused and type(conv) is GMConv and conv.channel_mode == "shared"
+                and conv.backend == "gather" and x.dim() == 3
+                and tuple(x.shape[1:]) == (conv.in_channels, conv.group.order)
+                and runtime_allows_fast_path(x, list(self.parameters()))):
+            return None
+        if conv.relaxation is not None:
+            return "profiled"
+        if (self._plain_layer_norm() and type(self.activation) is nn.PReLU
+                and self.activation.weight.numel() == 1
+                and tuple(conv.weight.shape) == (conv.out_channels, 1, conv.index.shape[0])):
+            return "conv_norm_prelu"
+        return None
+
+    def forward(self, x: Tensor) -> Tensor:
+        path = self.fast_path(x)
+        conv = self.conv
+        if path == "conv_norm_prelu":
+            return kernels.gm_conv_norm_prelu(x, conv.weight, conv.bias, self.activation.weight,
+                                              conv.index, conv.inverse_index, self.norm.eps,
+                                              conv.gram_plan)
+        h = conv(x) if path is None else conv.profiled_product(x)
+        h = h if self.norm is None else self.norm(h)
+        if path == "profiled" and type(self.activation) is nn.PReLU and self.activation.weight.numel() == 1:
+            return kernels.prelu(h, self.activation.weight)
+        return self.activation(h)
+
+
+class ResidualBlock(FastPathModule):
+    """layers(x) + shortcut(x); ``shortcut`` None is the identity."""
+
+    def __init__(self, layers: Sequence[nn.Module], shortcut: nn.Module | None = None,
+                 fused: bool = True):
+        super().__init__()
+        if not layers:
+            raise ValueError("a residual block needs at least one layer")
+        self.layers = nn.ModuleList(layers)
+        self.shortcut = nn.Identity() if shortcut is None else shortcut
+        self.fused = fused
+
+    def fast_path(self, x: Tensor) -> str | None:
+        last = self.layers[-1]
+        if (self.fused and type(self.shortcut) in (nn.Identity, PointwiseConv)
+                and isinstance(last, ConvNormAct) and type(last.activation) is nn.PReLU
+                and runtime_allows_fast_path(x, [])):
+            return "add_in_place"
+        return None
+
+    def forward(self, x: Tensor) -> Tensor:
+        path = self.fast_path(x)
+        out = x
+        for layer in self.layers:
+            out = layer(out)
+        if path == "add_in_place":
+            if isinstance(self.shortcut, PointwiseConv):
+                return self.shortcut.add_to(out, x)
+            return out.add_(x)
+        return out + self.shortcut(x)
+
+
+class GlobalMaxTail(FastPathModule):
+    """The last one or two residual blocks and the global max over positions: (B, C, N) ->
+    (B, O), ``blocks(x).max(-1)``."""
+
+    def __init__(self, blocks: Sequence[nn.Module], fused: bool = True):
+        super().__init__()
+        if not 1 <= len(blocks) <= 2:
+            raise ValueError(f"the tail takes one or two blocks, got {len(blocks)}")
+        self.blocks = nn.ModuleList(blocks)
+        self.fused = fused
+
+    @staticmethod
+    def _kernel_layer(block: nn.Module, x: Tensor, channels: int | None = None) -> ConvNormAct | None:
+        """The block's only layer if it is a ConvNormAct that takes "conv_norm_prelu" on an input
+        like x (with ``channels`` channels, if given)."""
+        if type(block) is not ResidualBlock or len(block.layers) != 1:
+            return None
+        layer = block.layers[0]
+        if not isinstance(layer, ConvNormAct):
+            return None
+        probe = x if channels is None else x.new_empty(0, channels, x.shape[-1])
+        return layer if layer.path_for(probe) == "conv_norm_prelu" else None
+
+    def fast_path(self, x: Tensor) -> str | None:
+        last_block = self.blocks[-1]
+        if not (self.fused and x.dim() == 3 and runtime_allows_fast_path(x, [])
+                and type(last_block) is ResidualBlock and type(last_block.shortcut) is nn.Identity):
+            return None
+        if len(self.blocks) == 2:
+            first = self._kernel_layer(self.blocks[0], x)
+            shortcut = self.blocks[0].shortcut
+            if first is not None:
+                width = first.conv.out_channels
+                second = self._kernel_layer(last_block, x, width)
+                if (second is not None and second.conv.out_channels == width
+                        and (type(shortcut) is nn.Identity or (
+                            type(shortcut) is PointwiseConv
+                            and tuple(shortcut.weight.shape) == (width, x.shape[1])))
+                        and second.activation.weight is first.activation.weight
+                        and second.norm.eps == first.norm.eps
+                        and torch.equal(second.conv.index, first.conv.index)):
+                    return "two_blocks_max"
+        layer = last_block.layers[-1]
+        channels = getattr(getattr(layer, "conv", None), "out_channels", None)
+        last = self._kernel_layer(last_block, x, channels if len(self.blocks) == 2 else None)
+        if last is not None and last.conv.in_channels == last.conv.out_channels:
+            return "block_max"
+        return None
+
+    def forward(self, x: Tensor) -> Tensor:
+        path = self.fast_path(x)
+        if path == "two_blocks_max":
+            (first,), (second,) = self.blocks[0].layers, self.blocks[1].layers
+            shortcut = self.blocks[0].shortcut
+            pointwise = isinstance(shortcut, PointwiseConv)
+            c1, c2 = first.conv, second.conv
+            return kernels.gm_two_blocks_max(
+                x, c1.weight, c1.bias, shortcut.weight if pointwise else None,
+                shortcut.bias if pointwise else None, c2.weight, c2.bias,
+                first.activation.weight, c1.index, c1.inverse_index, first.norm.eps,
+                c1.gram_plan)
+        for block in self.blocks[:-1]:
+            x = block(x)
+        if path == "block_max":
+            (last,) = self.blocks[-1].layers
+            conv = last.conv
+            return kernels.gm_residual_block_max(x, conv.weight, conv.bias,
+                                                 last.activation.weight, conv.index,
+                                                 conv.inverse_index, last.norm.eps,
+                                                 conv.gram_plan)
+        return self.blocks[-1](x).max(-1).values
