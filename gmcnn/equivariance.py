@@ -9,8 +9,16 @@ per sample, then averaged (or maximised) over samples and the chosen elements. E
 about 1e-6 in float32; relaxed layers a measurable value.
 
 The input and output *spaces* say how g acts: a FiniteGroup acts on functions on itself, a
-Subgroup acts (through its embedding) on functions on its parent. Tensors may carry the positions
+Subgroup acts (through its embedding) on functions on its parent, and a wallpaper group acts on
+the pixel grid (:class:`~gmcnn.spaces.PixelGrid`: (g . x)(p) = x(g^-1 . p)) and on vector fields
+(:class:`~gmcnn.spaces.VectorField`: also each vector, (g . v)(p) = L_h v(g^-1 . p), on pairs of
+channels (v_x, v_y) in the axis just before the positions). Tensors may carry the positions
 flattened in the last axis or as an image (..., H, W) flattened row-major.
+
+On an n x n image, ``torch.rot90(x, 1, (-2, -1))`` (about the image centre) is the element
+``group.element((-1, 0), 1)`` of p4(n) or p4m(n), ``torch.roll`` by (a, b) is
+``group.element((a, b))`` and ``torch.flip(x, (-1,))`` is ``group.element((0, -1), 4)`` of p4m(n)
+(see :func:`image_transform_element`).
 """
 
 from __future__ import annotations
@@ -20,25 +28,50 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from gmcnn.groups import FiniteGroup, Subgroup
+from gmcnn.groups import FiniteGroup, Subgroup, WallpaperGroup
+from gmcnn.spaces import PixelGrid, VectorField
 
-Space = FiniteGroup | Subgroup
+Space = FiniteGroup | Subgroup | PixelGrid
 
 
 def acting_group(space: Space) -> FiniteGroup:
-    return space.group if isinstance(space, Subgroup) else space
+    return space.group if isinstance(space, (Subgroup, PixelGrid)) else space
+
+
+def image_transform_element(group: WallpaperGroup, rot90: int = 0, flip: bool = False,
+                            roll: tuple[int, int] = (0, 0)) -> int:
+    """The element of p4(n) / p4m(n) acting on n x n images as
+    ``torch.roll(torch.rot90(torch.flip(x, (-1,)) if flip else x, rot90, (-2, -1)), roll, (-2, -1))``.
+
+    torch.rot90 by one quarter turn is x -> (-1, 0) + R x on the torus, the column flip is
+    x -> (0, -1) + M x; the roll is the translation by ``roll``.
+    """
+    if flip and group.kind != "p4m":
+        raise ValueError(f"{group.name} has no mirrors; flips need p4m(n)")
+    rotation, flip_element = group.element((-1, 0), 1), group.element((0, -1), 4)
+    g = flip_element if flip else group.identity
+    for _ in range(rot90 % 4):
+        g = int(group.multiply(rotation, g))
+    return int(group.multiply(group.element(roll), g))
 
 
 def act(space: Space, g: int, x: Tensor) -> Tensor:
-    """(g . x)(u) = x(g^-1 u) on the trailing position axes of ``x``."""
+    """(g . x)(u) = x(g^-1 u) on the trailing position axes of ``x`` (and, for a vector field, the
+    component matrix of g on the channel pairs just before them)."""
     permutation = torch.as_tensor(space.left_action(g), device=x.device)
     n = permutation.numel()
     trailing = 1
     for d in range(x.dim() - 1, -1, -1):
         trailing *= x.shape[d]
         if trailing == n:
-            flat = x.flatten(d)
-            return flat[..., permutation].reshape(x.shape)
+            moved = x.flatten(d)[..., permutation]
+            if isinstance(space, VectorField):
+                if d == 0 or x.shape[d - 1] % 2:
+                    raise ValueError(f"a vector field needs an even number of channels (pairs "
+                                     f"(v_x, v_y)) before the positions; got shape {tuple(x.shape)}")
+                matrix = torch.as_tensor(space.component_matrix(g), dtype=x.dtype, device=x.device)
+                moved = torch.einsum("ij,...jp->...ip", matrix, moved.unflatten(-2, (-1, 2))).flatten(-3, -2)
+            return moved.reshape(x.shape)
         if trailing > n:
             break
     raise ValueError(f"tensor of shape {tuple(x.shape)} has no trailing axes holding the {n} "

@@ -24,14 +24,17 @@ from torch import Tensor, nn
 from gmcnn.equivariance import equivariance_error
 from gmcnn.groups import FiniteGroup, Subgroup, make_group
 from gmcnn.nn.relaxation import make_relaxation
+from gmcnn.spaces import PixelGrid
 
-Space = FiniteGroup | Subgroup
+Space = FiniteGroup | Subgroup | PixelGrid
 
 CHANNEL_MODES = ("shared", "full")
 
 
 def num_positions(space: Space) -> int:
     """Length of the last axis of a function on ``space``."""
+    if isinstance(space, PixelGrid):
+        return space.num_points
     return space.parent.order if isinstance(space, Subgroup) else space.order
 
 
@@ -67,7 +70,8 @@ class GroupMatrixLayer(EquivariantModule):
 
     def __init__(self, group: FiniteGroup | str | Sequence[str], in_channels: int,
                  out_channels: int, num_taps: int, channel_mode: str = "shared",
-                 bias: bool = True, rank: int = 0, relaxation: str = "additive"):
+                 bias: bool = True, rank: int = 0, relaxation: str = "additive",
+                 weight_in_channels: int | None = None):
         super().__init__()
         self.group = make_group(group)
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
@@ -78,7 +82,7 @@ class GroupMatrixLayer(EquivariantModule):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.channel_mode = channel_mode
         self.in_space = self.out_space = self.group
-        weight_in = 1 if channel_mode == "shared" else self.in_channels
+        weight_in = weight_in_channels or (1 if channel_mode == "shared" else self.in_channels)
         bound = 1 / math.sqrt(self.in_channels * num_taps)
         self.weight = nn.Parameter(torch.empty(out_channels, weight_in, num_taps).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(out_channels).uniform_(-bound, bound)) if bias else None
@@ -103,7 +107,8 @@ class GroupMatrixLayer(EquivariantModule):
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
-        check_input(x, self.group.order, self.in_channels, type(self).__name__, self.group.name)
+        check_input(x, num_positions(self.in_space), self.in_channels, type(self).__name__,
+                    self.in_space.name)
         if self.relaxation is None:
             return self.group_matrix_product(x, self.weight, self.bias)
         y = self.relaxation.combine(
@@ -111,7 +116,7 @@ class GroupMatrixLayer(EquivariantModule):
         return y if self.bias is None else y + self.bias[:, None].to(y.dtype)
 
     def example_input(self, batch_size: int = 2) -> Tensor:
-        return torch.randn(batch_size, self.in_channels, self.group.order,
+        return torch.randn(batch_size, self.in_channels, num_positions(self.in_space),
                            dtype=self.weight.dtype, device=self.weight.device)
 
     def extra_repr(self) -> str:

@@ -11,7 +11,8 @@ y(g^-1 u) for x(g^-1 u), unless a relaxation of rank > 0 is requested.
 
 Backends: "gather" (a gather by the permutation rows of index[k, u] = u e_k^-1, then one batched
 matmul; any group) and "conv" (circular convolution; products of up to three cyclic groups with
-the standard neighbourhood). "auto" takes "conv" for full mode on cyclic products, where the
+the standard neighbourhood, and p4(n) / p4m(n) as one conv2d with |H| transformed kernel copies,
+:func:`gmcnn.nn.lifting.group_conv2d`). "auto" takes "conv" for full mode on cyclic products, where the
 vendor convolution avoids materialising the C K-times larger gathered input, and "gather"
 otherwise (in shared mode the gather is the faster of the two on CPU; see benchmarks/).
 """
@@ -24,8 +25,9 @@ import numpy as np
 from torch import Tensor
 
 from gmcnn import functional as GF
-from gmcnn.groups import FiniteGroup, make_group
+from gmcnn.groups import FiniteGroup, WallpaperGroup, make_group
 from gmcnn.nn.base import GroupMatrixLayer, check_input
+from gmcnn.nn.lifting import group_conv2d
 
 BACKENDS = ("auto", "gather", "conv")
 
@@ -68,16 +70,19 @@ class GMConv(GroupMatrixLayer):
     def _resolve_backend(self, backend: str) -> str:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        conv_ok = self.t is not None and GF.cyclic_axes(self.group) is not None
+        conv_ok = self.t is not None and (GF.cyclic_axes(self.group) is not None
+                                          or isinstance(self.group, WallpaperGroup))
         if backend == "conv" and not conv_ok:
-            raise ValueError(f"backend='conv' needs a product of at most three cyclic groups and "
-                             f"the standard radius-t neighbourhood; {self.group.name} with this "
+            raise ValueError(f"backend='conv' needs a product of at most three cyclic groups or "
+                             f"p4(n) / p4m(n), and the standard radius-t neighbourhood; {self.group.name} with this "
                              "neighbourhood needs backend='gather'")
         if backend == "auto":
             return "conv" if conv_ok and self.channel_mode == "full" else "gather"
         return backend
 
     def group_matrix_product(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if self.backend == "conv" and isinstance(self.group, WallpaperGroup):
+            return group_conv2d(x, weight, self.group, self.t, bias)
         if self.backend == "conv":
             return GF.circular_gm_conv(x, weight, GF.cyclic_axes(self.group), self.t, bias)
         return GF.gm_conv(x, weight, self.index, self.inverse_index, bias)

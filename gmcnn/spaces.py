@@ -1,0 +1,95 @@
+"""The pixel grid as a homogeneous space of its wallpaper group (docs/design.md §5).
+
+For G = p4(n) or p4m(n) (:class:`~gmcnn.groups.WallpaperGroup`) and H its point group (the
+rotations, and mirrors, about pixel (0, 0)), the n x n pixel torus X = Z_n x Z_n is G / H:
+g = (t, h) moves a pixel x to g . x = t + L_h x. Pixel (a, b) = (row, col) has index a * n + b, so
+an image (..., n, n) flattened row-major is a function on X, acted on by
+
+    scalar field:  (g . f)(x) = f(g^-1 . x)
+    vector field:  (g . v)(x) = L_h v(g^-1 . x)
+
+For vector fields the channels come in pairs (v_x, v_y), the plume layout [t, (v_x, v_y), y, x]:
+v_x is the component along the column axis and v_y along the row axis, each positive towards
+increasing index. In that component order L_h is ``component_matrices[h]``: R sends
+(v_x, v_y) to (v_y, -v_x) and M sends it to (-v_x, v_y).
+
+The spaces expose what :func:`gmcnn.equivariance.act` needs: ``group`` (the acting group),
+``num_points``, ``left_action(g)`` (the permutation p with (g . f)[p] = f[p[...]]) and, for
+vector fields, ``component_matrix(g)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gmcnn.groups import FiniteGroup, IndexArray, WallpaperGroup, make_group
+
+SWAP = np.array([[0, 1], [1, 0]])  # (row, col) <-> (v_x, v_y) = (col, row)
+
+
+class PixelGrid:
+    """Scalar functions on the n x n pixel torus, acted on by a wallpaper group."""
+
+    components = 1
+
+    def __init__(self, group: WallpaperGroup | str):
+        group = make_group(group)
+        if not isinstance(group, WallpaperGroup):
+            raise ValueError(f"a pixel grid is a homogeneous space of p4(n) or p4m(n), not of "
+                             f"{group.name}; use a group spec such as 'p4(28)'")
+        self.group: WallpaperGroup = group
+        self.n = group.n
+        self.name = f"pixel grid of {group.name}"
+
+    @property
+    def num_points(self) -> int:
+        return self.n * self.n
+
+    def move(self, g, x) -> IndexArray:
+        """Index of the pixel g . x = t + L_h x (vectorised, broadcasting g against x)."""
+        t, h = self.group.split(g)
+        a, b = np.divmod(np.asarray(x), self.n)
+        linear = self.group.linear[h]                                   # (..., 2, 2)
+        row = linear[..., 0, 0] * a + linear[..., 0, 1] * b + t // self.n
+        col = linear[..., 1, 0] * a + linear[..., 1, 1] * b + t % self.n
+        return (row % self.n) * self.n + col % self.n
+
+    def left_action(self, g: int) -> IndexArray:
+        """Permutation p of the pixels with (g . f)[x] = f[p[x]], i.e. p[x] = g^-1 . x."""
+        return self.move(self.group.inverse[g], np.arange(self.num_points))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.group.name})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.group == self.group
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.group.name))
+
+
+class VectorField(PixelGrid):
+    """Fields of 2-vectors (v_x, v_y) on the pixel torus: channels in pairs, rotated with the grid."""
+
+    components = 2
+
+    def __init__(self, group: WallpaperGroup | str):
+        super().__init__(group)
+        self.name = f"vector field on the pixel grid of {self.group.name}"
+        self.component_matrices = SWAP @ self.group.linear @ SWAP      # (|H|, 2, 2)
+
+    def component_matrix(self, g: int) -> np.ndarray:
+        """L_h of g = (t, h) acting on the components (v_x, v_y)."""
+        return self.component_matrices[self.group.split(g)[1]]
+
+
+def make_space(group: FiniteGroup | str, field: str = "scalar") -> PixelGrid:
+    """The pixel grid of ``group`` for ``field`` "scalar" (images) or "vector" (velocity fields)."""
+    if field not in FIELDS:
+        raise ValueError(f"field must be one of {tuple(FIELDS)}, got {field!r}")
+    return FIELDS[field](group)
+
+
+FIELDS = {"scalar": PixelGrid, "vector": VectorField}
+
+__all__ = ["PixelGrid", "VectorField", "make_space", "FIELDS"]
