@@ -46,7 +46,7 @@ OK, FAILED, INTERRUPTED = 0, 1, 3
 MARKER = ".sweep_start"
 GOOD = {"finished", "summary"}
 
-# config option -> (plugin module, what installs it)
+# config option -> the plugin (module under hydra_plugins) it needs; CLUSTER installs them all
 CLUSTER = 'pip install -e ".[cluster]"'
 PLUGINS = {
     ("hydra/launcher", "parallel"): "hydra_joblib_launcher",
@@ -112,17 +112,17 @@ def _check_overrides(overrides: list[str], config_dir: Path, config_name: str) -
                 chosen.append(_first(override, values))  # a group sweep's first option
             else:
                 keyed.append((override, values))
-        compose_ = lambda extra: compose(config_name=config_name, overrides=chosen + extra,
-                                         return_hydra_config=True)
+        compose_with = lambda extra: compose(config_name=config_name, overrides=chosen + extra,
+                                             return_hydra_config=True)
         try:
-            cfg = compose_([_first(o, v) for o, v in keyed if v or o.is_delete()])
+            cfg = compose_with([_first(o, v) for o, v in keyed if v or o.is_delete()])
             error = None
         except Exception as problem:  # noqa: BLE001  (Hydra's composition errors, made one line)
             error = CommandLineError(_first_line(problem))
         added = [o for o, _ in keyed if (o.is_add() or o.is_force_add()) and not _read_later(o, overrides)]
         if error is not None or added:  # what is wrong, with the closest names: against the config
             try:  # composed without the key overrides
-                base = compose_([])
+                base = compose_with([])
             except Exception as problem:  # noqa: BLE001
                 raise CommandLineError(_first_line(problem)) from None
             for override, _ in keyed:
@@ -174,13 +174,15 @@ def _first(override: Any, values: list[str]) -> str:
 
 
 def _check_choice(loader: Any, group: str, value: str) -> None:
+    if value == "null":  # no option (e.g. hparams_search=null)
+        return
     module = PLUGINS.get((group, value), PLUGINS.get((group, None)))
     if module and importlib.util.find_spec(f"hydra_plugins.{module}") is None:
         package = module.replace("_", "-")
         raise CommandLineError(f"{group}={value} needs the {package} plugin, which is not installed: "
                                f"{CLUSTER}")
     options = loader.get_group_options(group)
-    if value not in options and value != "null":
+    if value not in options:
         raise CommandLineError(f"unknown {group} {value!r}{_closest(value, options)}; choose one of: "
                                f"{', '.join(options)}")
 

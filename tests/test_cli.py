@@ -30,6 +30,7 @@ CONFIGS = ROOT / "configs"
     (["-m", "hparams_search=quickstart_optuna", "trainer.monitor=val_loss"],
      "hydra.sweeper.direction=maximize but trainer.monitor=val_loss is to minimize"),
     (["optimizer.lr=[1"], "cannot parse the override optimizer.lr=[1: "),
+    (["hparams_search=null"], "Config group override must be a string or a list"),  # Hydra's line
 ])
 def test_mistakes_get_one_line_with_the_closest_names(argv, message):
     with pytest.raises(cli.CommandLineError) as error:

@@ -46,7 +46,7 @@ def summary_rows(text):
 def test_a_sweep_with_a_failed_job_ends_with_the_summary_and_status_1(tmp_path):
     sweep = tmp_path / "sweep"
     command = ["-m", *FAST, "summary_only=true", "optimizer.lr=-1,0.004", f"hydra.sweep.dir={sweep}"]
-    for attempt in range(2):  # the same sweep again into the same folder: the same summary
+    for _ in range(2):  # the same sweep again into the same folder: the same summary
         result = runner(*command)
         assert result.returncode == 1, output_of(result)[-3000:]
         assert summary_rows(result.stderr) == [
