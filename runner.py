@@ -62,7 +62,7 @@ def main(cfg: DictConfig) -> float | None:
                        search_siblings=not (sweeping or explicit_dir),
                        under_requeue="SUBMITIT_EXECUTOR" in os.environ,
                        compose=lambda overrides: hydra.compose(config_name="config", overrides=overrides))
-            if job.run_dir != run_dir and writer:
+            if job.run_dir.resolve() != run_dir.resolve() and writer:
                 redirect_log_files(run_dir, job.run_dir)
                 cleanup.close()  # this command's own directory is not used: remove it
                 remove_fresh(run_dir)
@@ -75,7 +75,7 @@ def main(cfg: DictConfig) -> float | None:
                 return read_metrics(job.run_dir).get(f"best_{job.cfg.trainer.monitor}")
             if writer and job.saved is not None:
                 record_config(job.run_dir, job.cfg, job.overrides)
-            metrics = run(job)
+            metrics = run(job.cfg, job.run_dir, plan=job)
             if writer:  # again: a refused second writer may have overwritten it meanwhile
                 record_config(job.run_dir, job.cfg, job.overrides)
         except RunInterrupted as interruption:

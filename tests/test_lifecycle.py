@@ -15,7 +15,7 @@ from gmcnn.training import ConfigError, checkpoint, run
 from gmcnn.training.checkpoint import CheckpointError, Progress
 from gmcnn.training.config import validate
 from gmcnn.training.data import load_data
-from gmcnn.training.resume import Plan, plan, reconcile
+from gmcnn.training.resume import plan, reconcile
 from gmcnn.training.rundir import RunDirectoryBusy, RunLock, read_metrics
 from gmcnn.training.signals import RunInterrupted, StopSignals
 from tests.helpers import FAST, TINY, compose_config, metrics_of, runner, start_runner
@@ -82,7 +82,7 @@ def test_full_disk_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     real = checkpoint.atomic_write
     monkeypatch.setattr(checkpoint, "atomic_write", full_after_first_epoch)
     with pytest.raises(OSError) as raised:
-        run(Plan(cfg, tmp_path, []))
+        run(cfg, tmp_path)
     assert raised.value.errno == errno.ENOSPC
     monkeypatch.undo()
     assert Progress.from_dict(checkpoint.load(tmp_path / "checkpoints" / "last.pt")["progress"]).epoch == 1
@@ -299,3 +299,26 @@ def test_diverged_run_resumes_with_a_lower_lr_and_refuses_another_model(tmp_path
     assert "model.channels=16: it was trained with model.channels=8" in output
     assert metrics_of(run_dir)["status"] == "finished"
     assert "channels: 8" in (run_dir / ".hydra" / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_preempted_submitit_job_is_requeued_and_resumes_by_itself(tmp_path):
+    """slurm_local runs the job under submitit's LocalExecutor, whose SIGUSR2 handler requeues
+    it (exit 144, restarted by the local controller): the job checkpoints, hands over, and its
+    second start continues the run."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    process = start_runner("-m", "hydra/launcher=slurm_local", "hydra.launcher.gpus_per_node=0",
+                           *SIGNAL_ARGS, "trainer.epochs=2", f"hydra.sweep.dir={sweep}")
+    job = sweep / "0"
+    deadline = time.time() + 300
+    while not (job / "checkpoints" / "last.pt").exists():
+        assert process.poll() is None and time.time() < deadline, process.stdout.read()[-3000:]
+        time.sleep(0.05)
+    os.kill(int((job / ".lock").read_text().split()[1]), signal.SIGUSR2)  # the job's process
+    output = process.communicate(timeout=400)[0]
+    assert process.returncode == 0, output[-3000:]
+    log = (job / "runner.log").read_text()
+    assert "stopped by SIGUSR2" in log and "resumed from" in log
+    metrics = metrics_of(job)
+    assert metrics["status"] == "finished" and metrics["epochs_completed"] == 2

@@ -263,13 +263,15 @@ def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits: Splits, 
                                      "checkpoint is written")
 
 
-def run(plan: Plan) -> dict[str, Any]:
-    """Train, validate and test one experiment as ``plan`` says (its config, run directory and
-    the checkpoint it continues); returns the metrics written to metrics.json."""
-    validate(plan.cfg)
-    device = distributed.setup(resolve_device(plan.cfg.trainer.device))
+def run(cfg: DictConfig, run_dir: Path, plan: Plan | None = None) -> dict[str, Any]:
+    """Train, validate and test one experiment in ``run_dir``; ``plan`` (resume.py): the
+    checkpoint it continues and this resume's config changes (``cfg`` and ``run_dir`` are the
+    plan's). Returns the metrics written to metrics.json."""
+    plan = plan or Plan(cfg, run_dir, [])
+    validate(cfg)
+    device = distributed.setup(resolve_device(cfg.trainer.device))
     try:
-        return _run(plan, distributed.broadcast(plan.run_dir), device)
+        return _run(plan, distributed.broadcast(run_dir), device)
     finally:
         distributed.teardown()
 
