@@ -252,6 +252,74 @@ def prelu(h: Tensor, slope: Tensor) -> Tensor:
     return _PReLU.apply(h, slope)
 
 
+class _RelaxedResidualPReLU(torch.autograd.Function):
+    """x + PReLU(sum_i P_i o GM(W_i) s + b 1^T): a residual block around one relaxed shared-mode
+    GM layer (gmcnn.functional.gm_conv_profiled) and a one-slope PReLU. The backward takes the
+    slope's gradient from gh . h = <W, sum_b gh gp^T> + <b, sum_b gh 1> (the weight's own
+    contraction), and the input gradient as gz + 1 gs^T in one pass."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, profiles: Tensor, bias: Tensor | None,
+                slope: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+        sets, taps = weight.shape[1], weight.shape[-1]
+        s = torch.matmul(x.new_ones(1, x.shape[1]), x)[:, 0]             # (B, N)
+        g = gather_taps(s, index)                                        # (B, K, N)
+        profiled = (g[:, None] * profiles[None, :, None]).flatten(1, 2)  # (B, R K, N)
+        w = weight.reshape(weight.shape[0], sets * taps).expand(x.shape[0], -1, -1)
+        h = torch.bmm(w, profiled) if bias is None else torch.baddbmm(
+            bias[:, None].expand(x.shape[0], -1, x.shape[-1]), w, profiled)
+        _save(ctx, h=h, g=g, profiled=profiled, weight=weight, profiles=profiles, bias=bias,
+              slope=slope, inverse=inverse)
+        return F.prelu(h, slope).add_(x)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_z: Tensor):
+        saved = _saved(ctx)
+        h, slope, weight = saved.h, saved.slope, saved.weight
+        need = ctx.needs_input_grad
+        grad_h = torch.ops.aten.threshold_backward(grad_z, h, 0)        # grad_z where h > 0
+        a = float(slope) if need[4] else 0.0  # (a host sync on GPU)
+        near_one = abs(1 - a) < 0.5
+        if need[4]:
+            grad_z_h = torch.dot(grad_z.flatten(), h.flatten())
+            if near_one:
+                q = grad_z_h - torch.dot(grad_h.flatten(), h.flatten())
+        grad_h.lerp_(grad_z, slope)
+        w = weight.reshape(weight.shape[0], -1)                          # (O, R K)
+        grad_w = torch.bmm(grad_h, saved.profiled.transpose(1, 2)).sum(0)
+        grad_b = grad_h.sum((0, 2)) if saved.bias is not None else None
+        grad_slope = None
+        if need[4]:
+            if not near_one:
+                grad_h_h = (grad_w * w).sum() + (0 if grad_b is None else grad_b @ saved.bias)
+                q = (grad_z_h - grad_h_h) / (1 - a)
+            grad_slope = q.reshape(slope.shape)
+        grad_x = grad_profiles = None
+        if need[0] or need[2]:
+            sets, taps = weight.shape[1], weight.shape[-1]
+            grad_profiled = torch.bmm(w.T.expand(h.shape[0], -1, -1), grad_h)
+            grad_profiled = grad_profiled.unflatten(1, (sets, taps))     # (B, R, K, N)
+            if need[2]:
+                grad_profiles = (grad_profiled * saved.g[:, None]).sum((0, 2))
+            if need[0]:
+                grad_g = (grad_profiled * saved.profiles[:, None]).sum(1)
+                grad_x = grad_z + gather_adjoint(grad_g, saved.inverse)[:, None]
+        return (grad_x, grad_w.reshape(weight.shape), grad_profiles, grad_b, grad_slope,
+                None, None)
+
+
+def gm_relaxed_residual_prelu(x: Tensor, weight: Tensor, profiles: Tensor, bias: Tensor | None,
+                              slope: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+    """``x + prelu(gm_conv_profiled(x, weight, profiles, index, inverse, bias), slope)`` for a
+    shared-mode weight (O, R, 1, K) with O = C, profiles (R, N), one slope. Returns (B, O, N)."""
+    _check_fusable(weight[:, 0], slope)
+    if x.shape[1] != weight.shape[0]:
+        raise ValueError(f"an identity shortcut needs as many input channels ({x.shape[1]}) as "
+                         f"output channels ({weight.shape[0]})")
+    return _RelaxedResidualPReLU.apply(x, weight, profiles, bias, slope, index, inverse)
+
+
 def _max_over_positions(z: Tensor) -> tuple[Tensor, Tensor]:
     """(B, O, N) -> the max over positions and its first position, both (B, O); the pooling
     kernel is about twice as fast on CPU as ``Tensor.max(-1)``, with the same result."""

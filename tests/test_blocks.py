@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gmcnn.functional import conv_index, gather_taps, gram_plan
-from gmcnn.fused import gm_conv_norm_prelu, gm_residual_block_max, gm_two_blocks_max, prelu
+from gmcnn.fused import gm_conv_norm_prelu, gm_relaxed_residual_prelu, gm_residual_block_max, gm_two_blocks_max, prelu
 from gmcnn.groups import make_group
 from gmcnn.models import GMCNN, GMDynamics
 from gmcnn.nn import ConvNormAct, GlobalMaxTail, GMConv, PointwiseConv, ResidualBlock
@@ -146,7 +146,7 @@ def test_fused_functions_reject_what_they_do_not_compute():
 
 @pytest.mark.parametrize("options,paths", [
     (dict(), {"two_blocks_max"}),
-    (dict(rank=1), {"profiled", "add_in_place"}),
+    (dict(rank=1), {"profiled", "add_in_place"}),  # a LayerNorm: not the dynamics block's kernel
     (dict(blocks=3), {"conv_norm_prelu", "add_in_place", "two_blocks_max"}),
     (dict(blocks=3, layers_per_block=2), {"conv_norm_prelu", "add_in_place"}),
     (dict(blocks=1), {"conv_norm_prelu", "add_in_place"}),  # 2 inputs: a 1x1 shortcut
@@ -343,7 +343,27 @@ def test_dynamics_fast_path_equals_reference():
         for block in model.blocks:
             block.layers[0].conv.relaxation.coefficients.normal_()
     paths = assert_fast_path_matches_reference(model, [model.example_input(2)])
-    assert paths == {"profiled", "add_in_place"}
+    assert paths == {"relaxed_residual_prelu"}
+
+
+@pytest.mark.parametrize("relaxation,rank,slope", [("additive", 1, 0.25), ("additive", 2, 1.0),
+                                                   ("multiplicative", 1, -0.3)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_relaxed_residual_prelu_equals_composition(relaxation, rank, slope, bias):
+    torch.manual_seed(0)
+    conv = GMConv("D4xC3", 5, 5, t=1, rank=rank, relaxation=relaxation, bias=bias).double()
+    with torch.no_grad():
+        for p in conv.relaxation.parameters():
+            p.normal_()
+    x = torch.randn(2, 5, conv.group.order, dtype=torch.double, requires_grad=True)
+    a = torch.tensor([slope], dtype=torch.double, requires_grad=True)
+
+    def fused(x, a, *_):
+        weights, profiles = conv.relaxation.profiled_weights(conv.weight)
+        return gm_relaxed_residual_prelu(x, weights, profiles, conv.bias, a, conv.index,
+                                         conv.inverse_index)
+
+    assert_same_function(fused, lambda x, a, *_: x + F.prelu(conv(x), a), (x, a, *conv.parameters()))
 
 
 @pytest.mark.parametrize("in_channels", [3, 20])  # bias folded into the matmul, or added

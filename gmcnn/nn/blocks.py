@@ -21,9 +21,12 @@ SiLU for the PReLU, an affine norm, a lifting layer, another shortcut) takes the
   :meth:`~gmcnn.nn.conv.GMConv.profiled_product`; the norm by its module, a one-slope PReLU as
   :func:`gmcnn.fused.prelu`, another activation by its module).
 * :class:`ResidualBlock` ``(layers, shortcut=None)``: layers(x) + shortcut(x), the shortcut the
-  identity or a :class:`~gmcnn.nn.pointwise.PointwiseConv`. Fast path ``"add_in_place"``: the
-  shortcut accumulates into the last layer's output when that is a PReLU's (whose backward does
-  not read its output), one activation-sized buffer less.
+  identity or a :class:`~gmcnn.nn.pointwise.PointwiseConv`. Fast paths:
+  ``"relaxed_residual_prelu"`` (one relaxed shared-mode gather GMConv, no norm, a one-slope
+  PReLU, identity shortcut: the block as :func:`gmcnn.fused.gm_relaxed_residual_prelu`, the
+  GMDynamics block) and ``"add_in_place"`` (the shortcut accumulates into the last layer's
+  output when that is a PReLU's, whose backward does not read its output: one activation-sized
+  buffer less).
 * :class:`GlobalMaxTail` ``(blocks)``: max over positions of the last one or two residual blocks'
   output, (B, C, N) -> (B, C). Fast paths: ``"two_blocks_max"`` (two one-layer blocks whose
   layers take ``"conv_norm_prelu"``, share the index, the PReLU slope and the eps, an identity or
@@ -159,14 +162,25 @@ class ResidualBlock(FastPathModule):
 
     def fast_path(self, x: Tensor) -> str | None:
         last = self.layers[-1]
-        if (self.fused and type(self.shortcut) in (nn.Identity, PointwiseConv)
+        if not (self.fused and type(self.shortcut) in (nn.Identity, PointwiseConv)
                 and isinstance(last, ConvNormAct) and type(last.activation) is nn.PReLU
                 and runtime_allows_fast_path(x, [])):
-            return "add_in_place"
-        return None
+            return None
+        if (len(self.layers) == 1 and type(self.shortcut) is nn.Identity and last.norm is None
+                and last.activation.weight.numel() == 1 and last.path_for(x) == "profiled"
+                and last.conv.in_channels == last.conv.out_channels):
+            return "relaxed_residual_prelu"
+        return "add_in_place"
 
     def forward(self, x: Tensor) -> Tensor:
         path = self.fast_path(x)
+        if path == "relaxed_residual_prelu":
+            (layer,) = self.layers
+            conv = layer.conv
+            weights, profiles = conv.relaxation.profiled_weights(conv.weight)
+            return kernels.gm_relaxed_residual_prelu(x, weights, profiles, conv.bias,
+                                                     layer.activation.weight, conv.index,
+                                                     conv.inverse_index)
         out = x
         for layer in self.layers:
             out = layer(out)
