@@ -181,7 +181,8 @@ def _check_choice(loader: Any, group: str, value: str) -> None:
         package = module.replace("_", "-")
         raise CommandLineError(f"{group}={value} needs the {package} plugin, which is not installed: "
                                f"{CLUSTER}")
-    options = loader.get_group_options(group)
+    # options whose name starts with "_" are shared bases of other options (exp/_dynamics)
+    options = [o for o in loader.get_group_options(group) if not o.rpartition("/")[2].startswith("_")]
     if value not in options:
         raise CommandLineError(f"unknown {group} {value!r}{_closest(value, options)}; choose one of: "
                                f"{', '.join(options)}")
