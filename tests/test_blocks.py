@@ -178,7 +178,8 @@ def test_every_model_config_fast_path_matches_reference(model_name, exp):
     """Each configs/model/ GM model on each experiment's group (4 channels to stay small)."""
     cfg = compose_config(f"exp={exp}", f"model={model_name}", "++data.num_classes=3")
     model = hydra.utils.instantiate(cfg.model, channels=4)
-    assert assert_fast_path_matches_reference(model, [model.example_input(2)])
+    kernels = cfg.model.get("channel_mode", "shared") == "shared"  # full-mode layers have none
+    assert_fast_path_matches_reference(model, [model.example_input(2)], require_fast_path=kernels)
 
 
 def small_model(**options):
