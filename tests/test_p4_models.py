@@ -215,3 +215,18 @@ def test_p4_model_learns_on_a_small_subset(tmp_path):
     metrics = metrics_of(tmp_path)
     assert metrics["num_params"] == 45_566
     assert metrics["test_acc"] > 0.3
+
+
+def test_training_benchmark_reference_row():
+    """bench_training --reference: the other experiment's model timed in the same alternation."""
+    import argparse
+
+    from benchmarks import bench_training
+
+    args = argparse.Namespace(reference="rot-mnist-generated", variants="ours", batch=4, naive_batch=None,
+                              overrides=["model.channels=4"], compile=False, warmup=0, steps=1, rounds=1,
+                              contended=None, profile=False)
+    rows, targets = bench_training.benchmark("rot-mnist-generated-p4", args, torch.device("cpu"),
+                                             "float32", "alone")
+    assert [row[1] for row in rows] == ["ours", "rot-mnist-generated (reference)"]
+    assert any("ours / rot-mnist-generated = " in line for line in targets)
