@@ -19,13 +19,16 @@ pooling of every point-group channel: p4(n) -> p4(n/2), C_n x C_n -> C_{n/2} x C
 after every block but the last (the lifting block counts as block 0), False none (the paper's
 single-resolution models), or a list of block indices. ``channels`` is one width, or one per
 residual block (the lifting block has the first). ``norm`` "layer" is the LayerNorm over (C, N)
-without affine (the paper's), "batch" a BatchNorm per channel over the batch and all positions;
+without affine (the paper's), "batch" a BatchNorm per channel over the batch and all positions,
+"instance" a GroupNorm with one group per channel (per sample, over all positions; no batch
+statistics, so training and evaluation normalise alike);
 ``activation`` "prelu" is one PReLU slope shared by every layer, "relu" a ReLU.
 
 Every layer commutes with G, pooling with its subgroup (which keeps the rotations about the image
 centre), the norms with all permutations of positions and the readouts are invariant, so the
 logits are invariant: to G (per-axis groups), to torch.rot90 and (p4m) torch.flip of the image
-and to the circular translations of the coarsest grid (wallpaper groups), exactly for rank 0.
+and to the circular translations of the coarsest grid (wallpaper groups), exactly for rank 0;
+``in_space`` is the input space acted on by that subgroup (:func:`gmcnn.models.grid.symmetry_space`).
 
 With per-axis groups, 2 blocks of 1 layer and C channels in shared mode the parameter count is
 2 (C K + C) + (C_in C + C) + 1 + (C classes + classes).
@@ -46,13 +49,12 @@ import torch
 from torch import Tensor, nn
 
 from gmcnn.groups import WallpaperGroup
-from gmcnn.models.grid import model_group
+from gmcnn.models.grid import model_group, symmetry_space
 from gmcnn.nn import EquivariantModule, GMConv, GMLifting, GMPool, PointwiseConv
 from gmcnn.nn.blocks import ConvNormAct, FusedFlag, GlobalMaxTail, ResidualBlock
-from gmcnn.spaces import PixelGrid
 
 TAIL_BLOCKS = 2  # the blocks that the global max's kernels can take with it
-NORMS = ("layer", "batch")
+NORMS = ("layer", "batch", "instance")
 ACTIVATIONS = ("prelu", "relu")
 READOUTS = ("max", "max_mean")
 
@@ -124,15 +126,15 @@ class GMCNN(FusedFlag, EquivariantModule):
             raise ValueError(f"readout={readout!r} needs a wallpaper group (p4 / p4m); per-axis "
                              "groups use readout='max'")
         self.in_channels = in_channels
-        self.in_space = PixelGrid(self.group) if wallpaper else self.group
         self.out_space = None
         conv = dict(channel_mode=channel_mode, rank=rank, relaxation=relaxation, backend=backend)
         shared_prelu = nn.PReLU()  # one slope shared by every layer
 
         def conv_norm_act(layer: nn.Module) -> ConvNormAct:
             act = shared_prelu if activation == "prelu" else nn.ReLU()
-            return ConvNormAct(layer, act, nn.BatchNorm1d(layer.out_channels) if norm == "batch"
-                               else "layer")
+            width = layer.out_channels
+            return ConvNormAct(layer, act, {"layer": "layer", "batch": nn.BatchNorm1d(width),
+                                            "instance": nn.GroupNorm(width, width)}[norm])
 
         stages: list[nn.Module] = []
         group_now, width = self.group, in_channels
@@ -166,6 +168,7 @@ class GMCNN(FusedFlag, EquivariantModule):
         else:
             self.blocks = nn.Sequential(*stages)
             self.tail = PointMaxTranslationMean(group_now.acting.order)
+        self.in_space = symmetry_space(self.group, [m.subgroup for m in stages if isinstance(m, GMPool)])
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(width, num_classes)
         self.fused = fused
@@ -176,7 +179,7 @@ class GMCNN(FusedFlag, EquivariantModule):
 
     def _flatten(self, images: Tensor) -> Tensor:
         expected = (self.in_channels, *self.image_shape)
-        positions = self.in_space.num_points if isinstance(self.in_space, PixelGrid) else self.group.order
+        positions = self.group.n ** 2 if isinstance(self.group, WallpaperGroup) else self.group.order
         if images.dim() == 3 and tuple(images.shape[1:]) == (self.in_channels, positions):
             return images
         if images.dim() != 2 + len(self.image_shape) or tuple(images.shape[1:]) != expected:
