@@ -12,7 +12,11 @@ what ``python runner.py exp=...`` gets per step without data loading. Variants:
               formulation (every channel gathered into a (B, C, K, N) tensor, then einsum);
 * cnn       - the project's CNN baseline of the experiment (``model=cnn``, ``model=cnn_dynamics``
               for the plume experiments); it downsamples, the GM-CNN does not: a reference, not a
-              target.
+              target;
+* --reference EXP adds the model of another experiment (its ``ours``, the same overrides, the
+              same batch), e.g. the p4 model against the paper's D14 x D14 one:
+              ``--exp rot-mnist-generated-p4 --reference rot-mnist-generated`` (target: ours at
+              least a third of the reference's rate).
 
 Batch: --batch (default 128) for classification, the configured one (16 roll-outs of 6 frames)
 for dynamics. The naive model (and the dynamics CNN) are slow, so on CPU they take a smaller timed
@@ -156,6 +160,9 @@ def build_variants(exp: str, args: argparse.Namespace, device: torch.device,
                                 batch, device))
     if "naive" in wanted:
         variants.append(Variant("naive", composed, small, device, naive=True, slow=True))
+    if args.reference:
+        variants.append(Variant(f"{args.reference} (reference)",
+                                compose_config(args.reference, device, base), batch, device))
     return variants
 
 
@@ -256,6 +263,11 @@ def benchmark(exp: str, args: argparse.Namespace, device: torch.device, precisio
     if ours and "cnn" in rates:
         targets.append(f"{exp} ({precision}, {condition}): cnn baseline {rate_text(rates['cnn'])} samples / s "
                        f"= {rates['cnn'] / ours:.2f}x ours (a reference, not a target)")
+    reference = rates.get(f"{args.reference} (reference)")
+    if ours and reference:
+        targets.append(f"{exp} ({precision}, {condition}): ours / {args.reference} = "
+                       f"{ours / reference:.2f}x, target >= 0.33: "
+                       f"{'met' if 3 * ours >= reference else 'MISSED'}")
     return rows, targets
 
 
@@ -283,6 +295,8 @@ def main() -> None:
     parser.add_argument("--competitor-threads", type=int, default=None,
                         help="threads of the competitor (default: --threads)")
     parser.add_argument("--compile", action="store_true", help="add a torch.compile row")
+    parser.add_argument("--reference", default=None,
+                        help="add a row for this experiment's model, e.g. rot-mnist-generated")
     parser.add_argument("--profile", action="store_true",
                         help="print per-op profiles of one step of ours and composed")
     parser.add_argument("--compete", choices=("train", "matmul"), help=argparse.SUPPRESS)
@@ -299,7 +313,7 @@ def main() -> None:
     if args.compete:
         compete(args.compete, args.exp, args, device)
         return
-    unknown = [exp for exp in args.exp.split(",")
+    unknown = [exp for exp in args.exp.split(",") + ([args.reference] if args.reference else [])
                if not os.path.isfile(os.path.join(ROOT, "configs", "exp", f"{exp}.yaml"))]
     if unknown:
         sys.exit(f"--exp: no experiment config {', '.join(unknown)} in configs/exp/")

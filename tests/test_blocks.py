@@ -182,7 +182,8 @@ def test_every_model_config_fast_path_matches_reference(model_name, exp):
         if model_name == "gm_dynamics":  # the classification experiments' dropout is GMCNN's
             cfg.model.pop("dropout", None)
     model = hydra.utils.instantiate(cfg.model, channels=4)
-    assert assert_fast_path_matches_reference(model, [model.example_input(2)])
+    kernels = cfg.model.get("channel_mode", "shared") == "shared"  # full-mode layers have none
+    assert_fast_path_matches_reference(model, [model.example_input(2)], require_fast_path=kernels)
 
 
 def small_model(**options):

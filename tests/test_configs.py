@@ -7,6 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.helpers import ROOT, compose_config
+from tests.test_p4_models import EXPERIMENTS as IMAGE_GROUP_EXPERIMENTS  # p4 / p4m: checked there
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "exp").glob("*.yaml") if not p.stem.startswith("_"))
 
@@ -33,7 +34,7 @@ DYNAMICS = {
 
 
 def test_every_experiment_is_checked():
-    assert sorted([*RECIPE, *DYNAMICS]) == EXPERIMENTS
+    assert sorted([*RECIPE, *DYNAMICS, *IMAGE_GROUP_EXPERIMENTS]) == EXPERIMENTS
 
 
 @pytest.mark.parametrize("exp", sorted(RECIPE))
@@ -83,6 +84,7 @@ def _without_task_specific(exp: str) -> dict:
         cfg.pop(key)
     cfg["symmetry"].pop("group")
     cfg["model"].pop("group")
+    cfg["model"].pop("image_size")  # the data's
     return cfg
 
 

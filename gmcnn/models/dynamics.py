@@ -8,6 +8,17 @@
 
 Pointwise convolutions commute with every permutation of positions, so with rank 0 the network
 is exactly equivariant to the translations (or other elements) of its group G = G_rows x G_cols.
+
+On a wallpaper group G = p4(n) / p4m(n) of the n x n grid (docs/design.md §5), ``field="vector"``
+reads the channels as (v_x, v_y) pairs that rotate with the grid (:class:`~gmcnn.spaces.VectorField`):
+the 1x1 lift becomes the lifting :class:`~gmcnn.nn.lifting.GMLifting` (full channel mode, radius
+t, to functions on G, each vector seen in the frame of every rotation), the blocks run on G, and
+the 1x1 projection to ``field_channels`` channels is followed by
+:class:`~gmcnn.nn.lifting.GMProjection` (the mean of the rotated channel pairs, back to vectors on
+the grid; ``field="scalar"``: the mean over the point group). With rank 0 the prediction is then
+exactly equivariant to rotating (and mirroring) the input field, grid and vectors, and to the
+circular translations; the relaxation (``rank`` > 0) applies to the lifting and the blocks.
+
 Predictions are rolled out autoregressively by the training protocol, not here. The blocks are
 :mod:`gmcnn.nn.blocks` residual blocks; their fast path (``fused=True``) computes a relaxed
 layer's (1 + r) GM products from one gather, ``fused=False`` their reference composition.
@@ -20,32 +31,43 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from gmcnn.groups import axis_sizes, make_group
-from gmcnn.nn import EquivariantModule, GMConv, PointwiseConv
+from gmcnn.groups import WallpaperGroup
+from gmcnn.models.grid import model_group
+from gmcnn.nn import EquivariantModule, GMConv, GMLifting, GMProjection, PointwiseConv
 from gmcnn.nn.blocks import ConvNormAct, FusedFlag, ResidualBlock
+from gmcnn.spaces import make_space
 
 
 class GMDynamics(FusedFlag, EquivariantModule):
-    """Next-frame predictor on a grid whose axes carry ``group`` (e.g. ``["C64", "C64"]``)."""
+    """Next-frame predictor on a grid whose axes carry ``group`` (e.g. ``["C64", "C64"]``), or on
+    a wallpaper group of the grid (``"p4"`` with ``image_size``, or ``"p4(64)"``)."""
 
     def __init__(self, group: str | Sequence[str], input_frames: int = 10, field_channels: int = 2,
                  channels: int = 120, blocks: int = 2, t: int = 1, rank: int = 1,
                  relaxation: str = "additive", channel_mode: str = "shared",
-                 backend: str = "auto", fused: bool = True):
+                 backend: str = "auto", fused: bool = True,
+                 image_size: int | Sequence[int] | None = None, field: str = "scalar"):
         super().__init__()
         if input_frames < 1 or blocks < 1 or channels < 1:
             raise ValueError("input_frames, blocks and channels must be >= 1, got "
                              f"{input_frames}, {blocks}, {channels}")
-        self.group = make_group(group)
-        self.image_shape = axis_sizes(self.group)
-        self.in_space = self.out_space = self.group
+        self.group, self.image_shape = model_group(group, image_size)
         self.in_channels = input_frames * field_channels
-        self.lift = PointwiseConv(self.in_channels, channels)
+        relax = dict(rank=rank, relaxation=relaxation)
+        if isinstance(self.group, WallpaperGroup):
+            self.in_space = self.out_space = make_space(self.group, field)
+            self.lift = GMLifting(self.group, self.in_channels, channels, t=t, field=field,
+                                  channel_mode="full", **relax)
+        else:
+            self.in_space = self.out_space = self.group
+            self.lift = PointwiseConv(self.in_channels, channels)
         self.blocks = nn.Sequential(*(ResidualBlock([ConvNormAct(
-            GMConv(self.group, channels, channels, t=t, channel_mode=channel_mode, rank=rank,
-                   relaxation=relaxation, backend=backend), nn.PReLU(), norm=None)])
+            GMConv(self.group, channels, channels, t=t, channel_mode=channel_mode,
+                   backend=backend, **relax), nn.PReLU(), norm=None)])
             for _ in range(blocks)))
         self.project = PointwiseConv(channels, field_channels)
+        if isinstance(self.group, WallpaperGroup):
+            self.project = nn.Sequential(self.project, GMProjection(self.group, "mean", field))
         self.fused = fused
 
     def forward(self, frames: Tensor) -> Tensor:

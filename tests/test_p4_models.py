@@ -1,0 +1,245 @@
+"""GM models on the image groups p4 / p4m (docs/design.md §3, §5): the experiments' configs and
+exact parameter counts, invariance of the classifier to torch.rot90 / torch.flip / torch.roll of
+the image, equivariance of the dynamics model to rotating a vector field, pooling, and a short
+real run that learns."""
+
+import hydra
+import pytest
+import torch
+
+from gmcnn.equivariance import equivariance_error, image_transform_element
+from gmcnn.models import GMCNN, GMDynamics
+from gmcnn.nn import GMLifting, GMPool
+from gmcnn.spaces import PixelGrid, VectorField
+from tests.helpers import FAST, compose_config, metrics_of, runner
+
+# exp -> (extra overrides, task, group, parameter count)
+EXPERIMENTS = {
+    "rot-mnist-generated-p4": ((), "classification", "p4(28)", 45_566),
+    "rot-mnist-generated-p4m": ((), "classification", "p4m(28)", 47_768),
+    "rot-mnist-p4": ((), "classification", "p4(28)", 45_566),
+    "plume-rotation-p4": ((), "dynamics", "p4(64)", 30_844),
+}
+RELAXED_PLUME = (("model.rank=1",), "dynamics", "p4(64)", 110_236)
+
+
+def num_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def perturb_relaxations(model):
+    """Random symmetry-breaking coefficients (they start at zero: a relaxed model starts exact)."""
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "coefficients"):
+                module.coefficients.normal_()
+
+
+@pytest.mark.parametrize("exp,spec", [*((e, EXPERIMENTS[e]) for e in EXPERIMENTS),
+                                      ("plume-rotation-p4", RELAXED_PLUME)])
+def test_experiments_compose_build_and_count(exp, spec):
+    overrides, task, group, expected = spec
+    cfg = compose_config(f"exp={exp}", *overrides)
+    assert (cfg.name, cfg.task) == (exp, task)
+    model = hydra.utils.instantiate(cfg.model)
+    assert model.group.name == group and num_params(model) == expected
+    assert isinstance(model.blocks[0].conv if task == "classification" else model.lift, GMLifting)
+    if task == "classification":
+        assert model(model.example_input(2)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("exp", ["rot-mnist-generated-p4", "rot-mnist-generated-p4m"])
+def test_classification_recipe_is_the_papers(exp):
+    cfg = compose_config(f"exp={exp}")
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay) == (0.004, 0.0153)
+    assert cfg.scheduler._target_ == "torch.optim.lr_scheduler.ReduceLROnPlateau"
+    assert (cfg.trainer.batch_size, cfg.trainer.epochs, cfg.trainer.monitor) == (128, 30, "val_acc")
+    assert cfg.data.name == "rot-mnist-generated"
+
+
+def test_rot_mnist_p4_is_the_same_model_on_larochelle_data():
+    cfg, generated = compose_config("exp=rot-mnist-p4"), compose_config("exp=rot-mnist-generated-p4")
+    assert cfg.data.name == "rot-mnist" and cfg.model == generated.model
+
+
+def test_parameter_count_formula():
+    """Lifting (C K_lift + C), then per layer C_in C |H| 9 + C, 1x1 shortcut, one PReLU, head."""
+    model = GMCNN("p4", 1, 10, t=1, lifting_t=2, blocks=2, channels=[4, 6], channel_mode="full",
+                  image_size=16, pool=True)
+    assert num_params(model) == ((4 * 25 + 4) + (4 * 4 * 36 + 4) + (4 * 6 * 36 + 6)
+                                 + (4 * 6 + 6) + 1 + (6 * 10 + 10))
+    batch_norm = GMCNN("p4m", 1, 10, t=1, blocks=1, channels=3, image_size=8, norm="batch",
+                       activation="relu", channel_mode="full")
+    assert num_params(batch_norm) == (3 * 9 + 3) + (3 * 3 * 72 + 3) + 2 * (3 + 3) + (3 * 10 + 10)
+
+
+def image_classifier(kind, **options):
+    options = {"t": 1, "lifting_t": 2, "blocks": 2, "layers_per_block": 2, "channels": [3, 5],
+               "image_size": 16, "pool": True, "channel_mode": "full", **options}
+    return GMCNN(kind, 1, 4, **options).double().eval()
+
+
+@pytest.mark.parametrize("kind,options", [
+    ("p4", {}),
+    ("p4", dict(norm="batch", activation="relu", readout="max_mean")),
+    ("p4", dict(channel_mode="shared", pool=False, channels=4)),   # fast-path blocks after the lifting
+    ("p4m", dict(norm="batch", activation="relu", readout="max_mean")),
+])
+def test_classifier_logits_invariant_to_image_rotations_flips_and_translations(kind, options):
+    """torch ops on the image (not the group action): rot90, flips (p4m), circular shifts by
+    multiples of 4 (the grid after two 2x2 poolings)."""
+    model = image_classifier(kind, **options)
+    x = torch.randn(3, 1, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        logits = model(x)
+        moved = [torch.rot90(x, k, (-2, -1)) for k in (1, 2, 3)] + [torch.roll(x, (4, -8), (-2, -1))]
+        if kind == "p4m":
+            moved += [torch.flip(x, (-1,)), torch.flip(x, (-2,)), torch.rot90(torch.flip(x, (-1,)), 1, (-2, -1))]
+        for image in moved:
+            torch.testing.assert_close(model(image), logits, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["p4", "p4m"])
+def test_float32_invariance_through_the_equivariance_tooling(kind):
+    model = image_classifier(kind).float()
+    group = model.group
+    elements = [image_transform_element(group, 1), image_transform_element(group, 3, roll=(4, 12)),
+                image_transform_element(group, 2, flip=kind == "p4m")]
+    grid = PixelGrid(group)
+    error = equivariance_error(model, model.example_input(4), grid, elements=elements, reduction="max")
+    assert error < 1e-5
+    # not to a one-pixel shift: the pooled layers see only translations of their coarser grid
+    shifted = equivariance_error(model, model.example_input(4), grid, elements=[group.element((1, 0))])
+    assert shifted > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["p4", "p4m"])
+def test_pooled_model_declares_the_subgroup_it_is_invariant_to(kind):
+    """in_space: the 16 x 16 grid under p4(4) / p4m(4) (after two 2x2 poolings), so the runner's
+    diagnostic draws only elements the logits are invariant to; every one of them, float32."""
+    model = image_classifier(kind).float()
+    assert model.in_space.name == f"pixel grid of {kind}(16) under {kind}(4)"
+    assert equivariance_error(model, model.example_input(2), reduction="max") < 1e-5
+    assert image_classifier(kind, pool=False).in_space == PixelGrid(model.group)
+
+
+def test_relaxed_classifier_is_measurably_not_invariant():
+    model = image_classifier("p4", rank=1).float()
+    x = model.example_input(4)
+    assert equivariance_error(model, x, reduction="max") < 1e-5      # relaxations start at zero
+    perturb_relaxations(model)
+    assert equivariance_error(model, x) > 1e-3
+
+
+def test_pooling_options():
+    model = GMCNN("p4", 1, 4, t=1, blocks=3, channels=2, image_size=16, pool=[1])
+    pools = [m for m in model.modules() if isinstance(m, GMPool)]
+    assert [p.out_space.name for p in pools] == ["p4(8)"]          # after residual block 1 only
+    assert model.head.in_features == 2
+    per_axis = GMCNN(["C8", "C8"], 1, 4, t=1, channels=3, pool=True).eval()
+    assert [m.out_space.name for m in per_axis.modules() if isinstance(m, GMPool)] == ["C4xC4"]
+    assert per_axis.in_space.name == "C4xC4 < C8xC8"
+    assert equivariance_error(per_axis, per_axis.example_input(2), reduction="max") < 1e-5
+    x = per_axis.example_input(2)
+    with torch.no_grad():
+        torch.testing.assert_close(per_axis(torch.roll(x, (2, 6), (-2, -1))), per_axis(x))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(pool=[2]), r"pool lists the blocks to pool after, 0 \.\. 1"),
+    (dict(channels=[3, 4, 5]), "channels lists one width per block: 2 blocks, got 3"),
+    (dict(norm="group"), "norm must be one of"),
+    (dict(group=["C16", "C16"], readout="max_mean"), "readout='max_mean' needs a wallpaper group"),
+    (dict(image_size=[16, 12]), "acts on square images"),
+    (dict(image_size=None), r"p4 needs the size of the pixel grid"),
+])
+def test_bad_options_are_one_line_errors(kwargs, message):
+    options = {"group": "p4", "t": 1, "channels": 3, "image_size": 16, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        GMCNN(in_channels=1, num_classes=4, **options)
+
+
+def rotate_field(v, k=1):
+    """torch.rot90 of a stack of vector fields (B, 2F, n, n), the vectors (v_x, v_y) rotated too."""
+    space = VectorField(f"p4({v.shape[-1]})")
+    matrix = torch.as_tensor(space.component_matrix(image_transform_element(space.group, k)), dtype=v.dtype)
+    turned = torch.rot90(v, k, (-2, -1)).unflatten(1, (-1, 2))
+    return torch.einsum("ij,bfjhw->bfihw", matrix, turned).flatten(1, 2)
+
+
+def test_rotating_a_field_by_a_quarter_turn_rotates_its_vectors():
+    """A field pointing along +x (columns), turned by torch.rot90 (rows towards columns)."""
+    v = torch.zeros(1, 2, 4, 4)
+    v[:, 0] = 1.0
+    turned = rotate_field(v)
+    assert torch.equal(turned[:, 0], torch.zeros(1, 4, 4)) and turned[:, 1].abs().eq(1).all()
+
+
+def vector_dynamics(**options):
+    return GMDynamics("p4", input_frames=2, field_channels=2, channels=5, blocks=2, t=1,
+                      image_size=8, field="vector", **options).double().eval()
+
+
+def test_dynamics_exactly_equivariant_to_rotating_the_input_field():
+    model = vector_dynamics(rank=0)
+    assert num_params(model) == (5 * 4 * 9 + 5) + 2 * (5 * 36 + 5 + 1) + (5 * 2 + 2)
+    x = model.example_input(2).double()
+    with torch.no_grad():
+        prediction = model(x)
+        for k in (1, 2, 3):
+            torch.testing.assert_close(model(rotate_field(x, k)), rotate_field(prediction, k),
+                                       rtol=0, atol=1e-10)
+        torch.testing.assert_close(model(torch.roll(x, (3, 1), (-2, -1))),
+                                   torch.roll(prediction, (3, 1), (-2, -1)), rtol=0, atol=1e-10)
+    assert equivariance_error(model.float(), x.float(), reduction="max") < 1e-5
+
+
+def test_relaxed_dynamics_only_approximately_equivariant():
+    model = vector_dynamics(rank=1)
+    x = model.example_input(2).double()
+    elements = [image_transform_element(model.group, 1)]
+    assert equivariance_error(model, x, elements=elements) < 1e-10
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "coefficients"):
+                module.coefficients.normal_(std=1e-3)  # a small perturbation: a small error
+    error = equivariance_error(model, x, elements=elements)
+    assert 1e-4 < error < 0.1
+
+
+def test_scalar_field_dynamics_on_p4():
+    model = GMDynamics("p4", input_frames=3, field_channels=1, channels=4, blocks=1, t=1,
+                       image_size=8, rank=0).double().eval()
+    x = model.example_input(2).double()
+    with torch.no_grad():
+        torch.testing.assert_close(model(torch.rot90(x, 1, (-2, -1))),
+                                   torch.rot90(model(x), 1, (-2, -1)), rtol=0, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_p4_model_learns_on_a_small_subset(tmp_path):
+    """The real runner, exp=rot-mnist-generated-p4 on 500 training images for 8 epochs (~30 s): well
+    above the 0.1 of chance on the 300 test images."""
+    overrides = [o for o in FAST if not o.startswith("data.options.train_size")]
+    result = runner("exp=rot-mnist-generated-p4", *overrides, "data.options.train_size=500",
+                    "trainer.epochs=8", "trainer.batch_size=32", f"hydra.run.dir={tmp_path}",
+                    timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = metrics_of(tmp_path)
+    assert metrics["num_params"] == 45_566
+    assert metrics["test_acc"] > 0.3
+
+
+def test_training_benchmark_reference_row():
+    """bench_training --reference: the other experiment's model timed in the same alternation."""
+    import argparse
+
+    from benchmarks import bench_training
+
+    args = argparse.Namespace(reference="rot-mnist-generated", variants="ours", batch=4, naive_batch=None,
+                              overrides=["model.channels=4"], compile=False, warmup=0, steps=1, rounds=1,
+                              contended=None, profile=False)
+    rows, targets = bench_training.benchmark("rot-mnist-generated-p4", args, torch.device("cpu"),
+                                             "float32", "alone")
+    assert [row[1] for row in rows] == ["ours", "rot-mnist-generated (reference)"]
+    assert any("ours / rot-mnist-generated = " in line for line in targets)
