@@ -256,3 +256,15 @@ def test_bad_overrides_exit_with_a_short_message(tmp_path, overrides, message):
     assert message in output, output[-2000:]
     assert "Traceback" not in output
     assert not (tmp_path / "run").exists()  # a run that fails before training leaves nothing
+
+
+@pytest.mark.parametrize("given,expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_runner_makes_openmp_threads_sleep_unless_told_otherwise(given, expected):
+    """OMP_WAIT_POLICY=PASSIVE before torch loads (spinning threads starve other jobs); an
+    explicit setting wins."""
+    env = {k: v for k, v in ENV.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    code = "import runner, os, sys; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [expected, "True"]
