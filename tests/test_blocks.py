@@ -164,6 +164,22 @@ def test_model_fast_paths_equal_reference(options, paths):
     assert assert_fast_path_matches_reference(model, [images]) == paths
 
 
+@pytest.mark.parametrize("group,options,paths", [
+    ("p4", dict(), {"lifting_norm_prelu", "two_blocks_max"}),      # the paper's model on p4
+    ("p4m", dict(in_channels=1), {"lifting_norm_prelu", "two_blocks_max"}),
+    ("p4", dict(channel_mode="full"), {"add_in_place"}),           # full mode: a conv lifting
+    ("p4", dict(norm="batch"), {"add_in_place"}),
+])
+def test_lifting_block_fast_path_equals_reference(group, options, paths):
+    """The lifting block of a wallpaper-group GM-CNN (scalar, gather, one weight channel) takes
+    the conv_norm_prelu kernel on the pulled-back channel sum, with equal logits and gradients
+    (the images' too); other liftings and norms take the reference."""
+    options = {"in_channels": 2, "t": 1, "lifting_t": 1, "channels": 4, **options}
+    model = GMCNN(group, num_classes=3, image_size=6, **options)
+    images = torch.randn(3, options["in_channels"], 6, 6)
+    assert assert_fast_path_matches_reference(model, [images]) == paths
+
+
 QUICK_CONFIGS = {("gmcnn", "cifar10"), ("gmcnn", "rot-mnist"), ("gm_dynamics", "plume-rotation"),
                  ("gm_dynamics", "jetflow")}
 

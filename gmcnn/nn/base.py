@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from gmcnn import functional as GF
 from gmcnn.equivariance import equivariance_error
 from gmcnn.groups import FiniteGroup, Subgroup, make_group
 from gmcnn.nn.relaxation import make_relaxation
@@ -87,6 +88,27 @@ class GroupMatrixLayer(EquivariantModule):
         self.weight = nn.Parameter(torch.empty(out_channels, weight_in, num_taps).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(out_channels).uniform_(-bound, bound)) if bias else None
         self.relaxation = make_relaxation(relaxation, rank, tuple(self.weight.shape), self.group.order)
+
+    def register_index(self, support) -> None:
+        """Buffers of a layer that is a GM convolution on its group with the neighbourhood
+        ``support`` (element indices): ``index[k, u] = u e_k^-1``, its inverse permutations, and
+        the anchors and pairs of the fused kernels' Gram matrix (for a weight of one input channel,
+        where they save inner products)."""
+        self.register_buffer("index", GF.conv_index(self.group, support), persistent=False)
+        self.register_buffer("inverse_index", GF.inverse_permutations(self.index), persistent=False)
+        anchors = pairs = None
+        if self.weight.shape[1] == 1:
+            anchors, pairs = GF.gram_plan(self.group, support)
+            if 2 * len(anchors) > len(support):
+                anchors = pairs = None
+        self.register_buffer("gram_anchors", anchors, persistent=False)
+        self.register_buffer("gram_pairs", pairs, persistent=False)
+
+    @property
+    def gram_plan(self) -> tuple[Tensor, Tensor] | None:
+        """(anchors, pairs) of :func:`gmcnn.functional.gram_plan`, or None where they would not
+        save work (at least half as many anchors as taps)."""
+        return None if self.gram_anchors is None else (self.gram_anchors, self.gram_pairs)
 
     @property
     def rank(self) -> int:

@@ -16,7 +16,9 @@ SiLU for the PReLU, an affine norm, a lifting layer, another shortcut) takes the
 * :class:`ConvNormAct` ``(layer, activation, norm="layer")``: activation(norm(layer(x))) with
   norm the LayerNorm over (C, N) without affine (GM-CNN) or None (GMDynamics). Fast paths:
   ``"conv_norm_prelu"`` (exact shared-mode gather GMConv, that LayerNorm, a one-slope PReLU: the
-  whole block as :func:`gmcnn.fused.gm_conv_norm_prelu`) and ``"profiled"`` (a relaxed
+  whole block as :func:`gmcnn.fused.gm_conv_norm_prelu`), ``"lifting_norm_prelu"`` (the same
+  after an exact scalar gather :class:`~gmcnn.nn.lifting.GMLifting` with a one-input-channel
+  weight, which is the GM convolution on G of the pulled-back channel sum) and ``"profiled"`` (a relaxed
   shared-mode gather GMConv: its (1 + r) GM products from one gather,
   :meth:`~gmcnn.nn.conv.GMConv.profiled_product`; the norm by its module, a one-slope PReLU as
   :func:`gmcnn.fused.prelu`, another activation by its module).
@@ -48,6 +50,7 @@ from torch import Tensor, nn
 from gmcnn import fused as kernels
 from gmcnn.nn.base import num_positions
 from gmcnn.nn.conv import GMConv
+from gmcnn.nn.lifting import GMLifting
 from gmcnn.nn.pointwise import PointwiseConv
 
 KERNEL_DTYPES = (torch.float32, torch.float64)
@@ -121,22 +124,33 @@ class ConvNormAct(FastPathModule):
     def path_for(self, x: Tensor) -> str | None:
         """The check behind ``fast_path`` (GlobalMaxTail asks it about its layers directly)."""
         conv = self.conv
-        if not (self.fused and type(conv) is GMConv and conv.channel_mode == "shared"
-                and conv.backend == "gather" and x.dim() == 3
-                and tuple(x.shape[1:]) == (conv.in_channels, conv.group.order)
-                and runtime_allows_fast_path(x, list(self.parameters()))):
+        if not (self.fused and x.dim() == 3 and runtime_allows_fast_path(x, list(self.parameters()))):
             return None
-        if conv.relaxation is not None:
-            return "profiled"
-        if (self._plain_layer_norm() and type(self.activation) is nn.PReLU
-                and self.activation.weight.numel() == 1
-                and tuple(conv.weight.shape) == (conv.out_channels, 1, conv.index.shape[0])):
-            return "conv_norm_prelu"
+        if (type(conv) is GMConv and conv.channel_mode == "shared" and conv.backend == "gather"
+                and tuple(x.shape[1:]) == (conv.in_channels, conv.group.order)):
+            if conv.relaxation is not None:
+                return "profiled"
+            return "conv_norm_prelu" if self._norm_prelu_fusable() else None
+        if (type(conv) is GMLifting and conv.field == "scalar" and conv.backend == "gather"
+                and conv.relaxation is None and conv.weight.shape[1] == 1
+                and tuple(x.shape[1:]) == (conv.in_channels, conv.group.n ** 2)
+                and self._norm_prelu_fusable()):
+            return "lifting_norm_prelu"
         return None
+
+    def _norm_prelu_fusable(self) -> bool:
+        """The norm and activation that the conv_norm_prelu kernel computes, after a layer of a
+        shared-mode weight (O, 1, K)."""
+        conv = self.conv
+        return (self._plain_layer_norm() and type(self.activation) is nn.PReLU
+                and self.activation.weight.numel() == 1
+                and tuple(conv.weight.shape) == (conv.out_channels, 1, conv.index.shape[0]))
 
     def forward(self, x: Tensor) -> Tensor:
         path = self.fast_path(x)
         conv = self.conv
+        if path == "lifting_norm_prelu":   # a GM convolution of the pulled-back channel sum
+            path, x = "conv_norm_prelu", conv.pullback(x.sum(1, keepdim=True))
         if path == "conv_norm_prelu":
             return kernels.gm_conv_norm_prelu(x, conv.weight, conv.bias, self.activation.weight,
                                               conv.index, conv.inverse_index, self.norm.eps,

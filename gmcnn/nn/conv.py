@@ -48,24 +48,8 @@ class GMConv(GroupMatrixLayer):
         super().__init__(group, in_channels, out_channels, len(support), channel_mode, bias,
                          rank, relaxation)
         self.t = t if neighbourhood is None else None
-        self.register_buffer("index", GF.conv_index(group, support), persistent=False)
-        self.register_buffer("inverse_index", GF.inverse_permutations(self.index), persistent=False)
-        # anchors and pairs for the fused (shared-mode) kernels' Gram matrix, where they save
-        # inner products
-        anchors = pairs = None
-        if self.channel_mode == "shared":
-            anchors, pairs = GF.gram_plan(group, support)
-            if 2 * len(anchors) > len(support):
-                anchors = pairs = None
-        self.register_buffer("gram_anchors", anchors, persistent=False)
-        self.register_buffer("gram_pairs", pairs, persistent=False)
+        self.register_index(support)
         self.backend = self._resolve_backend(backend)
-
-    @property
-    def gram_plan(self) -> tuple[Tensor, Tensor] | None:
-        """(anchors, pairs) of :func:`gmcnn.functional.gram_plan`, or None where they would not
-        save work (at least half as many anchors as taps)."""
-        return None if self.gram_anchors is None else (self.gram_anchors, self.gram_pairs)
 
     def _resolve_backend(self, backend: str) -> str:
         if backend not in BACKENDS:

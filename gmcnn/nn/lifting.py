@@ -136,8 +136,7 @@ class GMLifting(GroupMatrixLayer):
                          relaxation, weight_in_channels=weight_in)
         self.t, self.field, self.in_space = t, field, space
         support = group.combine(group.normal.inverse[box], group.acting.identity)  # (-d_k, e)
-        self.register_buffer("index", GF.conv_index(group, support), persistent=False)
-        self.register_buffer("inverse_index", GF.inverse_permutations(self.index), persistent=False)
+        self.register_index(support)
         if isinstance(space, VectorField):
             frames = torch.as_tensor(space.component_matrices[group.acting.inverse], dtype=torch.float32)
             self.register_buffer("frames", frames, persistent=False)          # L_h^-1 on (v_x, v_y)
