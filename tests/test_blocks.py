@@ -13,7 +13,14 @@ from omegaconf import open_dict
 from torch import nn
 
 from gmcnn.functional import conv_index, gather_taps, gram_plan
-from gmcnn.fused import gm_conv_norm_prelu, gm_relaxed_residual_prelu, gm_residual_block_max, gm_two_blocks_max, prelu
+from gmcnn.fused import (
+    StreamBlock,
+    gm_conv_norm_prelu,
+    gm_residual_block_max,
+    gm_residual_stream,
+    gm_two_blocks_max,
+    prelu,
+)
 from gmcnn.groups import make_group
 from gmcnn.models import GMCNN, GMDynamics
 from gmcnn.nn import ConvNormAct, GlobalMaxTail, GMConv, PointwiseConv, ResidualBlock
@@ -363,33 +370,75 @@ def test_prelu_equals_aten_prelu(slope):
     assert_same_function(prelu, F.prelu, (h, a))
 
 
-def test_dynamics_fast_path_equals_reference():
-    model = GMDynamics(["C8", "C8"], input_frames=2, channels=5, rank=1)
+@pytest.mark.parametrize("options", [dict(group=["C8", "C8"]),
+                                     dict(group="p4", image_size=6, field="vector"),  # GMLifting first
+                                     dict(group=["C8", "C8"], relaxation="multiplicative")])
+def test_dynamics_body_runs_as_one_stream_kernel(options):
+    model = GMDynamics(input_frames=2, channels=5, rank=1, **options)
     with torch.no_grad():
-        for block in model.blocks:
-            block.layers[0].conv.relaxation.coefficients.normal_()
-    paths = assert_fast_path_matches_reference(model, [model.example_input(2)])
-    assert paths == {"relaxed_residual_prelu"}
+        for block in model.stream.blocks:
+            for p in block.layers[0].conv.relaxation.parameters():
+                p.normal_()
+    assert assert_fast_path_matches_reference(model, [model.example_input(2)]) == {"residual_stream"}
 
 
-@pytest.mark.parametrize("relaxation,rank,slope", [("additive", 1, 0.25), ("additive", 2, 1.0),
-                                                   ("multiplicative", 1, -0.3)])
-@pytest.mark.parametrize("bias", [True, False])
-def test_relaxed_residual_prelu_equals_composition(relaxation, rank, slope, bias):
+@pytest.mark.parametrize("mutate", [
+    lambda model: setattr(model.stream.blocks[1].layers[0], "activation", nn.SiLU()),
+    lambda model: setattr(model.stream.blocks[0], "shortcut", PointwiseConv(5, 5).double()),
+    lambda model: setattr(model.stream, "project", nn.Sequential(model.stream.project)),
+])
+def test_a_changed_dynamics_body_takes_the_reference(mutate):
+    """Another activation, shortcut or projection than the stream kernel computes: the body runs
+    its modules (the other blocks their own fast paths), and the output changes."""
     torch.manual_seed(0)
-    conv = GMConv("D4xC3", 5, 5, t=1, rank=rank, relaxation=relaxation, bias=bias).double()
+    model = GMDynamics(["C8", "C8"], input_frames=2, channels=5, rank=1).double()
+    x = model.example_input(2).double()
+    before = model(x)
+    mutate(model)
+    with recorded_fast_paths(model) as taken:
+        after = model(x)
+    assert "residual_stream" not in taken and "profiled" in taken
+    model.fused = False
+    torch.testing.assert_close(after, model(x), rtol=1e-12, atol=1e-12)
+    if not isinstance(model.stream.project, nn.Sequential):
+        assert (after - before).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("relaxation,rank,slopes", [("additive", 1, (0.25, -0.3)),
+                                                    ("additive", 2, (1.0, 0.0)),
+                                                    ("multiplicative", 1, (0.6, 1.2))])
+@pytest.mark.parametrize("lift", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_residual_stream_equals_composition(relaxation, rank, slopes, lift, bias):
+    """gm_residual_stream against lift -> residual blocks (x + PReLU(relaxed GMConv(x))) ->
+    projection, values and every gradient, for slopes near and far from 1, with and without a
+    lift and biases, two blocks over different neighbourhoods of one group."""
+    torch.manual_seed(0)
+    convs = [GMConv("C6xC5", 5, 5, t=t, rank=rank, relaxation=relaxation, bias=bias).double()
+             for t in (1, 2)]
     with torch.no_grad():
-        for p in conv.relaxation.parameters():
-            p.normal_()
-    x = torch.randn(2, 5, conv.group.order, dtype=torch.double, requires_grad=True)
-    a = torch.tensor([slope], dtype=torch.double, requires_grad=True)
+        for conv in convs:
+            for p in conv.relaxation.parameters():
+                p.normal_()
+    lifting = PointwiseConv(3, 5, bias=bias).double() if lift else None
+    project = PointwiseConv(5, 2, bias=bias).double()
+    x = torch.randn(2, 3 if lift else 5, convs[0].group.order, dtype=torch.double, requires_grad=True)
+    a = [torch.tensor([slope], dtype=torch.double, requires_grad=True) for slope in slopes]
+    params = [*[p for m in (*convs, lifting, project) if m is not None for p in m.parameters()], *a]
 
-    def fused(x, a, *_):
-        weights, profiles = conv.relaxation.profiled_weights(conv.weight)
-        return gm_relaxed_residual_prelu(x, weights, profiles, conv.bias, a, conv.index,
-                                         conv.inverse_index)
+    def fused(x, *_):
+        blocks = [StreamBlock(*conv.relaxation.profiled_weights(conv.weight), conv.bias, slope,
+                              conv.index, conv.inverse_index) for conv, slope in zip(convs, a)]
+        return gm_residual_stream(x, lifting.weight if lift else None,
+                                  lifting.bias if lift else None, blocks, project.weight, project.bias)
 
-    assert_same_function(fused, lambda x, a, *_: x + F.prelu(conv(x), a), (x, a, *conv.parameters()))
+    def reference(x, *_):
+        h = lifting(x) if lift else x
+        for conv, slope in zip(convs, a):
+            h = h + F.prelu(conv(h), slope)
+        return project(h)
+
+    assert_same_function(fused, reference, (x, *params))
 
 
 @pytest.mark.parametrize("in_channels", [3, 20])  # bias folded into the matmul, or added

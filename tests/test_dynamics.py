@@ -48,7 +48,7 @@ def test_exact_dynamics_model_is_equivariant_and_relaxed_is_not():
     assert equivariance_error(exact, x, elements=range(0, 256, 7), reduction="max") < 1e-5
     relaxed = GMDynamics(["C16", "C16"], channels=8, rank=1).eval()
     with torch.no_grad():
-        for block in relaxed.blocks:
+        for block in relaxed.stream.blocks:
             block.layers[0].conv.relaxation.coefficients.normal_()
     assert equivariance_error(relaxed, x, elements=range(1, 256, 7)) > 1e-3
 

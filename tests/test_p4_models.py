@@ -43,7 +43,7 @@ def test_experiments_compose_build_and_count(exp, spec):
     assert (cfg.name, cfg.task) == (exp, task)
     model = hydra.utils.instantiate(cfg.model)
     assert model.group.name == group and num_params(model) == expected
-    assert isinstance(model.blocks[0].conv if task == "classification" else model.lift, GMLifting)
+    assert isinstance(model.blocks[0].conv if task == "classification" else model.stream.lift, GMLifting)
     if task == "classification":
         assert model(model.example_input(2)).shape == (2, 10)
 

@@ -19,9 +19,11 @@ the grid; ``field="scalar"``: the mean over the point group). With rank 0 the pr
 exactly equivariant to rotating (and mirroring) the input field, grid and vectors, and to the
 circular translations; the relaxation (``rank`` > 0) applies to the lifting and the blocks.
 
-Predictions are rolled out autoregressively by the training protocol, not here. The blocks are
-:mod:`gmcnn.nn.blocks` residual blocks; their fast path (``fused=True``) computes a relaxed
-layer's (1 + r) GM products from one gather, ``fused=False`` their reference composition.
+Predictions are rolled out autoregressively by the training protocol, not here. The lift, the
+blocks and the 1x1 projection are a :class:`~gmcnn.nn.blocks.ResidualStream`, whose fast path
+(``fused=True``) is one kernel that computes each relaxed layer's (1 + r) GM products from one
+gather and carries only the stream's channel sum and projection, not its C channels;
+``fused=False`` runs the reference composition.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from torch import Tensor, nn
 from gmcnn.groups import WallpaperGroup
 from gmcnn.models.grid import model_group
 from gmcnn.nn import EquivariantModule, GMConv, GMLifting, GMProjection, PointwiseConv
-from gmcnn.nn.blocks import ConvNormAct, FusedFlag, ResidualBlock
+from gmcnn.nn.blocks import ConvNormAct, FusedFlag, ResidualBlock, ResidualStream
 from gmcnn.spaces import make_space
 
 
@@ -54,20 +56,20 @@ class GMDynamics(FusedFlag, EquivariantModule):
         self.group, self.image_shape = model_group(group, image_size)
         self.in_channels = input_frames * field_channels
         relax = dict(rank=rank, relaxation=relaxation)
-        if isinstance(self.group, WallpaperGroup):
+        wallpaper = isinstance(self.group, WallpaperGroup)
+        if wallpaper:
             self.in_space = self.out_space = make_space(self.group, field)
-            self.lift = GMLifting(self.group, self.in_channels, channels, t=t, field=field,
-                                  channel_mode="full", **relax)
+            lift = GMLifting(self.group, self.in_channels, channels, t=t, field=field,
+                             channel_mode="full", **relax)
         else:
             self.in_space = self.out_space = self.group
-            self.lift = PointwiseConv(self.in_channels, channels)
-        self.blocks = nn.Sequential(*(ResidualBlock([ConvNormAct(
+            lift = PointwiseConv(self.in_channels, channels)
+        blocks = [ResidualBlock([ConvNormAct(
             GMConv(self.group, channels, channels, t=t, channel_mode=channel_mode,
                    backend=backend, **relax), nn.PReLU(), norm=None)])
-            for _ in range(blocks)))
-        self.project = PointwiseConv(channels, field_channels)
-        if isinstance(self.group, WallpaperGroup):
-            self.project = nn.Sequential(self.project, GMProjection(self.group, "mean", field))
+            for _ in range(blocks)]
+        self.stream = ResidualStream(lift, blocks, PointwiseConv(channels, field_channels))
+        self.readout = GMProjection(self.group, "mean", field) if wallpaper else nn.Identity()
         self.fused = fused
 
     def forward(self, frames: Tensor) -> Tensor:
@@ -75,8 +77,8 @@ class GMDynamics(FusedFlag, EquivariantModule):
             raise ValueError(f"GMDynamics on {self.group.name} expects input of shape (batch, "
                              f"{self.in_channels}, {', '.join(map(str, self.image_shape))}); got "
                              f"{tuple(frames.shape)}")
-        x = self.blocks(self.lift(frames.flatten(2)))
-        return self.project(x).reshape(frames.shape[0], -1, *self.image_shape)
+        y = self.readout(self.stream(frames.flatten(2)))
+        return y.reshape(frames.shape[0], -1, *self.image_shape)
 
     def example_input(self, batch_size: int = 2) -> Tensor:
         return torch.randn(batch_size, self.in_channels, *self.image_shape)

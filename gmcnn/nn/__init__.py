@@ -1,7 +1,7 @@
 """Neural-network layers on functions over finite groups."""
 
 from gmcnn.nn.base import EquivariantModule, GroupMatrixLayer
-from gmcnn.nn.blocks import ConvNormAct, GlobalMaxTail, ResidualBlock, set_fast_path
+from gmcnn.nn.blocks import ConvNormAct, GlobalMaxTail, ResidualBlock, ResidualStream, set_fast_path
 from gmcnn.nn.conv import GMConv
 from gmcnn.nn.lifting import GMLifting, GMProjection
 from gmcnn.nn.linear import GMLinear
@@ -11,4 +11,4 @@ from gmcnn.nn.relaxation import AdditiveRelaxation, MultiplicativeRelaxation, re
 
 __all__ = ["EquivariantModule", "GroupMatrixLayer", "GMConv", "GMLinear", "GMPool", "GMUnpool", "PointwiseConv",
            "GMLifting", "GMProjection", "AdditiveRelaxation", "MultiplicativeRelaxation", "relaxation_penalty",
-           "ConvNormAct", "ResidualBlock", "GlobalMaxTail", "set_fast_path"]
+           "ConvNormAct", "ResidualBlock", "ResidualStream", "GlobalMaxTail", "set_fast_path"]

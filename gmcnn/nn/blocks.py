@@ -10,7 +10,8 @@ input and parameters, no autocast (the kernels are not written for reduced preci
 torch.compile (which fuses the reference itself). The kernels are once-differentiable autograd
 Functions with a hand-derived backward: a double backward through them raises, and needs
 ``fused=False``. So a change to a block that its kernel does not implement (a
-SiLU for the PReLU, an affine norm, a lifting layer, another shortcut) takes the reference path.
+SiLU for the PReLU, an affine norm, a vector-field lifting, another shortcut) takes the
+reference path.
 ``fused=False`` (a block's flag, or :func:`set_fast_path` for a whole model) forces the reference.
 
 * :class:`ConvNormAct` ``(layer, activation, norm="layer")``: activation(norm(layer(x))) with
@@ -23,12 +24,14 @@ SiLU for the PReLU, an affine norm, a lifting layer, another shortcut) takes the
   :meth:`~gmcnn.nn.conv.GMConv.profiled_product`; the norm by its module, a one-slope PReLU as
   :func:`gmcnn.fused.prelu`, another activation by its module).
 * :class:`ResidualBlock` ``(layers, shortcut=None)``: layers(x) + shortcut(x), the shortcut the
-  identity or a :class:`~gmcnn.nn.pointwise.PointwiseConv`. Fast paths:
-  ``"relaxed_residual_prelu"`` (one relaxed shared-mode gather GMConv, no norm, a one-slope
-  PReLU, identity shortcut: the block as :func:`gmcnn.fused.gm_relaxed_residual_prelu`, the
-  GMDynamics block) and ``"add_in_place"`` (the shortcut accumulates into the last layer's
-  output when that is a PReLU's, whose backward does not read its output: one activation-sized
-  buffer less).
+  identity or a :class:`~gmcnn.nn.pointwise.PointwiseConv`. Fast path ``"add_in_place"`` (the
+  shortcut accumulates into the last layer's output when that is a PReLU's, whose backward does
+  not read its output: one activation-sized buffer less).
+* :class:`ResidualStream` ``(lift, blocks, project)``: project(blocks(lift(x))), the GMDynamics
+  body. Fast path ``"residual_stream"`` (every block one relaxed shared-mode gather GMConv, no
+  norm, a one-slope PReLU and an identity shortcut; a PointwiseConv projection; a PointwiseConv
+  lift, folded in, or any other lift, run first by its own forward: the whole as
+  :func:`gmcnn.fused.gm_residual_stream`, which never materialises the stream).
 * :class:`GlobalMaxTail` ``(blocks)``: max over positions of the last one or two residual blocks'
   output, (B, C, N) -> (B, C). Fast paths: ``"two_blocks_max"`` (two one-layer blocks whose
   layers take ``"conv_norm_prelu"``, share the index, the PReLU slope and the eps, an identity or
@@ -37,7 +40,7 @@ SiLU for the PReLU, an affine norm, a lifting layer, another shortcut) takes the
 
 A layer is anything with the GroupMatrixLayer interface: ``in_channels``, ``out_channels``,
 ``weight``, ``bias``, ``in_space``, ``out_space`` and ``forward`` (B, C, N_in) -> (B, O, N_out);
-only GMConv itself (``type(layer) is GMConv``) has fast paths.
+only GMConv and GMLifting themselves (``type(layer) is GMConv``, not a subclass) have fast paths.
 """
 
 from __future__ import annotations
@@ -176,25 +179,14 @@ class ResidualBlock(FastPathModule):
 
     def fast_path(self, x: Tensor) -> str | None:
         last = self.layers[-1]
-        if not (self.fused and type(self.shortcut) in (nn.Identity, PointwiseConv)
+        if (self.fused and type(self.shortcut) in (nn.Identity, PointwiseConv)
                 and isinstance(last, ConvNormAct) and type(last.activation) is nn.PReLU
                 and runtime_allows_fast_path(x, [])):
-            return None
-        if (len(self.layers) == 1 and type(self.shortcut) is nn.Identity and last.norm is None
-                and last.activation.weight.numel() == 1 and last.path_for(x) == "profiled"
-                and last.conv.in_channels == last.conv.out_channels):
-            return "relaxed_residual_prelu"
-        return "add_in_place"
+            return "add_in_place"
+        return None
 
     def forward(self, x: Tensor) -> Tensor:
         path = self.fast_path(x)
-        if path == "relaxed_residual_prelu":
-            (layer,) = self.layers
-            conv = layer.conv
-            weights, profiles = conv.relaxation.profiled_weights(conv.weight)
-            return kernels.gm_relaxed_residual_prelu(x, weights, profiles, conv.bias,
-                                                     layer.activation.weight, conv.index,
-                                                     conv.inverse_index)
         out = x
         for layer in self.layers:
             out = layer(out)
@@ -203,6 +195,63 @@ class ResidualBlock(FastPathModule):
                 return self.shortcut.add_to(out, x)
             return out.add_(x)
         return out + self.shortcut(x)
+
+
+class ResidualStream(FastPathModule):
+    """project(blocks(lift(x))): residual blocks between a lift (``None``: the identity) and a
+    projection, (B, C_in, N_in) -> (B, F, N)."""
+
+    def __init__(self, lift: nn.Module | None, blocks: Sequence[nn.Module], project: nn.Module,
+                 fused: bool = True):
+        super().__init__()
+        self.lift = nn.Identity() if lift is None else lift
+        self.blocks = nn.Sequential(*blocks)
+        self.project = project
+        self.fused = fused
+
+    @staticmethod
+    def _stream_layer(block: nn.Module, stream: Tensor) -> ConvNormAct | None:
+        """The block's layer if the block is x + PReLU(relaxed shared-mode GMConv(x)) with one
+        slope and no norm, on a stream like ``stream``."""
+        if not (type(block) is ResidualBlock and len(block.layers) == 1
+                and type(block.shortcut) is nn.Identity):
+            return None
+        layer = block.layers[0]
+        if (isinstance(layer, ConvNormAct) and layer.norm is None and type(layer.activation) is nn.PReLU
+                and layer.activation.weight.numel() == 1 and layer.path_for(stream) == "profiled"
+                and layer.conv.out_channels == stream.shape[1]):
+            return layer
+        return None
+
+    def fast_path(self, x: Tensor) -> str | None:
+        """x: the input of a pointwise lift (which the kernel folds in), or the stream itself
+        (after the identity or any other lift, which runs by its own forward)."""
+        project, folded = self.project, type(self.lift) is PointwiseConv
+        if not (self.fused and type(project) is PointwiseConv and x.dim() == 3
+                and runtime_allows_fast_path(x, list(self.parameters()))):
+            return None
+        width = project.weight.shape[1]
+        if x.shape[1] != (self.lift.weight.shape[1] if folded else width):
+            return None
+        stream = x.new_empty(0, width, x.shape[-1])
+        if all(self._stream_layer(block, stream) is not None for block in self.blocks):
+            return "residual_stream"
+        return None
+
+    def forward(self, x: Tensor) -> Tensor:
+        folded = type(self.lift) is PointwiseConv
+        if not folded:
+            x = self.lift(x)
+        if self.fast_path(x) != "residual_stream":
+            return self.project(self.blocks(self.lift(x) if folded else x))
+        blocks = []
+        for block in self.blocks:
+            conv, activation = block.layers[0].conv, block.layers[0].activation
+            blocks.append(kernels.StreamBlock(*conv.relaxation.profiled_weights(conv.weight), conv.bias,
+                                              activation.weight, conv.index, conv.inverse_index))
+        return kernels.gm_residual_stream(x, self.lift.weight if folded else None,
+                                          self.lift.bias if folded else None, blocks,
+                                          self.project.weight, self.project.bias)
 
 
 class GlobalMaxTail(FastPathModule):

@@ -45,7 +45,6 @@ and are once differentiable.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import NamedTuple
 
 import torch
@@ -54,6 +53,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from gmcnn.functional import gather_adjoint, gather_taps, pointwise_add_
+from gmcnn.fused.saving import save_by_name, saved_by_name
 
 
 class _Normalized(NamedTuple):
@@ -71,32 +71,6 @@ class _Normalized(NamedTuple):
 
 
 Gram = tuple[Tensor, Tensor]   # (anchors, pairs) of gmcnn.functional.gram_plan
-
-
-def _save(ctx, **records: Tensor | _Normalized | None) -> None:
-    """``ctx.save_for_backward`` by name: tensors (or None) and _Normalized records, read back
-    as attributes by :func:`_saved`."""
-    names, tensors = [], []
-    for name, value in records.items():
-        fields = zip(value._fields, value) if isinstance(value, _Normalized) else [(None, value)]
-        for field, tensor in fields:
-            names.append((name, field))
-            tensors.append(tensor)
-    ctx.save_for_backward(*tensors)
-    ctx.saved_names = names
-
-
-def _saved(ctx) -> SimpleNamespace:
-    """The records of :func:`_save`, by name."""
-    plain: dict[str, Tensor | None] = {}
-    normalized: dict[str, dict[str, Tensor | None]] = {}
-    for (name, field), tensor in zip(ctx.saved_names, ctx.saved_tensors):
-        if field is None:
-            plain[name] = tensor
-        else:
-            normalized.setdefault(name, {})[field] = tensor
-    return SimpleNamespace(**plain, **{name: _Normalized(**fields)
-                                       for name, fields in normalized.items()})
 
 
 def _normalized_conv(x: Tensor, w: Tensor, bias: Tensor | None, index: Tensor, eps: float,
@@ -184,14 +158,14 @@ class _GMConvNormPReLU(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, slope: Tensor,
                 index: Tensor, inverse: Tensor, eps: float, gram_plan: Gram | None) -> Tensor:
         saved = _normalized_conv(x, weight[:, 0], bias, index, eps, gram_plan)
-        _save(ctx, conv=saved, weight=weight, slope=slope, inverse=inverse)
+        save_by_name(ctx, conv=saved, weight=weight, slope=slope, inverse=inverse)
         ctx.channels, ctx.has_bias = x.shape[1], bias is not None
         return F.prelu(saved.y, slope)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_z: Tensor):
-        record = _saved(ctx)
+        record = saved_by_name(ctx)
         saved, slope, inverse = record.conv, record.slope, record.inverse
         y, w = saved.y, record.weight[:, 0]
         # grad_z where y > 0 (ReLU's backward kernel), then in place: on CPU every fresh
@@ -223,101 +197,6 @@ class _GMConvNormPReLU(torch.autograd.Function):
         if grad_x is not None:
             grad_x = grad_x[:, None].expand(-1, ctx.channels, -1)
         return grad_x, grad_w, grad_b, grad_slope, None, None, None, None
-
-
-class _PReLU(torch.autograd.Function):
-    """PReLU with one slope; the backward is ReLU's backward kernel, an in-place lerp and two dot
-    products (aten's PReLU backward is several times slower on CPU)."""
-
-    @staticmethod
-    def forward(ctx, h: Tensor, slope: Tensor) -> Tensor:
-        ctx.save_for_backward(h, slope)
-        return F.prelu(h, slope)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_z: Tensor):
-        h, slope = ctx.saved_tensors
-        grad_h = torch.ops.aten.threshold_backward(grad_z, h, 0)       # grad_z where h > 0
-        grad_slope = None
-        if ctx.needs_input_grad[1]:  # sum over h <= 0 of grad_z h
-            grad_slope = (torch.dot(grad_z.flatten(), h.flatten())
-                          - torch.dot(grad_h.flatten(), h.flatten())).reshape(slope.shape)
-        return grad_h.lerp_(grad_z, slope), grad_slope
-
-
-def prelu(h: Tensor, slope: Tensor) -> Tensor:
-    """``F.prelu(h, slope)`` for a single slope (1,), with a faster backward."""
-    _check_fusable(None, slope)
-    return _PReLU.apply(h, slope)
-
-
-class _RelaxedResidualPReLU(torch.autograd.Function):
-    """x + PReLU(sum_i P_i o GM(W_i) s + b 1^T): a residual block around one relaxed shared-mode
-    GM layer (gmcnn.functional.gm_conv_profiled) and a one-slope PReLU. The backward takes the
-    slope's gradient from gh . h = <W, sum_b gh gp^T> + <b, sum_b gh 1> (the weight's own
-    contraction), and the input gradient as gz + 1 gs^T in one pass."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, profiles: Tensor, bias: Tensor | None,
-                slope: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
-        sets, taps = weight.shape[1], weight.shape[-1]
-        s = torch.matmul(x.new_ones(1, x.shape[1]), x)[:, 0]             # (B, N)
-        g = gather_taps(s, index)                                        # (B, K, N)
-        profiled = (g[:, None] * profiles[None, :, None]).flatten(1, 2)  # (B, R K, N)
-        w = weight.reshape(weight.shape[0], sets * taps).expand(x.shape[0], -1, -1)
-        h = torch.bmm(w, profiled) if bias is None else torch.baddbmm(
-            bias[:, None].expand(x.shape[0], -1, x.shape[-1]), w, profiled)
-        _save(ctx, h=h, g=g, profiled=profiled, weight=weight, profiles=profiles, bias=bias,
-              slope=slope, inverse=inverse)
-        return F.prelu(h, slope).add_(x)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_z: Tensor):
-        saved = _saved(ctx)
-        h, slope, weight = saved.h, saved.slope, saved.weight
-        need = ctx.needs_input_grad
-        grad_h = torch.ops.aten.threshold_backward(grad_z, h, 0)        # grad_z where h > 0
-        a = float(slope) if need[4] else 0.0  # (a host sync on GPU)
-        near_one = abs(1 - a) < 0.5
-        if need[4]:
-            grad_z_h = torch.dot(grad_z.flatten(), h.flatten())
-            if near_one:
-                q = grad_z_h - torch.dot(grad_h.flatten(), h.flatten())
-        grad_h.lerp_(grad_z, slope)
-        w = weight.reshape(weight.shape[0], -1)                          # (O, R K)
-        grad_w = torch.bmm(grad_h, saved.profiled.transpose(1, 2)).sum(0)
-        grad_b = grad_h.sum((0, 2)) if saved.bias is not None else None
-        grad_slope = None
-        if need[4]:
-            if not near_one:
-                grad_h_h = (grad_w * w).sum() + (0 if grad_b is None else grad_b @ saved.bias)
-                q = (grad_z_h - grad_h_h) / (1 - a)
-            grad_slope = q.reshape(slope.shape)
-        grad_x = grad_profiles = None
-        if need[0] or need[2]:
-            sets, taps = weight.shape[1], weight.shape[-1]
-            grad_profiled = torch.bmm(w.T.expand(h.shape[0], -1, -1), grad_h)
-            grad_profiled = grad_profiled.unflatten(1, (sets, taps))     # (B, R, K, N)
-            if need[2]:
-                grad_profiles = (grad_profiled * saved.g[:, None]).sum((0, 2))
-            if need[0]:
-                grad_g = (grad_profiled * saved.profiles[:, None]).sum(1)
-                grad_x = grad_z + gather_adjoint(grad_g, saved.inverse)[:, None]
-        return (grad_x, grad_w.reshape(weight.shape), grad_profiles, grad_b, grad_slope,
-                None, None)
-
-
-def gm_relaxed_residual_prelu(x: Tensor, weight: Tensor, profiles: Tensor, bias: Tensor | None,
-                              slope: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
-    """``x + prelu(gm_conv_profiled(x, weight, profiles, index, inverse, bias), slope)`` for a
-    shared-mode weight (O, R, 1, K) with O = C, profiles (R, N), one slope. Returns (B, O, N)."""
-    _check_fusable(weight[:, 0], slope)
-    if x.shape[1] != weight.shape[0]:
-        raise ValueError(f"an identity shortcut needs as many input channels ({x.shape[1]}) as "
-                         f"output channels ({weight.shape[0]})")
-    return _RelaxedResidualPReLU.apply(x, weight, profiles, bias, slope, index, inverse)
 
 
 def _max_over_positions(z: Tensor) -> tuple[Tensor, Tensor]:
@@ -386,7 +265,7 @@ class _GMResidualBlockMax(torch.autograd.Function):
         saved = _normalized_conv(x, weight[:, 0], bias, index, eps, gram_plan)
         pooled, argmax = _max_over_positions(F.prelu(saved.y, slope).add_(x))
         y_at_max = saved.y.gather(-1, argmax[..., None])[..., 0]
-        _save(ctx, conv=saved if _fold_y(weight[:, 0]) else saved._replace(y=None),
+        save_by_name(ctx, conv=saved if _fold_y(weight[:, 0]) else saved._replace(y=None),
               y_at_max=y_at_max, argmax=argmax, weight=weight, slope=slope, inverse=inverse)
         ctx.has_bias = bias is not None
         return pooled
@@ -394,7 +273,7 @@ class _GMResidualBlockMax(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_pooled: Tensor):
-        saved = _saved(ctx)
+        saved = saved_by_name(ctx)
         need = ctx.needs_input_grad
         grad_sum, grad_w, grad_b, grad_slope = _last_block_backward(
             saved.conv, saved.weight[:, 0], saved.slope, saved.y_at_max, saved.argmax,
@@ -438,7 +317,7 @@ class _GMTwoBlocksMax(torch.autograd.Function):
         second = _normalized_conv(r, weight_2[:, 0], bias_2, index, eps, gram_plan)
         pooled, argmax = _max_over_positions(F.prelu(second.y, slope).add_(r))
         ys_at_max = [s.y.gather(-1, argmax[..., None])[..., 0] for s in (first, second)]
-        _save(ctx, x=x if shortcut_weight is not None else None, first=first,
+        save_by_name(ctx, x=x if shortcut_weight is not None else None, first=first,
               second=second if _fold_y(weight_2[:, 0]) else second._replace(y=None),
               y1_at_max=ys_at_max[0], y2_at_max=ys_at_max[1], argmax=argmax, weight_1=weight_1,
               shortcut_weight=shortcut_weight, weight_2=weight_2, slope=slope, inverse=inverse)
@@ -448,7 +327,7 @@ class _GMTwoBlocksMax(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_pooled: Tensor):
-        saved = _saved(ctx)
+        saved = saved_by_name(ctx)
         x, first, second, argmax, slope, inverse = (saved.x, saved.first, saved.second,
                                                     saved.argmax, saved.slope, saved.inverse)
         weight_1, shortcut_weight = saved.weight_1, saved.shortcut_weight
@@ -504,8 +383,8 @@ class _GMTwoBlocksMax(torch.autograd.Function):
                 None, None, None, None)
 
 
-def _check_fusable(weight: Tensor | None, slope: Tensor) -> None:
-    if (weight is not None and weight.shape[1] != 1) or slope.numel() != 1:
+def _check_fusable(weight: Tensor, slope: Tensor) -> None:
+    if weight.shape[1] != 1 or slope.numel() != 1:
         raise ValueError("the fused GM layers need shared channel mode (weight of shape "
                          "(O, 1, K)) and a single PReLU weight")
 
