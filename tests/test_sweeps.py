@@ -37,6 +37,10 @@ def test_help_shows_the_common_commands_and_the_config_groups():
                  "cifar10, jetflow, mnist-bg-rot", "model: cnn, cnn_dynamics, gm_dynamics, gmcnn",
                  'pip install -e ".[cluster]"'):
         assert line in result.stdout, result.stdout
+    exp_line = next(line for line in result.stdout.splitlines() if line.startswith("exp: "))
+    experiments = exp_line.removeprefix("exp: ").split(", ")
+    assert {"cifar10", "plume-rotation", "rot-mnist-generated-p4"} <= set(experiments)
+    assert "_dynamics" not in experiments  # the shared base of the dynamics experiments
 
 
 def summary_rows(text):
