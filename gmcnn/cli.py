@@ -22,6 +22,10 @@ status.
 (``<sweep dir>/.sweep_start``: jobs whose ``.hydra/`` is older belong to an earlier sweep into the
 same folder) and, in every job of the joblib launcher, sets torch's threads to
 max(1, cores // n_jobs) and OMP/MKL threads for the job's own subprocesses.
+
+:func:`config_groups` is ``--help``'s list of the options a user can choose (the resolver
+``${gmcnn.config_groups:}``, registered on import): options whose name starts with "_" are shared
+bases of other options (exp/_dynamics), listed nowhere and refused on the command line.
 """
 
 from __future__ import annotations
@@ -181,11 +185,30 @@ def _check_choice(loader: Any, group: str, value: str) -> None:
         package = module.replace("_", "-")
         raise CommandLineError(f"{group}={value} needs the {package} plugin, which is not installed: "
                                f"{CLUSTER}")
-    # options whose name starts with "_" are shared bases of other options (exp/_dynamics)
-    options = [o for o in loader.get_group_options(group) if not o.rpartition("/")[2].startswith("_")]
+    options = selectable_options(loader, group)
     if value not in options:
         raise CommandLineError(f"unknown {group} {value!r}{_closest(value, options)}; choose one of: "
                                f"{', '.join(options)}")
+
+
+def selectable_options(loader: Any, group: str) -> list[str]:
+    """The options of ``group`` a user can choose: not those whose name starts with "_", the shared
+    bases of other options (exp/_dynamics)."""
+    return [o for o in loader.get_group_options(group) if not o.rpartition("/")[2].startswith("_")]
+
+
+def config_groups() -> str:
+    """``--help``'s list of config groups, one ``group: option, ...`` line each (Hydra's
+    $APP_CONFIG_GROUPS without the shared bases); the resolver ``${gmcnn.config_groups:}`` of
+    configs/hydra/help/gmcnn.yaml."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    hydra = GlobalHydra.instance().hydra
+    groups = sorted(g for g in hydra.list_all_config_groups() if g.partition("/")[0] != "hydra")
+    return "\n".join(f"{g}: {', '.join(sorted(selectable_options(hydra.config_loader, g)))}" for g in groups)
+
+
+OmegaConf.register_new_resolver("gmcnn.config_groups", config_groups, replace=True)
 
 
 def _check_key(base: DictConfig, override: Any, overrides: list[str]) -> None:
@@ -368,4 +391,5 @@ def main(task: Callable[[], Any], config_dir: Path, argv: list[str] | None = Non
     return INTERRUPTED if INTERRUPTED in (status, verdict) else max(verdict, min(status, FAILED))
 
 
-__all__ = ["CommandLineError", "SweepCallback", "main", "preflight", "summarise", "threads_per_job"]
+__all__ = ["CommandLineError", "SweepCallback", "config_groups", "main", "preflight", "selectable_options",
+           "summarise", "threads_per_job"]

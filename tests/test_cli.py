@@ -7,6 +7,7 @@ import os
 import time
 
 import pytest
+from hydra import initialize_config_dir
 
 from gmcnn import cli
 from tests.helpers import ROOT
@@ -66,6 +67,20 @@ def test_a_missing_plugin_names_the_pip_extra(argv, package, monkeypatch):
     with pytest.raises(cli.CommandLineError, match=f"needs the {package} plugin, which is not "
                                                    r'installed: pip install -e "\.\[cluster\]"'):
         cli.preflight(argv, CONFIGS)
+
+
+def test_help_lists_the_options_a_user_can_choose():
+    """--help's config groups (configs/hydra/help/gmcnn.yaml): not exp/_dynamics, nor Hydra's groups."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        lines = cli.config_groups().splitlines()
+    groups = dict(line.split(": ", 1) for line in lines)
+    assert len(groups) == len(lines) and sorted(groups) == list(groups)
+    assert sorted(groups) == ["data", "exp", "hparams_search", "logger", "model", "optimizer", "paths",
+                              "scheduler", "trainer"]
+    experiments = groups["exp"].split(", ")
+    assert {"cifar10", "plume-rotation", "quickstart", "rot-mnist-generated-p4"} <= set(experiments)
+    assert "_dynamics" not in experiments and experiments == sorted(experiments)
+    assert groups["optimizer"] == "adam, adamw, sgd"
 
 
 @pytest.mark.parametrize("n_jobs,cores,threads", [(2, 16, 8), (2, 2, 1), (3, 16, 5), (8, 2, 1),

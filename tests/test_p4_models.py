@@ -11,6 +11,8 @@ from gmcnn.equivariance import equivariance_error, image_transform_element
 from gmcnn.models import GMCNN, GMDynamics
 from gmcnn.nn import GMLifting, GMPool
 from gmcnn.spaces import PixelGrid, VectorField
+from gmcnn.training.build import build_model, count_parameters
+from gmcnn.training.config import ConfigError, validate
 from tests.helpers import FAST, compose_config, metrics_of, runner
 
 # exp -> (extra overrides, task, group, parameter count)
@@ -60,6 +62,27 @@ def test_classification_recipe_is_the_papers(exp):
 def test_rot_mnist_p4_is_the_same_model_on_larochelle_data():
     cfg, generated = compose_config("exp=rot-mnist-p4"), compose_config("exp=rot-mnist-generated-p4")
     assert cfg.data.name == "rot-mnist" and cfg.model == generated.model
+
+
+@pytest.mark.parametrize("exp", [exp for exp, spec in EXPERIMENTS.items() if spec[1] == "classification"])
+def test_model_cnn_is_the_cnn_baseline_on_the_experiments_data_and_recipe(exp):
+    """The experiments' architecture is a model option (configs/model/gmcnn_p4*.yaml): model=cnn
+    replaces it, keeping the recipe (dropout 0.2, batch size, epochs)."""
+    cfg, gm = compose_config(f"exp={exp}", "model=cnn"), compose_config(f"exp={exp}")
+    assert (cfg.name, cfg.model._target_, cfg.model.dropout, cfg.model.blocks) == (exp, "gmcnn.models.CNN", 0.2, 3)
+    assert (cfg.data, cfg.trainer, cfg.optimizer) == (gm.data, gm.trainer, gm.optimizer)
+    validate(cfg)
+    model = build_model(cfg)
+    assert count_parameters(model) == 94_186  # as exp=rot-mnist-generated model=cnn
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_model_cnn_dynamics_is_the_cnn_baseline_on_the_rotating_plume():
+    cfg = compose_config("exp=plume-rotation-p4", "model=cnn_dynamics")
+    validate(cfg)
+    assert count_parameters(build_model(cfg)) == 593_286  # as exp=plume-rotation model=cnn_dynamics
+    with pytest.raises(ConfigError, match=r"use model=gm_dynamics or model=cnn_dynamics \(the CNN baseline\)$"):
+        validate(compose_config("exp=plume-rotation-p4", "model=cnn"))
 
 
 def test_parameter_count_formula():

@@ -34,9 +34,14 @@ def test_help_shows_the_common_commands_and_the_config_groups():
     assert result.returncode == 0
     for line in ("python runner.py -m model.channels=30,60 seed=1,2", "trainer.resume=true",
                  "summary_only=true", "python -m gmcnn.report", "hparams_search=quickstart_optuna",
-                 "cifar10, jetflow, mnist-bg-rot", "model: cnn, cnn_dynamics, gm_dynamics, gmcnn",
+                 "cifar10, jetflow, mnist-bg-rot",
+                 "model: cnn, cnn_dynamics, gm_dynamics, gm_dynamics_p4, gmcnn, gmcnn_p4, gmcnn_p4m",
                  'pip install -e ".[cluster]"'):
         assert line in result.stdout, result.stdout
+    exp_line = next(line for line in result.stdout.splitlines() if line.startswith("exp: "))
+    experiments = exp_line.removeprefix("exp: ").split(", ")
+    assert {"cifar10", "plume-rotation", "rot-mnist-generated-p4"} <= set(experiments)
+    assert "_dynamics" not in experiments  # the shared base of the dynamics experiments
 
 
 def summary_rows(text):
