@@ -250,18 +250,23 @@ def test_crafted_checkpoint_given_to_resume_is_refused(tmp_path):
 @pytest.mark.slow
 def test_concurrent_writer_is_refused_with_the_other_process(tmp_path):
     run_dir = tmp_path / "run"
-    first = start_runner(*TINY, "trainer.epochs=2", f"hydra.run.dir={run_dir}")
+    # the first run is long enough to outlive the second's start on a loaded machine; stopped after
+    first = start_runner(*TINY, "trainer.epochs=1000", f"hydra.run.dir={run_dir}")
     deadline = time.time() + 120
     while not (run_dir / ".lock").is_file() or not (run_dir / ".lock").read_text():
         assert first.poll() is None and time.time() < deadline
         time.sleep(0.02)
     second = runner(*TINY, "trainer.epochs=2", f"hydra.run.dir={run_dir}")
+    assert first.poll() is None, "the first run ended before the second was refused"
     assert second.returncode == 1
     lines = [x for x in (second.stdout + second.stderr).splitlines() if "ERROR" in x]
     assert len(lines) == 1 and f"is in use by process {first.pid} on " in lines[0]
-    assert first.wait(timeout=240) == 0
-    metrics = metrics_of(run_dir)
-    assert metrics["status"] == "finished" and metrics["epochs_completed"] == 2
+    while not (run_dir / "checkpoints" / "last.pt").is_file():   # in the training loop: stop it
+        assert first.poll() is None and time.time() < deadline + 120
+        time.sleep(0.05)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=240) == 3
+    assert metrics_of(run_dir)["status"] == "interrupted"
 
 
 @pytest.mark.slow
