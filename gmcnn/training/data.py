@@ -57,6 +57,14 @@ def check_num_classes(cfg: DictConfig, splits: Splits) -> None:
                           f"classes (labels 0..{found - 1}); set data.num_classes={found}")
 
 
+def first_samples(dataset: Dataset, count: int) -> Dataset:
+    """The first ``count`` samples of ``dataset`` (all if it has fewer), indexed a whole batch at a
+    time if ``dataset`` is."""
+    subset = torch.utils.data.Subset(dataset, range(min(count, len(dataset))))
+    subset.batch_indexable = isinstance(dataset, TensorDataset) or getattr(dataset, "batch_indexable", False)
+    return subset
+
+
 class SkipBatches(Sampler[list[int]]):
     """``batches`` without its first ``skip`` batches (resuming mid-epoch)."""
 
