@@ -11,6 +11,7 @@ import torch
 
 from gmcnn.training import TrainingDiverged, checkpoint, run
 from gmcnn.training.build import build_model, count_parameters
+from gmcnn.training.data import fixed_subset
 from gmcnn.training.engine import Trainer, resolve_micro_batch_size
 from tests.helpers import ENV, FAST, ROOT, compose_config, metrics_of, runner
 
@@ -302,8 +303,9 @@ def population_statistics(model, images, batch_size):
 @pytest.mark.parametrize("training", [True, False])
 def test_batch_norm_recalibration_gives_the_population_statistics(training):
     """trainer.bn_recalibration=100: running mean / var of every batch-norm layer become the
-    statistics of its inputs over the first 100 training samples (batches of 32: 32, 32, 32, 4),
-    whatever they were; dropout off meanwhile; modes, momentum and batch counts kept."""
+    statistics of its inputs over a fixed set of 100 of the 150 training samples (in batches of
+    32: 32, 32, 32, 4), whatever they were; dropout off meanwhile; modes, momentum and batch
+    counts kept."""
     cfg = compose_config(*FAST, "trainer.batch_size=32", "trainer.micro_batch_size=null",
                          "trainer.bn_recalibration=100")
     torch.manual_seed(0)
@@ -314,10 +316,14 @@ def test_batch_norm_recalibration_gives_the_population_statistics(training):
         layer.num_batches_tracked.fill_(7)
     model.train(training)
     images = torch.randn(150, 1, 28, 28) * 2 + 0.5
+    data = torch.utils.data.TensorDataset(images, torch.zeros(150).long())
+    indices = fixed_subset(data, 100).indices
+    assert indices == fixed_subset(data, 100).indices and indices == sorted(indices)
+    assert len(set(indices)) == 100 and max(indices) >= 100  # spread over the data, not its head
     trainer = Trainer(cfg, model, torch.device("cpu"))
-    assert trainer.recalibrate_batch_norm(torch.utils.data.TensorDataset(images, torch.zeros(150).long()))
+    assert trainer.recalibrate_batch_norm(data)
     with torch.no_grad():
-        expected = population_statistics(model, images[:100], 32)
+        expected = population_statistics(model, images[indices], 32)
     for layer, (mean, var) in zip((model.bn2d, model.bn1d), expected):
         torch.testing.assert_close(layer.running_mean.double(), mean, rtol=0, atol=1e-6)
         torch.testing.assert_close(layer.running_var.double(), var, rtol=1e-6, atol=1e-6)

@@ -10,7 +10,7 @@ Every epoch ends with a checkpoint of everything needed to continue bit-for-bit 
 a stop signal (signals.py) ends the run after the current step with a mid-epoch checkpoint.
 Shuffling draws from a generator seeded by (seed, epoch), so a resumed run on CPU reproduces the
 uninterrupted one exactly. Before every evaluation the running statistics of batch-norm layers are
-recomputed from the first ``trainer.bn_recalibration`` training samples (precise_bn.py), so that
+recomputed from a fixed set of ``trainer.bn_recalibration`` training samples (precise_bn.py), so that
 best.pt holds the statistics its validation and test metrics were computed with.
 """
 
@@ -36,7 +36,7 @@ from gmcnn.training import checkpoint, distributed, precise_bn
 from gmcnn.training.build import build_model, count_parameters, model_summary
 from gmcnn.training.checkpoint import Progress
 from gmcnn.training.config import instantiate, monitor_sign, resolve_device, validate
-from gmcnn.training.data import first_samples, load_data, make_loader
+from gmcnn.training.data import fixed_subset, load_data, make_loader
 from gmcnn.training.diagnostics import equivariance_metric, plot_relaxation
 from gmcnn.training.objectives import OBJECTIVES
 from gmcnn.training.resume import Plan
@@ -155,12 +155,12 @@ class Trainer:
         return {"train_loss": progress.loss_sum / progress.seen, f"train_{self.objective.score}": score}
 
     def recalibrate_batch_norm(self, train: Dataset) -> bool:
-        """Recompute the running statistics of the model's batch-norm layers (if any) from the
-        first ``trainer.bn_recalibration`` samples of ``train``, in order, batched as in
+        """Recompute the running statistics of the model's batch-norm layers (if any) from a fixed
+        set of ``trainer.bn_recalibration`` samples of ``train`` (data.fixed_subset), batched as in
         :meth:`evaluate` (precise_bn.py); False, doing nothing, if that is 0 or there are none."""
         if not self.bn_recalibration or not precise_bn.batch_norm_layers(self.model):
             return False
-        loader = make_loader(first_samples(train, self.bn_recalibration), self.cfg.trainer.batch_size,
+        loader = make_loader(fixed_subset(train, self.bn_recalibration), self.cfg.trainer.batch_size,
                              False, 0, self.cfg, self.device)
 
         def forward(inputs: Tensor, targets: Tensor) -> None:
