@@ -44,3 +44,43 @@ def test_two_process_run_and_its_resume_equal_the_single_process_run(tmp_path):
     metrics = [json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("single", "ddp")]
     assert metrics[1]["test_loss"] == pytest.approx(metrics[0]["test_loss"], rel=1e-5)
     assert metrics[1]["test_acc"] == metrics[0]["test_acc"]
+
+
+def recalibrate_on_a_shard(rank: int, init_file: str, results: str) -> None:
+    """One of two gloo processes: recalibrate the seeded conv -> BatchNorm2d on this rank's share
+    of every batch of 10 (rows rank::2) and save the running statistics."""
+    import torch
+    import torch.distributed as dist
+
+    from gmcnn.training import precise_bn
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.BatchNorm2d(3))
+        images = torch.randn(35, 1, 8, 8) * 2 + 1
+        batches = [(x[rank::2], x[rank::2]) for x in images.split(10)]
+        samples = precise_bn.recalibrate(model, batches, lambda x, _: model(x), torch.device("cpu"))
+        torch.save({"samples": samples, "mean": model[1].running_mean, "var": model[1].running_var},
+                   f"{results}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_batch_norm_recalibration_under_two_processes_gives_every_rank_the_whole_statistics(tmp_path):
+    """Each rank passes its share; the all-reduced sums give both ranks the statistics of all 35
+    samples (equal to a single process computing them directly)."""
+    import torch
+    import torch.multiprocessing as mp
+
+    mp.spawn(recalibrate_on_a_shard, args=(str(tmp_path / "init"), str(tmp_path / "stats")), nprocs=2)
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 3, 3)
+    with torch.no_grad():
+        inputs = conv(torch.randn(35, 1, 8, 8) * 2 + 1).transpose(0, 1).flatten(1).double()
+    for rank in (0, 1):
+        stats = torch.load(tmp_path / f"stats.{rank}")
+        assert stats["samples"] == 35
+        torch.testing.assert_close(stats["mean"].double(), inputs.mean(1), rtol=0, atol=1e-6)
+        torch.testing.assert_close(stats["var"].double(), inputs.var(1), rtol=1e-6, atol=1e-6)

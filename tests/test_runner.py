@@ -11,6 +11,7 @@ import torch
 
 from gmcnn.training import TrainingDiverged, checkpoint, run
 from gmcnn.training.build import build_model, count_parameters
+from gmcnn.training.data import fixed_subset
 from gmcnn.training.engine import Trainer, resolve_micro_batch_size
 from tests.helpers import ENV, FAST, ROOT, compose_config, metrics_of, runner
 
@@ -101,8 +102,9 @@ def test_multirun_produces_one_run_per_value(tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_metrics(tmp_path):
-    args = [*FAST, "trainer.epochs=4", "data.options.train_size=600"]
+@pytest.mark.parametrize("model", ["model=gmcnn", "model=cnn"])  # cnn: batch norm, recalibrated
+def test_killed_run_resumes_to_the_same_metrics(tmp_path, model):
+    args = [*FAST, model, "trainer.epochs=4", "data.options.train_size=600"]
     uninterrupted = runner(*args, f"hydra.run.dir={tmp_path / 'full'}")
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
 
@@ -268,3 +270,116 @@ def test_runner_makes_openmp_threads_sleep_unless_told_otherwise(given, expected
     code = "import runner, os, sys; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == [expected, "True"]
+
+
+class SmallBatchNormNet(torch.nn.Module):
+    """conv -> BatchNorm2d -> dropout -> linear -> BatchNorm1d: the second layer's inputs depend
+    on the first's train-mode normalisation and would be changed by dropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn2d = torch.nn.Conv2d(1, 3, 3), torch.nn.BatchNorm2d(3, momentum=0.3)
+        self.dropout, self.linear = torch.nn.Dropout(0.5), torch.nn.Linear(3 * 26 * 26, 10)
+        self.bn1d = torch.nn.BatchNorm1d(10)
+
+    def forward(self, x):
+        return self.bn1d(self.linear(self.dropout(self.bn2d(self.conv(x))).flatten(1)))
+
+
+def population_statistics(model, images, batch_size):
+    """Each batch-norm layer's inputs over ``images`` in batches (the earlier layer normalising
+    each batch with its own statistics, no dropout): per channel mean and unbiased variance."""
+    first, second = [], []
+    for x in images.split(batch_size):
+        h = model.conv(x)
+        first.append(h.transpose(0, 1).flatten(1))
+        mean, var = h.mean((0, 2, 3), keepdim=True), h.var((0, 2, 3), unbiased=False, keepdim=True)
+        normed = (h - mean) / torch.sqrt(var + model.bn2d.eps)
+        normed = normed * model.bn2d.weight.view(1, -1, 1, 1) + model.bn2d.bias.view(1, -1, 1, 1)
+        second.append(model.linear(normed.flatten(1)).T)
+    return [(torch.cat(v, 1).double().mean(1), torch.cat(v, 1).double().var(1)) for v in (first, second)]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_recalibration_gives_the_population_statistics(training):
+    """trainer.bn_recalibration=100: running mean / var of every batch-norm layer become the
+    statistics of its inputs over a fixed set of 100 of the 150 training samples (in batches of
+    32: 32, 32, 32, 4), whatever they were; dropout off meanwhile; modes, momentum and batch
+    counts kept."""
+    cfg = compose_config(*FAST, "trainer.batch_size=32", "trainer.micro_batch_size=null",
+                         "trainer.bn_recalibration=100")
+    torch.manual_seed(0)
+    model = SmallBatchNormNet()
+    for layer in (model.bn2d, model.bn1d):  # stale statistics, learned affine parameters
+        layer.running_mean.uniform_(-5, 5), layer.running_var.uniform_(3, 9)
+        layer.weight.data.uniform_(0.5, 2), layer.bias.data.uniform_(-1, 1)
+        layer.num_batches_tracked.fill_(7)
+    model.train(training)
+    images = torch.randn(150, 1, 28, 28) * 2 + 0.5
+    data = torch.utils.data.TensorDataset(images, torch.zeros(150).long())
+    indices = fixed_subset(data, 100).indices
+    assert indices == fixed_subset(data, 100).indices and indices == sorted(indices)
+    assert len(set(indices)) == 100 and max(indices) >= 100  # spread over the data, not its head
+    trainer = Trainer(cfg, model, torch.device("cpu"))
+    assert trainer.recalibrate_batch_norm(data)
+    with torch.no_grad():
+        expected = population_statistics(model, images[indices], 32)
+    for layer, (mean, var) in zip((model.bn2d, model.bn1d), expected):
+        torch.testing.assert_close(layer.running_mean.double(), mean, rtol=0, atol=1e-6)
+        torch.testing.assert_close(layer.running_var.double(), var, rtol=1e-6, atol=1e-6)
+        assert layer.num_batches_tracked.item() == 7
+    assert (model.bn2d.momentum, model.bn1d.momentum) == (0.3, 0.1)
+    assert all(m.training == training for m in model.modules())
+
+
+def test_batch_norm_recalibration_leaves_models_without_batch_norm_alone():
+    """The GM-CNN (LayerNorm): no extra forward pass, state and evaluation bit-identical with
+    trainer.bn_recalibration on and off."""
+    data = torch.utils.data.TensorDataset(torch.randn(40, 1, 28, 28), torch.randint(0, 2, (40,)))
+    results = []
+    for samples in (2048, 0):
+        cfg = compose_config(*FAST, f"trainer.bn_recalibration={samples}", "trainer.batch_size=16")
+        torch.manual_seed(0)
+        trainer = Trainer(cfg, build_model(cfg), torch.device("cpu"))
+        calls = []
+        trainer.model.register_forward_pre_hook(lambda module, args, calls=calls: calls.append(1))
+        state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        assert not trainer.recalibrate_batch_norm(data) and not calls
+        assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in state.items())
+        loader = torch.utils.data.DataLoader(data, batch_size=16)
+        results.append(trainer.evaluate(loader, "test"))
+    assert results[0] == results[1]
+
+
+@pytest.mark.slow
+def test_best_checkpoint_holds_recalibrated_batch_norm_statistics(tmp_path):
+    """A real p4 run (BatchNorm) validates with recalibrated statistics: best.pt's running
+    statistics equal a fresh recalibration of its weights, and best.pt alone reproduces the best
+    validation accuracy and the test metrics."""
+    from gmcnn.training.data import load_data, make_loader
+
+    overrides = ["exp=rot-mnist-generated-p4", *FAST, "data.options.train_size=200", "trainer.epochs=2",
+                 "trainer.batch_size=32", "model.channels=[4,4]", "trainer.bn_recalibration=100"]
+    result = runner(*overrides, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "running statistics recomputed from 100 training samples" in result.stdout + result.stderr
+    cfg = compose_config(*overrides)
+    model = build_model(cfg)
+    model.load_state_dict(checkpoint.load(tmp_path / "checkpoints" / "best.pt")["model"])
+    saved = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    assert saved
+    splits = load_data(cfg)
+    trainer = Trainer(cfg, model, torch.device("cpu"))
+    for name, buffer in model.named_buffers():
+        if "running" in name:
+            buffer.fill_(1.0)  # stale
+    trainer.recalibrate_batch_norm(splits.train)
+    for name, buffer in model.named_buffers():
+        if "running" in name:
+            torch.testing.assert_close(buffer, saved[name], rtol=1e-6, atol=1e-6, msg=name)
+    test = trainer.evaluate(make_loader(splits.test, 32, False, 0, cfg, trainer.device), "test")
+    valid = trainer.evaluate(make_loader(splits.valid, 32, False, 0, cfg, trainer.device), "valid")
+    metrics = metrics_of(tmp_path)
+    assert valid["acc"] == metrics["best_val_acc"]
+    assert test["acc"] == metrics["test_acc"]
+    assert test["loss"] == pytest.approx(metrics["test_loss"], rel=1e-6)

@@ -38,7 +38,7 @@ MODELS_FOR_TASK = {"classification": "model=gmcnn or model=cnn",
                    "dynamics": "model=gm_dynamics or model=cnn_dynamics (the CNN baseline)"}
 TRAINER_KEYS = {"epochs", "batch_size", "device", "amp", "amp_dtype", "grad_clip",
                 "early_stopping_patience", "monitor", "relaxation_penalty", "resume", "num_workers",
-                "compile", "micro_batch_size"}
+                "compile", "micro_batch_size", "bn_recalibration"}
 
 
 def validate(cfg: DictConfig) -> None:
@@ -67,6 +67,7 @@ def validate(cfg: DictConfig) -> None:
     _positive_int("trainer.epochs", t.epochs)
     _positive_int("trainer.batch_size", t.batch_size)
     _non_negative_int("trainer.num_workers", t.num_workers)
+    _non_negative_int("trainer.bn_recalibration", t.get("bn_recalibration", 0))
     if t.early_stopping_patience is not None:
         _positive_int("trainer.early_stopping_patience", t.early_stopping_patience)
     if t.grad_clip is not None and not t.grad_clip > 0:

@@ -57,6 +57,17 @@ def check_num_classes(cfg: DictConfig, splits: Splits) -> None:
                           f"classes (labels 0..{found - 1}); set data.num_classes={found}")
 
 
+def fixed_subset(dataset: Dataset, count: int) -> torch.utils.data.Subset:
+    """``count`` samples of ``dataset`` (all if it has fewer), the same in every run and process:
+    drawn with a fixed seed (never the global RNG), so that a dataset stored in order (by class,
+    by simulation) is still represented, and kept in index order; indexed a whole batch at a time
+    if ``dataset`` is."""
+    indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:count]
+    subset = torch.utils.data.Subset(dataset, indices.sort().values.tolist())
+    subset.batch_indexable = isinstance(dataset, TensorDataset) or getattr(dataset, "batch_indexable", False)
+    return subset
+
+
 class SkipBatches(Sampler[list[int]]):
     """``batches`` without its first ``skip`` batches (resuming mid-epoch)."""
 

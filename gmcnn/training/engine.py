@@ -9,7 +9,9 @@ gradients summed over micro-batches and (torchrun) processes, clipping, the opti
 Every epoch ends with a checkpoint of everything needed to continue bit-for-bit (checkpoint.py);
 a stop signal (signals.py) ends the run after the current step with a mid-epoch checkpoint.
 Shuffling draws from a generator seeded by (seed, epoch), so a resumed run on CPU reproduces the
-uninterrupted one exactly.
+uninterrupted one exactly. Before every evaluation the running statistics of batch-norm layers are
+recomputed from a fixed set of ``trainer.bn_recalibration`` training samples (precise_bn.py), so that
+best.pt holds the statistics its validation and test metrics were computed with.
 """
 
 from __future__ import annotations
@@ -25,16 +27,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from gmcnn.nn import relaxation_penalty
-from gmcnn.training import checkpoint, distributed
+from gmcnn.training import checkpoint, distributed, precise_bn
 from gmcnn.training.build import build_model, count_parameters, model_summary
 from gmcnn.training.checkpoint import Progress
 from gmcnn.training.config import instantiate, monitor_sign, resolve_device, validate
-from gmcnn.training.data import load_data, make_loader
+from gmcnn.training.data import fixed_subset, load_data, make_loader
 from gmcnn.training.diagnostics import equivariance_metric, plot_relaxation
 from gmcnn.training.objectives import OBJECTIVES
 from gmcnn.training.resume import Plan
@@ -84,6 +86,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp and self.amp_dtype == torch.float16)
         self.penalty_weight = float(cfg.trainer.relaxation_penalty)
         self.micro_batch_size = resolve_micro_batch_size(cfg.trainer.micro_batch_size, model, device)
+        self.bn_recalibration = cfg.trainer.get("bn_recalibration", 0)  # absent in older runs' configs
+        self.recalibrated = False
 
     def _batches(self, loader: DataLoader, desc: str):
         for inputs, targets in tqdm(loader, desc=desc, leave=False, disable=None):
@@ -149,6 +153,27 @@ class Trainer:
             return None
         score = self.objective.finish(progress.score_sum / progress.seen)
         return {"train_loss": progress.loss_sum / progress.seen, f"train_{self.objective.score}": score}
+
+    def recalibrate_batch_norm(self, train: Dataset) -> bool:
+        """Recompute the running statistics of the model's batch-norm layers (if any) from a fixed
+        set of ``trainer.bn_recalibration`` samples of ``train`` (data.fixed_subset), batched as in
+        :meth:`evaluate` (precise_bn.py); False, doing nothing, if that is 0 or there are none."""
+        if not self.bn_recalibration or not precise_bn.batch_norm_layers(self.model):
+            return False
+        loader = make_loader(fixed_subset(train, self.bn_recalibration), self.cfg.trainer.batch_size,
+                             False, 0, self.cfg, self.device)
+
+        def forward(inputs: Tensor, targets: Tensor) -> None:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                self.objective.predict(self.model, inputs, targets)
+
+        chunks = (chunk for batch in self._batches(loader, "batch norm") for chunk in self._micro_batches(*batch))
+        samples = precise_bn.recalibrate(self.model, chunks, forward, self.device)
+        if not self.recalibrated:
+            log.info("batch norm: running statistics recomputed from %d training samples before "
+                     "every evaluation (trainer.bn_recalibration)", samples)
+            self.recalibrated = True
+        return True
 
     @torch.no_grad()
     def evaluate(self, loader: DataLoader, desc: str) -> dict[str, float]:
@@ -237,6 +262,7 @@ def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits: Splits, 
                 raise RunInterrupted(f"stopped by {stop.received} in epoch {epoch} after step "
                                      f"{progress.step}; the checkpoint is written")
             start = time.perf_counter()
+            trainer.recalibrate_batch_norm(splits.train)
             val = trainer.evaluate(valid_loader, f"valid {epoch}")
             row = {"epoch": epoch, **train, "val_loss": val["loss"], f"val_{score}": val[score],
                    "lr": trainer.optimizer.param_groups[0]["lr"]}
@@ -322,7 +348,10 @@ def _run(plan: Plan, run_dir: Path, device: torch.device) -> dict[str, Any]:
         raise
 
     distributed.barrier()  # rank 0 has written best.pt
-    model.load_state_dict(checkpoint.load(ckpt_dir / "best.pt")["model"])
+    best = checkpoint.load(ckpt_dir / "best.pt")
+    model.load_state_dict(best["model"])
+    if trainer.recalibrate_batch_norm(splits.train) and main:  # best.pt: the statistics tested
+        checkpoint.save(ckpt_dir / "best.pt", {"model": model.state_dict(), "epoch": best["epoch"]})
     metrics = {"name": cfg.name, "num_params": num_params, "best_epoch": progress.best_epoch,
                f"best_{cfg.trainer.monitor}": progress.best, "epochs_completed": progress.epoch,
                "train_seconds": round(progress.train_seconds, 3), "device": str(device)}

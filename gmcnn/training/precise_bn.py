@@ -1,0 +1,86 @@
+"""Precise batch norm: running statistics recomputed from the current weights before evaluating.
+
+A batch-norm layer's running mean and variance are a moving average (momentum 0.1) of batch
+statistics taken while the weights changed, so in eval mode it normalises with statistics of
+weights that are gone: validation accuracy swings from epoch to epoch while training accuracy
+rises smoothly. :func:`recalibrate` replaces them, for every layer that tracks running
+statistics, by the exact statistics of its inputs over a fixed set of samples, computed with the
+current weights: the batch-norm layers in train mode (each batch normalised with its own
+statistics, as in training), every other module in eval mode (no dropout), no gradients, and
+
+    running_mean[c] = S1[c] / n,    running_var[c] = (S2[c] - n running_mean[c]^2) / (n - 1)
+
+where S1, S2 are the sums of the layer's inputs x[c] and x[c]^2 (float64) over every sample and
+position, n their number per channel: the population mean and the unbiased population variance
+(PyTorch's convention for running_var), whatever the batch sizes. Under torchrun each process
+passes its share of the samples and the sums are all-reduced, so every process ends with the same
+statistics. Momentum and num_batches_tracked are left as they were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from gmcnn.training import distributed
+
+
+def batch_norm_layers(model: nn.Module) -> list[_BatchNorm]:
+    """The batch-norm layers of ``model`` that keep running statistics (used in eval mode)."""
+    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def recalibrate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
+                forward: Callable[[Tensor, Tensor], object], device: torch.device) -> int:
+    """Set the running statistics of ``model``'s batch-norm layers to those of its inputs over
+    ``batches`` of (inputs, targets), each passed as ``forward(inputs, targets)``; the number of
+    samples (over all processes). The train / eval mode of every module is restored."""
+    layers = batch_norm_layers(model)
+    sums = {layer: [0.0, 0.0, 0] for layer in layers}  # S1 (C,), S2 (C,), n
+
+    def accumulate(layer: _BatchNorm, args: tuple[Tensor, ...]) -> None:
+        x = args[0].detach().double()
+        dims = [d for d in range(x.dim()) if d != 1]
+        entry = sums[layer]
+        entry[0] = entry[0] + x.sum(dims)
+        entry[1] = entry[1] + x.square().sum(dims)
+        entry[2] += x.numel() // x.shape[1]
+
+    modes = {module: module.training for module in model.modules()}
+    handles = [layer.register_forward_pre_hook(accumulate) for layer in layers]
+    tracked = [layer.num_batches_tracked.clone() for layer in layers]
+    samples = 0
+    try:
+        model.eval()
+        for layer in layers:
+            layer.train()
+        for inputs, targets in batches:
+            forward(inputs, targets)
+            samples += len(targets)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes.items():
+            module.training = training
+    flat = [samples]
+    for layer in layers:
+        s1, s2, n = sums[layer]
+        zeros = [0.0] * layer.num_features
+        flat += [n, *(s1.tolist() if n else zeros), *(s2.tolist() if n else zeros)]
+    totals = torch.tensor(distributed.all_sum(flat, device), dtype=torch.float64)
+    offset = 1
+    for layer, count in zip(layers, tracked):
+        channels = layer.num_features
+        n = totals[offset]
+        s1, s2 = totals[offset + 1:offset + 1 + channels], totals[offset + 1 + channels:offset + 1 + 2 * channels]
+        offset += 1 + 2 * channels
+        if n > 1:  # a layer that saw no input keeps its statistics
+            mean = s1 / n
+            layer.running_mean.copy_(mean)
+            layer.running_var.copy_(((s2 - n * mean.square()) / (n - 1)).clamp_min(0))
+        layer.num_batches_tracked.copy_(count)
+    return int(totals[0])
