@@ -117,7 +117,7 @@ def rss_bytes() -> int:
 
 
 def reset_peak_rss() -> bool:
-    """Reset the RSS high-water mark behind ru_maxrss (Linux >= 4.0); False if not possible."""
+    """Reset the process's RSS high-water mark, VmHWM (Linux >= 4.0); False if not possible."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -127,6 +127,12 @@ def reset_peak_rss() -> bool:
 
 
 def peak_rss_bytes() -> int:
+    """VmHWM of /proc/self/status. Not getrusage's ru_maxrss: that is also at least the peak of the
+    address space exec replaced, which under subprocess's vfork is the parent's."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
@@ -169,7 +175,7 @@ def worker(spec: dict) -> dict:
         if cuda:
             torch.cuda.reset_peak_memory_stats()
             return torch.cuda.memory_allocated()
-        reset_peak_rss()  # if this fails, ru_maxrss is the lifetime peak (import included)
+        reset_peak_rss()  # if this fails, VmHWM is the lifetime peak (import included)
         return rss_bytes()
 
     def extra(baseline: int) -> int:

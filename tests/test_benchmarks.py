@@ -152,3 +152,16 @@ def test_wait_policy_option_re_executes_with_the_variable_set(monkeypatch):
     common.with_wait_policy(argv)
     common.with_wait_policy(["bench_training.py", "--exp", "cifar10"])
     assert len(calls) == 1
+
+
+def test_peak_rss_is_the_measured_process_own_not_its_parent():
+    """A worker started from a parent that once held 300 MiB must report its own peak: getrusage's
+    ru_maxrss would give the parent's (exec keeps the high-water mark of the replaced address space)."""
+    ballast = bytearray(300 << 20)
+    ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page: the parent's RSS is real
+    code = ("from benchmarks.bench_gmconv import peak_rss_bytes, reset_peak_rss, rss_bytes;"
+            "assert reset_peak_rss(); print(peak_rss_bytes() - rss_bytes())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=ROOT)
+    del ballast
+    assert proc.returncode == 0, proc.stderr
+    assert 0 <= int(proc.stdout) < 16 << 20  # just after the reset: no peak above the current RSS
