@@ -37,7 +37,10 @@ matmul with the sign mask of its pre-activation and no dense activation gradient
 
 Gc = gc gc^T needs only K A inner products: <gc_k, gc_l> depends only on e_k e_l^-1, and A
 anchor taps reach every such element (:func:`gmcnn.functional.gram_plan`; A = 4 for a 7 x 7
-neighbourhood on C32 x C32).
+neighbourhood on C32 x C32). Gc enters only linearly, through <W^T W, Gc> per sample (W shared)
+and through sum_b beta_b Gc_b, so it is kept as its P distinct entries per sample (P = K A, or
+K^2 without a plan) and never expanded to B x K x K: <W^T W, Gc> is the P entries against W^T W
+summed onto them, and the batch sum is expanded once.
 
 All three equal the composition of the modules (``F.prelu(F.layer_norm(gm_conv(...)))``) to rounding
 and are once differentiable.
@@ -61,7 +64,8 @@ class _Normalized(NamedTuple):
     y: Tensor            # (B, O, N) normalised convolution output
     gc_ones: Tensor      # (B, K + 1, N) [gc; 1^T]: gathered taps centred along positions, ones
     g_mean: Tensor       # (B, K)
-    gram: Tensor         # (B, K, K) Gc
+    gram: Tensor         # (B, P) the distinct entries of Gc (:func:`_gram_entries`)
+    gram_pairs: Tensor | None  # (K, K) where <gc_k, gc_l> is in gram; None: gram is Gc flattened
     offset: Tensor       # (B, O) c = W gbar + b - mu
     rstd: Tensor         # (B,)
 
@@ -71,6 +75,30 @@ class _Normalized(NamedTuple):
 
 
 Gram = tuple[Tensor, Tensor]   # (anchors, pairs) of gmcnn.functional.gram_plan
+
+
+def _gram_entries(gc: Tensor, gram_plan: Gram | None) -> Tensor:
+    """(B, K, N) -> (B, P): entry pairs[k, l] is <gc_k, gc_l> (P = K A with a plan, else K^2)."""
+    if gram_plan is None:
+        return torch.bmm(gc, gc.transpose(1, 2)).flatten(1)
+    anchors, _ = gram_plan
+    return torch.bmm(gc, gc[:, anchors].transpose(1, 2)).flatten(1)
+
+
+def _onto_gram_entries(matrix: Tensor, pairs: Tensor | None, size: int) -> Tensor:
+    """(K, K) -> (P,) with P = ``size``: each entry the sum of the matrix over the pairs (k, l)
+    it stands for, so that <matrix, Gc> = entries @ this (``pairs`` None: Gc flattened)."""
+    if pairs is None:
+        return matrix.flatten()
+    return matrix.new_zeros(size).index_add_(0, pairs.flatten(), matrix.flatten())
+
+
+def _gram_matrix(entries: Tensor, pairs: Tensor | None) -> Tensor:
+    """(P,) -> (K, K): the Gram matrix with these entries."""
+    if pairs is None:
+        taps = round(entries.numel() ** 0.5)
+        return entries.view(taps, taps)
+    return entries[pairs]
 
 
 def _normalized_conv(x: Tensor, w: Tensor, bias: Tensor | None, index: Tensor, eps: float,
@@ -89,19 +117,17 @@ def _normalized_conv(x: Tensor, w: Tensor, bias: Tensor | None, index: Tensor, e
                                                                             positions)]))
     gc = gc_ones[:, :taps]                                           # (B, K, N)
     g_mean = s_mean.expand(-1, taps)
-    if gram_plan is None:
-        gram = torch.bmm(gc, gc.transpose(1, 2))                     # (B, K, K)
-    else:
-        anchors, pairs = gram_plan
-        gram = torch.bmm(gc, gc[:, anchors].transpose(1, 2)).flatten(1)[:, pairs]
+    gram = _gram_entries(gc, gram_plan)                               # (B, P)
     offset = g_mean @ w.T if bias is None else torch.addmm(bias, g_mean, w.T)
     offset = offset - offset.mean(1, keepdim=True)
     # tr(W Gc W^T) = <W^T W, Gc>: W^T W once per batch, not W Gc per sample
-    var = ((gram * (w.T @ w)).sum((1, 2)) + positions * offset.square().sum(1)) / (w.shape[0] * positions)
+    pairs = None if gram_plan is None else gram_plan[1]
+    var = (gram @ _onto_gram_entries(w.T @ w, pairs, gram.shape[1])
+           + positions * offset.square().sum(1)) / (w.shape[0] * positions)
     rstd = (var + eps).rsqrt()
     y = torch.bmm(torch.cat([w.expand(batch, -1, -1), offset[..., None]], 2) * rstd[:, None, None],
                   gc_ones)
-    return _Normalized(y, gc_ones, g_mean, gram, offset, rstd)
+    return _Normalized(y, gc_ones, g_mean, gram, pairs, offset, rstd)
 
 
 def _fold_y(w: Tensor) -> bool:
@@ -135,8 +161,8 @@ def _normalized_conv_backward(saved: _Normalized, w: Tensor, grad_y_sum: Tensor,
         if need_w:
             # sum_b rstd (gy gc^T - beta rstd W Gc): W is shared, so W (sum_b beta rstd^2 Gc)
             # is one O x K x K product per batch
-            grad_hg = torch.einsum("b,bok->ok", rstd, grad_y_gc) - w @ torch.einsum(
-                "b,bkl->kl", rstd * beta_rstd, gram)
+            grad_hg = torch.einsum("b,bok->ok", rstd, grad_y_gc) - w @ _gram_matrix(
+                (rstd * beta_rstd) @ gram, saved.gram_pairs)
             grad_w = (grad_hg + grad_h_sum.T @ g_mean)[:, None]
         if need_b:
             grad_b = grad_h_sum.sum(0)
@@ -341,19 +367,20 @@ class _GMTwoBlocksMax(torch.autograd.Function):
         w1, gc_ones = weight_1[:, 0], first.gc_ones
         taps = w1.shape[1]
         grad_sparse, slope_sparse = _prelu_at_max(grad_pooled, saved.y1_at_max, slope, need[7])
-        mask = torch.gt(first.y, 0, out=torch.empty_like(first.y))   # P, as numbers
+        # P diag(gs), as numbers (O rows: cheaper to scale than [gc; 1]'s K + 1)
+        mask_gs = torch.gt(first.y, 0, out=torch.empty_like(first.y)).mul_(gs[:, None])
         gc_ones_gs = torch.bmm(gc_ones, gs[..., None])[..., 0]      # (B, K + 1)
-        mask_gc_ones_gs = torch.bmm(gc_ones * gs[:, None], mask.transpose(1, 2)).transpose(1, 2)
+        mask_gc_ones_gs = torch.bmm(gc_ones, mask_gs.transpose(1, 2)).transpose(1, 2)
         a = slope
         grad_y_gc_ones = (a * gc_ones_gs[:, None] + (1 - a) * mask_gc_ones_gs
                           + grad_sparse[..., None] * _at_max(gc_ones, argmax).transpose(1, 2))
 
         def grad_y_to_taps(beta: Tensor) -> Tensor:
             if _fold_y(w1):   # W^T (P diag((1 - a) gs) - beta y_1)
-                dense = mask.mul_((1 - a) * gs[:, None]).addcmul_(first.y, -beta[:, None, None])
+                dense = mask_gs.mul_(1 - a).addcmul_(first.y, -beta[:, None, None])
                 grad_g = torch.matmul(w1.T, dense)
             else:
-                grad_g = torch.matmul(w1.T, mask).mul_((1 - a) * gs[:, None])
+                grad_g = torch.matmul(w1.T * (1 - a), mask_gs)
             grad_g += (a * w1.sum(0))[None, :, None] * gs[:, None]
             return _scatter_at_max(grad_g, argmax, w1.T[None] * grad_sparse[:, None])
 
