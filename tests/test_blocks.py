@@ -363,7 +363,7 @@ def test_profiled_product_equals_the_relaxed_layer(relaxation, rank, channel_mod
     assert_same_function(lambda x, *_: conv.profiled_product(x), lambda x, *_: conv(x), inputs)
 
 
-@pytest.mark.parametrize("slope", [0.25, -0.3, 1.0])
+@pytest.mark.parametrize("slope", [0.25, -0.3, 0.0, 1.0, 1.2])
 def test_prelu_equals_aten_prelu(slope):
     h = torch.randn(3, 4, 5, dtype=torch.double, requires_grad=True)
     a = torch.tensor([slope], dtype=torch.double, requires_grad=True)

@@ -25,8 +25,9 @@ again (y gc^T = rstd W Gc, y 1 = N rstd c), so neither h nor gh is ever material
     dL/dg = rstd (W^T gy - alpha W^T 1 1^T - beta rstd (W^T W gc + W^T c 1^T)).
 
 beta itself is <W, gy gc^T> rstd + <c, gy 1> rstd over O N, from the same product. The PReLU
-gradient is ReLU's backward kernel and an in-place lerp (boolean masks are several times slower
-on CPU); the centred Gram matrix keeps the variance as accurate as a two-pass computation.
+gradient is leaky ReLU's backward kernel (:mod:`gmcnn.fused.prelu`; boolean masks are several
+times slower on CPU); the centred Gram matrix keeps the variance as accurate as a two-pass
+computation.
 
 :func:`gm_residual_block_max` fuses the network's last residual block with the global max pool:
 max_u (x + z)(o, u). Its gradient reaches one position per sample and channel, so gy is sparse
@@ -56,6 +57,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from gmcnn.functional import gather_adjoint, gather_taps, pointwise_add_
+from gmcnn.fused.prelu import near_one, positive_part_dot, prelu_input_grad
 from gmcnn.fused.saving import save_by_name, saved_by_name
 
 
@@ -194,20 +196,12 @@ class _GMConvNormPReLU(torch.autograd.Function):
         record = saved_by_name(ctx)
         saved, slope, inverse = record.conv, record.slope, record.inverse
         y, w = saved.y, record.weight[:, 0]
-        # grad_z where y > 0 (ReLU's backward kernel), then in place: on CPU every fresh
-        # activation-sized buffer costs more than the arithmetic on it
-        grad_y = torch.ops.aten.threshold_backward(grad_z, y, 0)
-        # The slope's gradient is Q = sum over y <= 0 of grad_z * y. With P the sum over y > 0,
-        # grad_z . y = P + Q and grad_y . y = P + a Q, the latter known from the matmul below,
-        # so Q = (grad_z . y - grad_y . y) / (1 - a) takes one dot product; near a = 1 (where
-        # that division loses precision) Q is grad_z . y - P, two dot products.
+        a = float(slope)  # (a host sync on GPU)
+        grad_y = prelu_input_grad(grad_z, y, a)
+        # The slope's gradient Q = (grad_z . y - grad_y . y) / (1 - a) (gmcnn.fused.prelu) with
+        # grad_y . y from the matmul below: one dot product
         need_slope = ctx.needs_input_grad[3]
-        a = float(slope) if need_slope else 0.0  # (a host sync on GPU)
         grad_z_y = torch.dot(grad_z.flatten(), y.flatten()) if need_slope else None
-        near_one = abs(1 - a) < 0.5
-        if need_slope and near_one:
-            q = grad_z_y - torch.dot(grad_y.flatten(), y.flatten())  # grad_y is grad_z on y > 0
-        grad_y.lerp_(grad_z, slope)                                  # grad_z * (1 or slope)
         # [gy gc^T, gy 1]; this operand order is the faster matmul layout on CPU
         grad_y_gc_ones = torch.bmm(saved.gc_ones, grad_y.transpose(1, 2)).transpose(1, 2)
         grad_x, grad_w, grad_b, grad_y_y = _normalized_conv_backward(
@@ -218,7 +212,8 @@ class _GMConvNormPReLU(torch.autograd.Function):
              ctx.needs_input_grad[2] and ctx.has_bias))
         grad_slope = None
         if need_slope:
-            q = q if near_one else (grad_z_y - grad_y_y) / (1 - a)
+            q = (grad_z_y - positive_part_dot(grad_z, y) if near_one(a)
+                 else (grad_z_y - grad_y_y) / (1 - a))
             grad_slope = q.reshape(slope.shape)
         if grad_x is not None:
             grad_x = grad_x[:, None].expand(-1, ctx.channels, -1)

@@ -2,9 +2,12 @@
 
     z = max(h, 0) + a min(h, 0),    dz/dh = 1 (h > 0) or a,    dz/da = min(h, 0).
 
-The backward is ReLU's backward kernel (the gradient where h > 0), an in-place lerp towards the
-gradient with weight a, and two dot products for the slope; aten's PReLU backward is several
-times slower on CPU.
+The input gradient is one pass, leaky ReLU's backward kernel (:func:`prelu_input_grad`); the
+slope's gradient Q = sum_{h <= 0} gz h needs no mask: with P the sum over h > 0,
+gz . h = P + Q and gh . h = P + a Q, so Q = (gz . h - gh . h) / (1 - a); near a = 1, where that
+division loses precision, Q = gz . h - P with P from ReLU's backward kernel
+(:func:`positive_part_dot`). The fused kernels use both with gh . h from their own matmuls.
+aten's PReLU backward is several times slower on CPU.
 """
 
 from __future__ import annotations
@@ -13,6 +16,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+
+def prelu_input_grad(grad_z: Tensor, h: Tensor, slope: float) -> Tensor:
+    """grad_z where h > 0, slope * grad_z elsewhere, in one pass."""
+    return torch.ops.aten.leaky_relu_backward(grad_z, h, slope, False)
+
+
+def near_one(slope: float) -> bool:
+    """Whether (gz . h - gh . h) / (1 - a) loses precision: then use :func:`positive_part_dot`."""
+    return abs(1 - slope) < 0.5
+
+
+def positive_part_dot(grad_z: Tensor, h: Tensor) -> Tensor:
+    """P = sum over h > 0 of grad_z h."""
+    return torch.dot(torch.ops.aten.threshold_backward(grad_z, h, 0).flatten(), h.flatten())
 
 
 class _PReLU(torch.autograd.Function):
@@ -26,12 +44,15 @@ class _PReLU(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_z: Tensor):
         h, slope = ctx.saved_tensors
-        grad_h = torch.ops.aten.threshold_backward(grad_z, h, 0)       # grad_z where h > 0
+        a = float(slope)  # (a host sync on GPU)
+        grad_h = prelu_input_grad(grad_z, h, a)
         grad_slope = None
-        if ctx.needs_input_grad[1]:  # sum over h <= 0 of grad_z h
-            grad_slope = (torch.dot(grad_z.flatten(), h.flatten())
-                          - torch.dot(grad_h.flatten(), h.flatten())).reshape(slope.shape)
-        return grad_h.lerp_(grad_z, slope), grad_slope
+        if ctx.needs_input_grad[1]:  # Q = sum over h <= 0 of grad_z h
+            grad_z_h = torch.dot(grad_z.flatten(), h.flatten())
+            q = (grad_z_h - positive_part_dot(grad_z, h) if near_one(a)
+                 else (grad_z_h - torch.dot(grad_h.flatten(), h.flatten())) / (1 - a))
+            grad_slope = q.reshape(slope.shape)
+        return grad_h, grad_slope
 
 
 def prelu(h: Tensor, slope: Tensor) -> Tensor:

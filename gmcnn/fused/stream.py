@@ -24,7 +24,8 @@ grad q_l = [W_l, b_l]^T gh_l, from which the profiles' gradient and, through the
 gather, gs_{l-1} = gs_l + gather^T (sum_i p_li o grad q_li). The slope's gradient
 Q = sum_{h <= 0} gz h comes from small matrices: gz . h = <A [W_l, b_l], sum_b V_l q_l^T> and
 gh . h = <[W_l, b_l], grad [W_l, b_l]> = P + a Q with P + Q = gz . h, so Q = (gz . h - gh . h) /
-(1 - a); near a = 1, where that division loses precision, Q = gz . h - P with P one dot product.
+(1 - a); near a = 1, where that division loses precision, Q = gz . h - P with P one dot product
+(:mod:`gmcnn.fused.prelu`).
 The projection's gradient is gy x_L^T = gy x_0^T + sum_l gy z_l^T, the lift's A^T V_0 f^T.
 """
 
@@ -38,6 +39,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from gmcnn.functional import gather_adjoint, gather_taps
+from gmcnn.fused.prelu import near_one, positive_part_dot, prelu_input_grad
 from gmcnn.fused.saving import save_by_name, saved_by_name
 
 
@@ -124,17 +126,13 @@ class _ResidualStream(torch.autograd.Function):
             record, block = getattr(saved, f"block_{i}"), getattr(saved, f"params_{i}")
             v = torch.cat([grad_s, grad_y], 1)                                 # (B, 1 + F, N)
             grad_z = torch.bmm(rows_t, v)                                      # (B, C, N)
-            grad_h = torch.ops.aten.threshold_backward(grad_z, record.h, 0)   # grad_z where h > 0
             a = float(block.slope)  # (a host sync on GPU)
-            near_one = abs(1 - a) < 0.5
-            if near_one:
-                positive = torch.dot(grad_h.flatten(), record.h.flatten())    # sum_{h > 0} gz h
-            grad_h.lerp_(grad_z, block.slope)                                  # gz * (1 or a)
+            grad_h = prelu_input_grad(grad_z, record.h, a)
             wb = _weight_and_bias(block.weight, block.bias)
             profiled_t = record.profiled.transpose(1, 2)
             grad_wb = torch.bmm(grad_h, profiled_t).sum(0)                     # (C, R K + 1)
             grad_z_h = ((rows @ wb) * torch.bmm(v, profiled_t).sum(0)).sum()
-            grad_slope = (grad_z_h - positive if near_one
+            grad_slope = (grad_z_h - positive_part_dot(grad_z, record.h) if near_one(a)
                           else (grad_z_h - (grad_wb * wb).sum()) / (1 - a))
             grad_project += torch.bmm(grad_y, record.z.transpose(1, 2)).sum(0)
             sets, taps = block.weight.shape[1], block.weight.shape[-1]
