@@ -24,7 +24,8 @@ batch (--naive-batch: 16 images, 4 roll-outs) and one step per round; every rate
 so the ratios compare cost per image. After --warmup untimed steps each, --rounds rounds each run
 --steps steps of every other variant, alternating (a shared machine's drift affects all alike);
 reported: the median over rounds of samples / s, the min-max over rounds, the ratios to naive and
-to composed, and CPU / wall (process CPU seconds over wall seconds of the variant's steps).
+to composed, CPU / wall (process CPU seconds over wall seconds of the variant's steps), and how
+many CPUs other processes kept busy meanwhile (a niced job too: "alone" holds where that is ~0).
 
 --contended starts a competing process before the timed rounds of each experiment and stops it
 after them: ``train`` (default) loops the same training step (ours, same batch) with the same
@@ -56,6 +57,7 @@ from omegaconf import DictConfig
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from benchmarks.common import (  # noqa: E402
+    OtherProcessesLoad,
     Stopwatch,
     alternate,
     device_or_exit,
@@ -238,13 +240,15 @@ def benchmark(exp: str, args: argparse.Namespace, device: torch.device, precisio
     if args.contended:
         threads = args.competitor_threads or torch.get_num_threads()
         with Competitor(args.contended, exp, threads, args) as competitor:
-            results = alternate(steps, args.rounds, Stopwatch(device))
+            with OtherProcessesLoad() as others:
+                results = alternate(steps, args.rounds, Stopwatch(device))
             if args.profile:
                 profile(variants)
         print(f"{exp}: the competitor ({args.contended}, {threads} threads) ran "
               f"{competitor.rate:.2f} steps / s", flush=True)
     else:
-        results = alternate(steps, args.rounds, Stopwatch(device))
+        with OtherProcessesLoad() as others:
+            results = alternate(steps, args.rounds, Stopwatch(device))
         if args.profile:
             profile(variants)
     rates = {v.label: r.median for v, r in zip(variants, results)}
@@ -253,6 +257,9 @@ def benchmark(exp: str, args: argparse.Namespace, device: torch.device, precisio
              ratio(r.median, naive), ratio(r.median, composed),
              f"{v.cpu_seconds / v.wall_seconds:.2f}", condition] for v, r in zip(variants, results)]
     ours, task, targets = rates.get("ours"), variants[0].cfg.task, []
+    if others.cpus is not None:
+        targets.append(f"{exp} ({precision}, {condition}): other processes kept {others.cpus:.2f} "
+                       f"CPUs busy during the timed rounds")
     if ours and naive:
         target = NAIVE_TARGETS[task]
         targets.append(f"{exp} ({precision}, {condition}): ours / naive = {ours / naive:.1f}x, "

@@ -37,6 +37,37 @@ def load_average() -> str:
         return "unknown"
 
 
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds every process on the machine has run since boot (user, nice, system, irq and
+    softirq time of /proc/stat's first line); None where /proc/stat is missing."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(value) for value in f.readline().split()[1:8]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = ticks
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherProcessesLoad:
+    """``with OtherProcessesLoad() as load:`` -- afterwards ``load.cpus`` is the average number of
+    CPUs that other processes (any nice level; a competitor started by this one included) kept
+    busy during the block: the machine's busy CPU time minus this process's, over the wall time.
+    A niced job still takes CPU from a benchmark's threads (the scheduler lets it finish its
+    slice), so "alone" is only alone where this is near 0. None where it cannot be measured."""
+
+    def __enter__(self) -> OtherProcessesLoad:
+        self.cpus: float | None = None
+        self._start = (time.perf_counter(), time.process_time(), busy_cpu_seconds())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall, own, busy = time.perf_counter(), time.process_time(), busy_cpu_seconds()
+        if busy is not None and self._start[2] is not None:
+            others = (busy - self._start[2]) - (own - self._start[1])
+            self.cpus = max(others, 0.0) / (wall - self._start[0])
+
+
 THREADING_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
 

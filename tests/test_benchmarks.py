@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -165,3 +166,15 @@ def test_peak_rss_is_the_measured_process_own_not_its_parent():
     del ballast
     assert proc.returncode == 0, proc.stderr
     assert 0 <= int(proc.stdout) < 16 << 20  # just after the reset: no peak above the current RSS
+
+
+def test_other_processes_load_counts_a_busy_child_not_this_process():
+    burn = "import time\nt = time.perf_counter()\nwhile time.perf_counter() - t < 1.5: pass"
+    with common.OtherProcessesLoad() as load:
+        subprocess.run([sys.executable, "-c", burn], check=True)
+    assert load.cpus is not None and load.cpus >= 0.6   # the child's ~1 CPU, while this one waited
+    with common.OtherProcessesLoad() as own:
+        t = time.perf_counter()
+        while time.perf_counter() - t < 0.5:
+            pass
+    assert own.cpus is not None and own.cpus < load.cpus  # this process's own CPU time is left out
