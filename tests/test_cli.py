@@ -75,7 +75,7 @@ def test_help_lists_the_options_a_user_can_choose():
         lines = cli.config_groups().splitlines()
     groups = dict(line.split(": ", 1) for line in lines)
     assert len(groups) == len(lines) and sorted(groups) == list(groups)
-    assert sorted(groups) == ["data", "exp", "hparams_search", "logger", "model", "optimizer", "paths",
+    assert sorted(groups) == ["data", "debug", "exp", "hparams_search", "logger", "model", "optimizer", "paths",
                               "scheduler", "trainer"]
     experiments = groups["exp"].split(", ")
     assert {"cifar10", "plume-rotation", "quickstart", "rot-mnist-generated-p4"} <= set(experiments)

@@ -68,6 +68,8 @@ def validate(cfg: DictConfig) -> None:
     _positive_int("trainer.batch_size", t.batch_size)
     _non_negative_int("trainer.num_workers", t.num_workers)
     _non_negative_int("trainer.bn_recalibration", t.get("bn_recalibration", 0))
+    if cfg.data.get("max_samples") is not None:
+        _positive_int("data.max_samples (or null)", cfg.data.max_samples)
     if t.early_stopping_patience is not None:
         _positive_int("trainer.early_stopping_patience", t.early_stopping_patience)
     if t.grad_clip is not None and not t.grad_clip > 0:

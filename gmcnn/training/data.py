@@ -1,5 +1,6 @@
-"""The data of a run: the dataset splits of ``cfg.data``, checked against the config, and the
-loaders that draw batches from them.
+"""The data of a run: the dataset splits of ``cfg.data``, checked against the config (and cut to
+``data.max_samples`` per split if set, as ``debug=fast`` does), and the loaders that draw batches
+from them.
 
 Every loader has its own seeded generators (the sampler's permutation and the DataLoader's base
 seed), so drawing batches never touches the global RNG, which then serves only the model (e.g.
@@ -9,6 +10,8 @@ seen.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -21,6 +24,8 @@ from gmcnn.training.config import ConfigError
 
 if TYPE_CHECKING:
     from dataset import Splits
+
+log = logging.getLogger(__name__)
 
 
 def load_data(cfg: DictConfig) -> Splits:
@@ -42,7 +47,20 @@ def load_data(cfg: DictConfig) -> Splits:
                           f"data.image_size says {list(cfg.data.image_size)}")
     if cfg.task == "classification":
         check_num_classes(cfg, splits)
+    limit = cfg.data.get("max_samples")
+    if limit is not None:
+        splits = limit_samples(splits, limit)
+        log.warning("data.max_samples=%d: every split cut to at most %d samples (fixed, seeded); "
+                    "the metrics are those of the subsets", limit, limit)
     return splits
+
+
+def limit_samples(splits: Splits, count: int) -> Splits:
+    """Every split (train, valid, each test set) cut to :func:`fixed_subset` of ``count``."""
+    test_sets = {name: fixed_subset(test, count) for name, test in splits.test_sets.items()}
+    return dataclasses.replace(splits, train=fixed_subset(splits.train, count),
+                               valid=fixed_subset(splits.valid, count),
+                               test=test_sets.get("test"), test_sets=test_sets)
 
 
 def check_num_classes(cfg: DictConfig, splits: Splits) -> None:
