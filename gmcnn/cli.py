@@ -192,20 +192,32 @@ def _check_choice(loader: Any, group: str, value: str) -> None:
 
 
 def selectable_options(loader: Any, group: str) -> list[str]:
-    """The options of ``group`` a user can choose: not those whose name starts with "_", the shared
-    bases of other options (exp/_dynamics)."""
+    """The options of ``group`` a user can choose (``loader``: Hydra's config loader or
+    repository): not those whose name starts with "_", the shared bases of other options
+    (exp/_dynamics)."""
     return [o for o in loader.get_group_options(group) if not o.rpartition("/")[2].startswith("_")]
 
 
 def config_groups() -> str:
     """``--help``'s list of config groups, one ``group: option, ...`` line each (Hydra's
     $APP_CONFIG_GROUPS without the shared bases); the resolver ``${gmcnn.config_groups:}`` of
-    configs/hydra/help/gmcnn.yaml."""
+    configs/hydra/help/gmcnn.yaml. Hydra resolves it whenever it merges the help config, in every
+    command, so it lists from one copy of the config repository (what the loader's
+    ``get_group_options`` makes anew on each of its ~50 calls: 0.5 s of every command)."""
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.object_type import ObjectType
 
-    hydra = GlobalHydra.instance().hydra
-    groups = sorted(g for g in hydra.list_all_config_groups() if g.partition("/")[0] != "hydra")
-    return "\n".join(f"{g}: {', '.join(sorted(selectable_options(hydra.config_loader, g)))}" for g in groups)
+    _, repository = GlobalHydra.instance().hydra.config_loader._parse_overrides_and_create_caching_repo(None, [])
+
+    def groups(parent: str) -> Iterator[str]:  # Hydra's list_all_config_groups, on the one copy
+        for child in repository.get_group_options(parent, ObjectType.GROUP):
+            group = f"{parent}/{child}" if parent else child
+            if repository.get_group_options(group, ObjectType.CONFIG):
+                yield group
+            yield from groups(group)
+
+    chosen = sorted(g for g in groups("") if g.partition("/")[0] != "hydra")
+    return "\n".join(f"{g}: {', '.join(sorted(selectable_options(repository, g)))}" for g in chosen)
 
 
 OmegaConf.register_new_resolver("gmcnn.config_groups", config_groups, replace=True)

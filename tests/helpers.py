@@ -1,6 +1,8 @@
-"""Shared helpers for tests: composing the real configs, running the real runner, and checking
-a module's fast paths against its reference (gmcnn.nn.blocks)."""
+"""Shared helpers for tests: composing the real configs, running the real runner (each command a
+process of its own, forked from a server that has imported the runner's modules:
+tests/forkserver.py), and checking a module's fast paths against its reference (gmcnn.nn.blocks)."""
 
+import atexit
 import contextlib
 import json
 import os
@@ -12,6 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from gmcnn.nn.blocks import FastPathModule, set_fast_path
+from tests.forkserver import ForkServer
 
 ROOT = Path(__file__).resolve().parents[1]
 # small generated data, no wandb: a default-experiment run takes seconds
@@ -25,10 +28,17 @@ def compose_config(*overrides):
         return compose(config_name="config", overrides=list(overrides))
 
 
-def runner(*overrides, timeout=300, **kwargs):
-    """``python runner.py *overrides`` in the repository root, output captured."""
-    return subprocess.run([sys.executable, str(ROOT / "runner.py"), *overrides], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=timeout, **kwargs)
+SERVER = ForkServer(ROOT, ENV)  # started by the first runner command of this test process
+atexit.register(SERVER.close)
+
+
+def runner(*overrides, timeout=300, fresh=False):
+    """``python runner.py *overrides`` in the repository root, output captured; ``fresh``: in a new
+    interpreter (its imports too), not forked from the server."""
+    if fresh:
+        return subprocess.run([sys.executable, str(ROOT / "runner.py"), *overrides], cwd=ROOT, env=ENV,
+                              capture_output=True, text=True, timeout=timeout)
+    return SERVER.start([str(ROOT / "runner.py"), *overrides], ENV, merge_stderr=False).run(timeout)
 
 
 def metrics_of(run_dir):
@@ -40,9 +50,9 @@ TINY = [*FAST, "model.channels=8"]
 
 
 def start_runner(*overrides):
-    """``python runner.py *overrides`` as a background process (output captured)."""
-    return subprocess.Popen([sys.executable, str(ROOT / "runner.py"), *overrides], cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    """``python runner.py *overrides`` as a background process (stdout and stderr together), used
+    as a ``subprocess.Popen``: pid, poll, wait, send_signal, communicate, stdout."""
+    return SERVER.start([str(ROOT / "runner.py"), *overrides], ENV, merge_stderr=True)
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from gmcnn.training import TrainingDiverged, checkpoint, run
 from gmcnn.training.build import build_model, count_parameters
 from gmcnn.training.data import fixed_subset
 from gmcnn.training.engine import Trainer, resolve_micro_batch_size
-from tests.helpers import ENV, FAST, ROOT, compose_config, metrics_of, runner
+from tests.helpers import ENV, FAST, ROOT, compose_config, metrics_of, runner, start_runner
 
 CLASSIFICATION = ["cifar10", "rot-mnist", "mnist-bg-rot", "mnist-noise", "rectangles", "norb",
                   "smallnorb"]
@@ -56,7 +56,8 @@ def test_paper_recipe_is_real_config():
 
 @pytest.mark.slow
 def test_default_run_learns_and_writes_outputs(tmp_path):
-    result = runner("trainer.epochs=3", "logger.wandb.mode=offline", f"hydra.run.dir={tmp_path}")
+    result = runner("trainer.epochs=3", "logger.wandb.mode=offline", f"hydra.run.dir={tmp_path}",
+                    fresh=True)  # the command as a user types it, in a new interpreter
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = metrics_of(tmp_path)
     assert metrics["test_acc"] > 0.7  # two balanced classes: chance is 0.5
@@ -109,9 +110,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, model):
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
 
     killed_dir = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, str(ROOT / "runner.py"), *args,
-                                f"hydra.run.dir={killed_dir}"], cwd=ROOT, env=ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = start_runner(*args, f"hydra.run.dir={killed_dir}")
     last = killed_dir / "checkpoints" / "last.pt"
     deadline = time.time() + 240
     while not last.exists() and time.time() < deadline and process.poll() is None:
