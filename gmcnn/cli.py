@@ -207,7 +207,11 @@ def config_groups() -> str:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.object_type import ObjectType
 
-    _, repository = GlobalHydra.instance().hydra.config_loader._parse_overrides_and_create_caching_repo(None, [])
+    hydra = GlobalHydra.instance().hydra
+    try:  # a private helper of Hydra 1.3's loader; without it, the public (slower) listing
+        _, repository = hydra.config_loader._parse_overrides_and_create_caching_repo(None, [])
+    except (AttributeError, TypeError):
+        repository = None
 
     def groups(parent: str) -> Iterator[str]:  # Hydra's list_all_config_groups, on the one copy
         for child in repository.get_group_options(parent, ObjectType.GROUP):
@@ -216,8 +220,10 @@ def config_groups() -> str:
                 yield group
             yield from groups(group)
 
-    chosen = sorted(g for g in groups("") if g.partition("/")[0] != "hydra")
-    return "\n".join(f"{g}: {', '.join(sorted(selectable_options(repository, g)))}" for g in chosen)
+    names, source = ((hydra.list_all_config_groups(), hydra.config_loader) if repository is None
+                     else (groups(""), repository))
+    chosen = sorted(g for g in names if g.partition("/")[0] != "hydra")
+    return "\n".join(f"{g}: {', '.join(sorted(selectable_options(source, g)))}" for g in chosen)
 
 
 OmegaConf.register_new_resolver("gmcnn.config_groups", config_groups, replace=True)

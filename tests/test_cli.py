@@ -8,6 +8,7 @@ import time
 
 import pytest
 from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
 from gmcnn import cli
 from tests.helpers import ROOT
@@ -154,3 +155,13 @@ def test_main_turns_an_interrupted_sweep_into_status_3(tmp_path):
     assert cli.main(failing_sweep, CONFIGS, ["-m", "seed=0"]) == 1
     assert cli.main(lambda: None, CONFIGS, ["+no_such_key=1"]) == 1
     assert cli.main(lambda: None, CONFIGS, ["seed=1"]) == 0  # a single run: no summary
+
+
+def test_help_lists_the_same_groups_without_hydras_private_helper(monkeypatch):
+    """config_groups reads one copy of the config repository through a private helper of Hydra
+    1.3's loader; where that is missing it lists the same groups the public way."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        fast = cli.config_groups()
+        loader = GlobalHydra.instance().hydra.config_loader
+        monkeypatch.setattr(loader, "_parse_overrides_and_create_caching_repo", None, raising=False)
+        assert cli.config_groups() == fast
