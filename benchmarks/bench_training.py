@@ -43,6 +43,7 @@ autocast for each of --amp-dtypes (default float16 and bfloat16; float32 = AMP o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -237,20 +238,17 @@ def benchmark(exp: str, args: argparse.Namespace, device: torch.device, precisio
             variant.step()
         variant.cpu_seconds = variant.wall_seconds = 0.0
     steps = [(v.step, 1 if v.slow else args.steps, v.batch_size) for v in variants]
-    if args.contended:
-        threads = args.competitor_threads or torch.get_num_threads()
-        with Competitor(args.contended, exp, threads, args) as competitor:
-            with OtherProcessesLoad() as others:
-                results = alternate(steps, args.rounds, Stopwatch(device))
-            if args.profile:
-                profile(variants)
-        print(f"{exp}: the competitor ({args.contended}, {threads} threads) ran "
-              f"{competitor.rate:.2f} steps / s", flush=True)
-    else:
+    threads = args.competitor_threads or torch.get_num_threads()
+    competing = (Competitor(args.contended, exp, threads, args) if args.contended
+                 else contextlib.nullcontext())
+    with competing as competitor:
         with OtherProcessesLoad() as others:
             results = alternate(steps, args.rounds, Stopwatch(device))
         if args.profile:
             profile(variants)
+    if args.contended:
+        print(f"{exp}: the competitor ({args.contended}, {threads} threads) ran "
+              f"{competitor.rate:.2f} steps / s", flush=True)
     rates = {v.label: r.median for v, r in zip(variants, results)}
     naive, composed = rates.get("naive"), rates.get("composed", rates.get("ours"))
     rows = [[exp, v.label, v.batch_size, precision, rate_text(r.median), r.spread,

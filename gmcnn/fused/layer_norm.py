@@ -96,12 +96,9 @@ def _onto_gram_entries(matrix: Tensor, pairs: Tensor | None, size: int) -> Tenso
     return matrix.new_zeros(size).index_add_(0, pairs.flatten(), matrix.flatten())
 
 
-def _gram_matrix(entries: Tensor, pairs: Tensor | None) -> Tensor:
+def _gram_matrix(entries: Tensor, pairs: Tensor | None, taps: int) -> Tensor:
     """(P,) -> (K, K): the Gram matrix with these entries."""
-    if pairs is None:
-        taps = round(entries.numel() ** 0.5)
-        return entries.view(taps, taps)
-    return entries[pairs]
+    return entries.view(taps, taps) if pairs is None else entries[pairs]
 
 
 def _normalized_conv(x: Tensor, w: Tensor, bias: Tensor | None, index: Tensor, eps: float,
@@ -165,7 +162,7 @@ def _normalized_conv_backward(saved: _Normalized, w: Tensor, grad_y_sum: Tensor,
             # sum_b rstd (gy gc^T - beta rstd W Gc): W is shared, so W (sum_b beta rstd^2 Gc)
             # is one O x K x K product per batch
             grad_hg = torch.einsum("b,bok->ok", rstd, grad_y_gc) - w @ _gram_matrix(
-                (rstd * beta_rstd) @ gram, saved.gram_pairs)
+                (rstd * beta_rstd) @ gram, saved.gram_pairs, w.shape[1])
             grad_w = (grad_hg + grad_h_sum.T @ g_mean)[:, None]
         if need_b:
             grad_b = grad_h_sum.sum(0)
