@@ -238,9 +238,10 @@ def benchmark(exp: str, args: argparse.Namespace, device: torch.device, precisio
             variant.step()
         variant.cpu_seconds = variant.wall_seconds = 0.0
     steps = [(v.step, 1 if v.slow else args.steps, v.batch_size) for v in variants]
-    threads = args.competitor_threads or torch.get_num_threads()
-    competing = (Competitor(args.contended, exp, threads, args) if args.contended
-                 else contextlib.nullcontext())
+    competing = contextlib.nullcontext()
+    if args.contended:
+        threads = args.competitor_threads or torch.get_num_threads()
+        competing = Competitor(args.contended, exp, threads, args)
     with competing as competitor:
         with OtherProcessesLoad() as others:
             results = alternate(steps, args.rounds, Stopwatch(device))
