@@ -65,8 +65,18 @@ PLUGINS = {
 # keys a + override may add because their reader checks them when the run starts
 CHECKED_LATER = ("model.", "optimizer.", "scheduler.", "data.options.", "hydra.")
 MAXIMIZE = {"val_acc"}  # the other monitors (val_loss, val_rmse) are minimised
-# flags whose command Hydra runs as it is (help, completion, a re-run, an extra config dir)
-PASS_THROUGH = ("help", "hydra_help", "info", "shell_completion", "experimental_rerun", "config_dir")
+# flags whose command Hydra runs as it is (help, completion): they train nothing
+PASS_THROUGH = ("help", "hydra_help", "info", "shell_completion")
+RERUN_REFUSED = ("--experimental-rerun is refused: it unpickles RUN_DIR/.hydra/config.pickle, and a "
+                 "pickle from elsewhere can run code; continue the run with trainer.resume=RUN_DIR, or "
+                 "repeat it with the overrides listed in RUN_DIR/.hydra/overrides.yaml")
+# what the hydra node of a config may instantiate (its launcher and sweeper are Hydra's plugins,
+# which Hydra itself restricts to hydra_plugins.*): the project's callback, logging's own classes
+HYDRA_CALLBACKS = ("gmcnn.cli.SweepCallback",)
+# environment variables a config's hydra.job.env_set may not set: they make later processes
+# (launcher workers, torchrun, data-loading subprocesses) load code
+UNSAFE_ENV = ("LD_", "DYLD_", "PYTHON", "BASH_ENV", "ENV", "PATH", "PERL5", "RUBYOPT", "NODE_OPTIONS",
+              "GMCNN_TRUSTED_TARGETS")
 
 
 class CommandLineError(Exception):
@@ -84,15 +94,21 @@ def preflight(argv: list[str], config_dir: Path) -> None:
             args = get_args_parser().parse_args(argv)
     except SystemExit:
         return  # a malformed flag: Hydra's argparse says so
+    if args.experimental_rerun:
+        raise CommandLineError(RERUN_REFUSED)
     if any(getattr(args, flag, None) for flag in PASS_THROUGH):
         return
     if args.config_path:
         config_dir = Path(args.config_path) if Path(args.config_path).is_absolute() \
             else Path.cwd() / args.config_path
-    _check_overrides(args.overrides, config_dir, args.config_name or "config")
+    extra_dir = Path(args.config_dir).resolve() if args.config_dir else None
+    if extra_dir is not None and not extra_dir.is_dir():
+        raise CommandLineError(f"--config-dir {args.config_dir}: no such directory")
+    _check_overrides(args.overrides, config_dir, args.config_name or "config", extra_dir)
 
 
-def _check_overrides(overrides: list[str], config_dir: Path, config_name: str) -> None:
+def _check_overrides(overrides: list[str], config_dir: Path, config_name: str,
+                     extra_dir: Path | None = None) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -106,6 +122,8 @@ def _check_overrides(overrides: list[str], config_dir: Path, config_name: str) -
             raise CommandLineError(f"cannot parse the override {text}: {_first_line(error)}") from None
     with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
+        if extra_dir is not None:  # where Hydra puts --config-dir: after the main configs
+            _add_config_dir(loader, extra_dir)
         is_group = _group_lookup(loader)
         chosen, keyed = [], []
         for override in parsed:
@@ -134,6 +152,64 @@ def _check_overrides(overrides: list[str], config_dir: Path, config_name: str) -
         if error is not None:
             raise error
     _check_direction(cfg)
+    check_instantiated(cfg)
+
+
+def _add_config_dir(loader: Any, directory: Path) -> None:
+    from hydra._internal.config_repository import ConfigRepository
+    from hydra.core.config_search_path import SearchPathQuery
+
+    loader.config_search_path.prepend(provider="command-line", path=f"file://{directory}",
+                                      anchor=SearchPathQuery(provider="schema"))
+    loader.repository = ConfigRepository(config_search_path=loader.config_search_path)
+
+
+def check_instantiated(cfg: DictConfig) -> None:
+    """CommandLineError for anything in a composed config (with its ``hydra`` node) that would
+    make Hydra or the run import code the project does not trust: a model / optimizer / scheduler
+    target off the allow-list (:mod:`gmcnn.training.targets`), a ``_target_`` elsewhere, a Hydra
+    callback other than the project's, a logging factory or handler class outside ``logging``, an
+    environment variable that loads code. A received config directory is data; this keeps it so."""
+    from gmcnn.training import targets
+
+    hydra_node = OmegaConf.to_container(cfg.get("hydra") or {}, resolve=False)
+    task = OmegaConf.to_container(cfg, resolve=False)
+    task.pop("hydra", None)
+    try:
+        targets.check_targets(task)
+    except targets.TargetRefused as refused:
+        raise CommandLineError(str(refused)) from None
+    trusted = targets.trusted_by_user()
+    for name, callback in (hydra_node.get("callbacks") or {}).items():
+        target = (callback or {}).get("_target_")
+        if target not in HYDRA_CALLBACKS and target not in trusted:
+            raise CommandLineError(f"hydra.callbacks.{name}._target_={target!r} is refused: only "
+                                   f"{', '.join(HYDRA_CALLBACKS)} may run as a callback; nothing was "
+                                   f"imported. Trust your own with {targets.TRUSTED_ENV}")
+    for part in ("launcher", "sweeper"):
+        target = str((hydra_node.get(part) or {}).get("_target_", ""))
+        if not target.startswith(("hydra_plugins.", "hydra._internal.core_plugins.")):
+            raise CommandLineError(f"hydra.{part}._target_={target!r} is refused: a {part} must be a "
+                                   "Hydra plugin (hydra_plugins.*)")
+    for part in ("job_logging", "hydra_logging"):
+        for key, value in _leaves(hydra_node.get(part) or {}, f"hydra.{part}."):
+            leaf = key.rpartition(".")[2]
+            if leaf == "()" or (leaf == "class" and not str(value).startswith("logging.")):
+                raise CommandLineError(f"{key}={value!r} is refused: logging may only use the classes "
+                                       "of Python's logging package")
+    for name in (OmegaConf.select(cfg, "hydra.job.env_set") or {}):
+        if str(name).upper().startswith(UNSAFE_ENV):
+            raise CommandLineError(f"hydra.job.env_set.{name} is refused: a config may not set an "
+                                   "environment variable that makes processes load code")
+
+
+def _leaves(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        if isinstance(value, (dict, list)):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def _group_lookup(loader: Any) -> Callable[[str], bool]:

@@ -50,10 +50,13 @@ def test_checkpoint_round_trips_rng_states_as_plain_data(tmp_path):
     state = {"rng": checkpoint.rng_state(), "progress": Progress(epoch=2, best=0.5).to_dict()}
     checkpoint.save(tmp_path / "last.pt", state)
     expected = (torch.rand(3), __import__("numpy").random.rand(), __import__("random").random())
-    checkpoint.set_rng_state(checkpoint.load(tmp_path / "last.pt")["rng"])
+    loaded = torch.load(tmp_path / "last.pt", weights_only=True)
+    checkpoint.check(loaded["rng"], checkpoint.RNG)
+    checkpoint.check(loaded["progress"], checkpoint.PROGRESS)
+    checkpoint.set_rng_state(loaded["rng"])
     again = (torch.rand(3), __import__("numpy").random.rand(), __import__("random").random())
     assert torch.equal(expected[0], again[0]) and expected[1:] == again[1:]
-    assert Progress.from_dict(checkpoint.load(tmp_path / "last.pt")["progress"]).epoch == 2
+    assert Progress.from_dict(loaded["progress"]).epoch == 2
     assert not list(tmp_path.glob(".*tmp"))
 
 
@@ -148,7 +151,8 @@ def test_requeued_job_continues_its_interrupted_directory(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     checkpoint.save(tmp_path / "checkpoints" / "last.pt", {
         "config": __import__("omegaconf").OmegaConf.to_container(cfg), "overrides": list(FAST),
-        "progress": Progress(epoch=1, step=2).to_dict()})
+        "progress": Progress(epoch=1, step=2).to_dict(), "rng": checkpoint.rng_state(), "wandb_id": "w",
+        "trainer": {"model": {}, "optimizer": {"state": {}, "param_groups": []}, "scheduler": None, "scaler": {}}})
     (tmp_path / "metrics.json").write_text(json.dumps({"status": "interrupted"}))
     with pytest.raises(ConfigError, match="already holds a run; continue it with trainer.resume=true"):
         plan(cfg, tmp_path, list(FAST), search_siblings=False, under_requeue=False, compose=None)

@@ -364,7 +364,7 @@ def test_best_checkpoint_holds_recalibrated_batch_norm_statistics(tmp_path):
     assert "running statistics recomputed from 100 training samples" in result.stdout + result.stderr
     cfg = compose_config(*overrides)
     model = build_model(cfg)
-    model.load_state_dict(checkpoint.load(tmp_path / "checkpoints" / "best.pt")["model"])
+    model.load_state_dict(checkpoint.load(tmp_path / "checkpoints" / "best.pt", checkpoint.BEST)["model"])
     saved = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
     assert saved
     splits = load_data(cfg)

@@ -14,6 +14,8 @@ from torch import Tensor, nn
 class CNN(nn.Module):
     """Standard convolutional classifier for (B, C_in, H, W) images."""
 
+    task = "classification"
+
     def __init__(self, in_channels: int, num_classes: int, width: int = 32, blocks: int = 3,
                  dropout: float = 0.0, image_size: int = 32):
         super().__init__()

@@ -44,6 +44,8 @@ class GMDynamics(FusedFlag, EquivariantModule):
     """Next-frame predictor on a grid whose axes carry ``group`` (e.g. ``["C64", "C64"]``), or on
     a wallpaper group of the grid (``"p4"`` with ``image_size``, or ``"p4(64)"``)."""
 
+    task = "dynamics"
+
     def __init__(self, group: str | Sequence[str], input_frames: int = 10, field_channels: int = 2,
                  channels: int = 120, blocks: int = 2, t: int = 1, rank: int = 1,
                  relaxation: str = "additive", channel_mode: str = "shared",
@@ -86,6 +88,8 @@ class GMDynamics(FusedFlag, EquivariantModule):
 
 class CNNDynamics(nn.Module):
     """Baseline: the same network with ordinary zero-padded k x k convolutions."""
+
+    task = "dynamics"
 
     def __init__(self, input_frames: int = 10, field_channels: int = 2, channels: int = 128,
                  blocks: int = 4, kernel_size: int = 3):

@@ -101,6 +101,8 @@ class GMCNN(FusedFlag, EquivariantModule):
     """GM-CNN image classifier on ``group``: one spec per image axis (``["C32", "C32"]``) or a
     wallpaper group (``"p4"`` / ``"p4m"`` with ``image_size``, or ``"p4(28)"``)."""
 
+    task = "classification"
+
     def __init__(self, group: str | Sequence[str], in_channels: int, num_classes: int,
                  t: int = 3, blocks: int = 2, layers_per_block: int = 1,
                  channels: int | Sequence[int] = 120, dropout: float = 0.0,

@@ -8,7 +8,11 @@ when a signal stops the run mid-epoch (``Progress.step`` > 0, with the epoch's r
 
 Everything is stored as tensors, lists, dicts, numbers and strings, and read back with
 ``torch.load(weights_only=True)``: a checkpoint cannot run code when it is loaded, and one
-crafted to (any other pickled object) is refused with :class:`CheckpointError`.
+crafted to (any other pickled object) is refused with :class:`CheckpointError`. Plain data is not
+trusted either: :func:`load` checks what it read against the schema the trainer writes
+(:data:`LAST`, :data:`BEST`: every key, its type, tensors where tensors belong) and refuses a file
+with anything else, naming the entry; the saved configuration is plain data whose ``_target_``
+names are checked against the allow-list (:mod:`gmcnn.training.targets`) before the run uses it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import pickle
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -62,17 +66,121 @@ class Progress:
         return cls(**{k: v for k, v in state.items() if k in known})
 
 
+# --- the schema of what a checkpoint may hold ------------------------------------------------
+
+PLAIN = "plain data"  # None, bool, int, float, str, and lists / tuples / dicts (str keys) of them
+NUMBER = (int, float)
+
+
+class MapOf(NamedTuple):
+    """A dict whose keys are ``key`` and whose values match ``value``."""
+    key: type | tuple[type, ...]
+    value: Any
+
+
+class ListOf(NamedTuple):
+    item: Any
+
+
+class Record(NamedTuple):
+    """A dict with these keys (all required unless listed in ``optional``), nothing else."""
+    fields: dict[str, Any]
+    optional: frozenset[str] = frozenset()
+
+
+class Maybe(NamedTuple):
+    spec: Any
+
+
+TENSORS = MapOf(str, torch.Tensor)
+RNG = Record({"torch": torch.Tensor,
+              "numpy": Record({"name": str, "keys": ListOf(int), "pos": int, "has_gauss": int,
+                               "gauss": NUMBER}),
+              "python": Record({"version": int, "internal": ListOf(int), "gauss_next": Maybe(NUMBER)}),
+              "cuda": ListOf(torch.Tensor)}, optional=frozenset({"cuda"}))
+PROGRESS = Record({"epoch": int, "step": int, "loss_sum": NUMBER, "score_sum": NUMBER, "seen": int,
+                   "epoch_seconds": NUMBER, "best": Maybe(NUMBER), "best_epoch": Maybe(int),
+                   "bad_epochs": int, "train_seconds": NUMBER, "history": ListOf(MapOf(str, PLAIN)),
+                   "changes": ListOf(MapOf(str, PLAIN))})
+OPTIMIZER = Record({"state": MapOf(int, MapOf(str, (torch.Tensor, *NUMBER))),
+                    "param_groups": ListOf(MapOf(str, PLAIN))})
+LAST = Record({"trainer": Record({"model": TENSORS, "optimizer": OPTIMIZER,
+                                  "scheduler": Maybe(MapOf(str, PLAIN)), "scaler": MapOf(str, PLAIN)}),
+               "rng": RNG, "progress": PROGRESS, "config": MapOf(str, PLAIN), "overrides": ListOf(str),
+               "wandb_id": str})
+BEST = Record({"model": TENSORS, "epoch": int})
+
+
+def check(value: Any, spec: Any, where: str = "") -> None:
+    """Raise ValueError naming the first entry of ``value`` that does not match ``spec``."""
+    if spec == PLAIN:
+        _check_plain(value, where)
+    elif isinstance(spec, Maybe):
+        if value is not None:
+            check(value, spec.spec, where)
+    elif isinstance(spec, Record):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where or 'the file'} is {type(value).__name__}, not a dict")
+        for key in value:
+            if key not in spec.fields:
+                raise ValueError(f"unexpected entry {where}{key!r}")
+        for key, field_spec in spec.fields.items():
+            if key in value:
+                check(value[key], field_spec, f"{where}{key}.")
+            elif key not in spec.optional:
+                raise ValueError(f"missing entry {where}{key!r}")
+    elif isinstance(spec, MapOf):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where.rstrip('.')} is {type(value).__name__}, not a dict")
+        for key, item in value.items():
+            if not isinstance(key, spec.key) or isinstance(key, bool):
+                raise ValueError(f"{where.rstrip('.')} has a key of type {type(key).__name__}")
+            check(item, spec.value, f"{where}{key}.")
+    elif isinstance(spec, ListOf):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where.rstrip('.')} is {type(value).__name__}, not a list")
+        for index, item in enumerate(value):
+            check(item, spec.item, f"{where}{index}.")
+    elif not isinstance(value, spec) or (isinstance(value, bool) and bool not in _types(spec)):
+        raise ValueError(f"{where.rstrip('.')} is {type(value).__name__}, not {_names(spec)}")
+
+
+def _check_plain(value: Any, where: str) -> None:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_plain(item, f"{where}{index}.")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise ValueError(f"{where.rstrip('.')} has a key of type {type(key).__name__}")
+            _check_plain(item, f"{where}{key}.")
+    else:
+        raise ValueError(f"{where.rstrip('.')} is {type(value).__name__}, where only plain data "
+                         "(numbers, strings, lists, dicts) belongs")
+
+
+def _types(spec: Any) -> tuple[type, ...]:
+    return spec if isinstance(spec, tuple) else (spec,)
+
+
+def _names(spec: Any) -> str:
+    return " or ".join(t.__name__ for t in _types(spec))
+
+
 def save(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda handle: torch.save(state, handle))
 
 
-def load(path: Path) -> dict[str, Any]:
-    """Load a checkpoint as plain data (weights_only): pickled objects of any other kind, which
-    could run code while loading, are refused."""
+def load(path: Path, schema: Record = LAST) -> dict[str, Any]:
+    """Load a checkpoint as plain data (weights_only) and check it against ``schema`` (:data:`LAST`
+    or :data:`BEST`): pickled objects of any other kind, which could run code while loading, and
+    plain data of another shape are refused (CheckpointError naming the entry)."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "weights only" in str(error).lower() or "weights_only" in str(error):
             raise CheckpointError(
@@ -83,6 +191,14 @@ def load(path: Path) -> dict[str, Any]:
         raise _corrupt(path, error) from None
     except Exception as error:  # torch raises many types for damaged files
         raise _corrupt(path, error) from None
+    try:
+        check(state, schema)
+    except ValueError as error:
+        kind = "last.pt (a training checkpoint)" if schema is LAST else "best.pt (model weights)"
+        raise CheckpointError(f"checkpoint {path} was refused: it does not have the layout of gmcnn's "
+                              f"{kind}: {error}; nothing in it was used. Use a checkpoint written "
+                              "by gmcnn, or start afresh with trainer.resume=false") from None
+    return state
 
 
 def _corrupt(path: Path, error: Exception) -> CheckpointError:

@@ -8,7 +8,6 @@ every problem into a :class:`ConfigError` whose message names the key and what i
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gmcnn.training import targets
 from gmcnn.training.objectives import OBJECTIVES
 
 
@@ -31,9 +31,7 @@ CHOICES = {
     "trainer.monitor": ("val_acc", "val_loss", "val_rmse"),
     "logger.wandb.mode": ("auto", "online", "offline", "disabled"),
 }
-# the models' tasks, by target, and the model configs to use for each task
-MODEL_TASKS = {"gmcnn.models.GMCNN": "classification", "gmcnn.models.CNN": "classification",
-               "gmcnn.models.GMDynamics": "dynamics", "gmcnn.models.CNNDynamics": "dynamics"}
+# the model configs to use for each task (a model class declares its own task: ``task = ...``)
 MODELS_FOR_TASK = {"classification": "model=gmcnn or model=cnn",
                    "dynamics": "model=gm_dynamics or model=cnn_dynamics (the CNN baseline)"}
 TRAINER_KEYS = {"epochs", "batch_size", "device", "amp", "amp_dtype", "grad_clip",
@@ -42,8 +40,14 @@ TRAINER_KEYS = {"epochs", "batch_size", "device", "amp", "amp_dtype", "grad_clip
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first invalid value in ``cfg`` (before any data is loaded)."""
-    model_task = MODEL_TASKS.get(OmegaConf.select(cfg, "model._target_", default=None))
+    """Raise ConfigError for the first invalid value in ``cfg`` (before any data is loaded or
+    anything named in it is imported: :mod:`gmcnn.training.targets`)."""
+    try:
+        targets.check_targets(OmegaConf.to_container(cfg, resolve=False))
+    except targets.TargetRefused as refused:
+        raise ConfigError(str(refused)) from None
+    model_task = getattr(targets.models().get(OmegaConf.select(cfg, "model._target_", default=None)),
+                         "task", None)
     if cfg.get("task") in MODELS_FOR_TASK and model_task not in (None, cfg.task):
         raise ConfigError(f"model {cfg.model._target_} is a {model_task} model, but task="
                           f"{cfg.task} (experiment {cfg.get('name')}); use "
@@ -131,9 +135,12 @@ def instantiate(group: str, node: DictConfig, *args: Any) -> Any:
     """Call ``node._target_(*args, **keys)`` (``_partial_`` configs receive ``args`` now, e.g. the
     parameters of an optimizer); a bad target or an unknown key is a ConfigError naming
     ``group.key`` and the allowed keys."""
+    try:
+        target = targets.resolve(group, node._target_)
+    except targets.TargetRefused as refused:
+        raise ConfigError(str(refused)) from None
     params = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items()
               if not k.startswith("_")}
-    target = _import(group, node._target_)
     allowed = _parameters(target)
     unknown = sorted(set(params) - allowed) if allowed is not None else []
     if unknown:
@@ -147,14 +154,6 @@ def _call(group: str, target: Callable, /, *args: Any, **kwargs: Any) -> Any:
         return target(*args, **kwargs)
     except ValueError as error:  # the library's argument checks say what is allowed
         raise ConfigError(f"{group}: {error}") from None
-
-
-def _import(group: str, path: str) -> Callable:
-    module, _, name = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        raise ConfigError(f"{group}._target_={path!r} cannot be imported") from None
 
 
 def _parameters(target: Callable) -> set[str] | None:

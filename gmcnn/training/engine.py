@@ -348,7 +348,7 @@ def _run(plan: Plan, run_dir: Path, device: torch.device) -> dict[str, Any]:
         raise
 
     distributed.barrier()  # rank 0 has written best.pt
-    best = checkpoint.load(ckpt_dir / "best.pt")
+    best = checkpoint.load(ckpt_dir / "best.pt", checkpoint.BEST)
     model.load_state_dict(best["model"])
     if trainer.recalibrate_batch_norm(splits.train) and main:  # best.pt: the statistics tested
         checkpoint.save(ckpt_dir / "best.pt", {"model": model.state_dict(), "epoch": best["epoch"]})
@@ -385,7 +385,7 @@ def restore(plan: Plan, trainer: Trainer, ckpt_dir: Path) -> Progress:
         best = plan.source.parent / "best.pt"
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if best.is_file():
-            checkpoint.load(best)  # refused if unsafe, before it is copied
+            checkpoint.load(best, checkpoint.BEST)  # refused if unsafe, before it is copied
             shutil.copyfile(best, ckpt_dir / "best.pt")
         else:
             checkpoint.save(ckpt_dir / "best.pt", {"model": trainer.model.state_dict(),

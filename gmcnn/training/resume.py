@@ -27,7 +27,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from gmcnn.training import checkpoint
+from gmcnn.training import checkpoint, targets
 from gmcnn.training.config import ConfigError
 from gmcnn.training.rundir import read_metrics
 
@@ -183,6 +183,10 @@ def plan(cfg: DictConfig, run_dir: Path, overrides: list[str], *, search_sibling
     if "config" not in saved or "progress" not in saved:
         raise checkpoint.CheckpointError(f"checkpoint {source} is not a gmcnn training checkpoint "
                                          "(no config or progress); pass the run's last.pt")
+    try:  # a received checkpoint's config is data: it may name only what the project instantiates
+        targets.check_targets(saved["config"])
+    except targets.TargetRefused as refused:
+        raise ConfigError(f"checkpoint {source}: {refused}") from None
     target = run_dir_of(source, run_dir)
     effective, merged, changes = reconcile(saved["config"], list(saved.get("overrides", [])),
                                            list(overrides), compose)
