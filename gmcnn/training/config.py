@@ -34,6 +34,8 @@ CHOICES = {
 # the models' tasks, by target, and the model configs to use for each task
 MODEL_TASKS = {"gmcnn.models.GMCNN": "classification", "gmcnn.models.CNN": "classification",
                "gmcnn.models.GMDynamics": "dynamics", "gmcnn.models.CNNDynamics": "dynamics"}
+MODEL_TASKS |= {f"gmcnn.models.{m}": "dynamics"  # the dynamics baselines
+                for m in "ConvNet E2CNN Lift RGroup RGroupTranslation RPP RSteer".split()}
 MODELS_FOR_TASK = {"classification": "model=gmcnn or model=cnn",
                    "dynamics": "model=gm_dynamics or model=cnn_dynamics (the CNN baseline)"}
 TRAINER_KEYS = {"epochs", "batch_size", "device", "amp", "amp_dtype", "grad_clip",
