@@ -182,3 +182,17 @@ def test_each_baseline_trains_and_its_validation_rmse_falls(tmp_path, option):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["num_params"] == count_parameters(build_model(compose_config(
         "exp=plume-translation", f"model={option}", "model.channels=4")))
+
+
+def test_help_describes_every_dynamics_model_in_one_line():
+    from omegaconf import OmegaConf
+
+    from gmcnn.training.config import MODEL_TASKS
+    from tests.helpers import ROOT
+
+    template = OmegaConf.to_container(OmegaConf.load(ROOT / "configs/hydra/help/gmcnn.yaml"))["template"]
+    dynamics = [path.stem for path in sorted((ROOT / "configs/model").glob("*.yaml"))
+                if MODEL_TASKS.get(OmegaConf.load(path).get("_target_")) == "dynamics"]
+    assert {"convnet", "e2cnn", "rgroup", "rgroup_translation", "rsteer", "rpp", "lift"} <= set(dynamics)
+    for option in dynamics:
+        assert any(line.split()[:1] == [option] and len(line.split()) > 3 for line in template.splitlines()), option
