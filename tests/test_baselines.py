@@ -7,15 +7,16 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from gmcnn.equivariance import assert_equivariant, equivariance_error, image_transform_element
-from gmcnn.models import RPP, E2CNN, ConvNet, Lift, RGroup, RGroupTranslation, RSteer
+from gmcnn.models import E2CNN, RPP, ConvNet, Lift, RGroup, RGroupTranslation, RSteer
 from gmcnn.models.baselines.steerable import quarter_turn, steerable_basis
 from gmcnn.nn import relaxation_penalty
 from gmcnn.spaces import VectorField
 from gmcnn.training.build import build_model, count_parameters
-from gmcnn.training.config import ConfigError, validate
-from tests.helpers import compose_config, runner
+from gmcnn.training.config import MODEL_TASKS, ConfigError, validate
+from tests.helpers import ROOT, compose_config, runner
 from tests.test_dynamics import SMALL_WINDOWS, write_translating_fields
 
 # upstream counts (docs/baselines, measured on the upstream classes) minus the parameters of batch
@@ -77,8 +78,10 @@ def test_e2cnn_is_exactly_equivariant_to_quarter_turns_of_the_field():
     model = E2CNN(channels=3, layers=3)
     with torch.no_grad():  # learned-looking batch-norm statistics and affine parameters
         for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm3d)):
-            norm.running_mean.normal_(), norm.running_var.uniform_(0.5, 2)
-            norm.weight.normal_(), norm.bias.normal_()
+            norm.running_mean.normal_()
+            norm.running_var.uniform_(0.5, 2)
+            norm.weight.normal_()
+            norm.bias.normal_()
     x = torch.randn(2, 20, 12, 12)
     assert_rotation_equivariant(model.eval(), x)
     assert_rotation_equivariant(model.train(), x)  # batch statistics per field: still exact
@@ -185,11 +188,6 @@ def test_each_baseline_trains_and_its_validation_rmse_falls(tmp_path, option):
 
 
 def test_help_describes_every_dynamics_model_in_one_line():
-    from omegaconf import OmegaConf
-
-    from gmcnn.training.config import MODEL_TASKS
-    from tests.helpers import ROOT
-
     template = OmegaConf.to_container(OmegaConf.load(ROOT / "configs/hydra/help/gmcnn.yaml"))["template"]
     dynamics = [path.stem for path in sorted((ROOT / "configs/model").glob("*.yaml"))
                 if MODEL_TASKS.get(OmegaConf.load(path).get("_target_")) == "dynamics"]

@@ -1,6 +1,6 @@
 """Models built from GM layers, and baselines."""
 
-from gmcnn.models.baselines import RPP, E2CNN, ConvNet, Lift, RGroup, RGroupTranslation, RSteer
+from gmcnn.models.baselines import E2CNN, RPP, ConvNet, Lift, RGroup, RGroupTranslation, RSteer
 from gmcnn.models.cnn import CNN
 from gmcnn.models.dynamics import CNNDynamics, GMDynamics
 from gmcnn.models.gmcnn import GMCNN
