@@ -194,3 +194,13 @@ def test_help_describes_every_dynamics_model_in_one_line():
     assert {"convnet", "e2cnn", "rgroup", "rgroup_translation", "rsteer", "rpp", "lift"} <= set(dynamics)
     for option in dynamics:
         assert any(line.split()[:1] == [option] and len(line.split()) > 3 for line in template.splitlines()), option
+
+
+@pytest.mark.parametrize("option, override, message", [
+    ("rsteer", "model.kernel_size=4", "RSteer: kernel_size must be odd, got 4"),
+    ("lift", "model.channels=0", "Lift: channels must be an integer >= 1, got 0"),
+    ("rgroup", "model.layers=1", "RGroup: layers must be an integer >= 2, got 1"),
+])
+def test_bad_sizes_are_refused_in_one_line(option, override, message):
+    with pytest.raises(ConfigError, match=f"^model: {message}$"):
+        build_model(compose_config("exp=plume-rotation", f"model={option}", override))

@@ -11,11 +11,14 @@ from torch import Tensor, nn
 
 
 def check_sizes(model: str, **sizes: int) -> None:
-    """Each size (channels, layers, ...) a positive integer; ``layers`` at least 2."""
+    """Each size (channels, layers, ...) a positive integer; ``layers`` at least 2;
+    ``kernel_size`` odd (same-size zero padding k // 2)."""
     for name, value in sizes.items():
         least = 2 if name == "layers" else 1
         if int(value) != value or value < least:
             raise ValueError(f"{model}: {name} must be an integer >= {least}, got {value!r}")
+    if sizes.get("kernel_size", 1) % 2 == 0:
+        raise ValueError(f"{model}: kernel_size must be odd, got {sizes['kernel_size']}")
 
 
 def check_vector_input(model: str, field_channels: int) -> None:

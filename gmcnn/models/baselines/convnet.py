@@ -22,7 +22,7 @@ class ConvNet(nn.Module):
     def __init__(self, input_frames: int = 10, field_channels: int = 2, channels: int = 92,
                  layers: int = 5, kernel_size: int = 3):
         super().__init__()
-        check_sizes("ConvNet", input_frames=input_frames, channels=channels, layers=layers)
+        check_sizes("ConvNet", input_frames=input_frames, channels=channels, kernel_size=kernel_size, layers=layers)
         widths = [input_frames * field_channels] + [channels] * (layers - 1)
         self.blocks = nn.Sequential(*(conv_block(a, b, kernel_size) for a, b in zip(widths, widths[1:])))
         self.head = nn.Conv2d(channels, field_channels, kernel_size, padding=kernel_size // 2)

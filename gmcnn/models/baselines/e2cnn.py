@@ -29,7 +29,7 @@ class E2CNN(nn.Module):
     def __init__(self, input_frames: int = 10, field_channels: int = 2, channels: int = 92,
                  layers: int = 5, kernel_size: int = 3):
         super().__init__()
-        check_sizes("E2CNN", input_frames=input_frames, channels=channels, layers=layers)
+        check_sizes("E2CNN", input_frames=input_frames, channels=channels, kernel_size=kernel_size, layers=layers)
         check_vector_input("E2CNN", field_channels)
         blocks = []
         for i in range(layers - 1):

@@ -31,7 +31,7 @@ class Lift(nn.Module):
     def __init__(self, image_size: Sequence[int], input_frames: int = 10, field_channels: int = 2,
                  channels: int = 128, kernel_size: int = 3):
         super().__init__()
-        check_sizes("Lift", input_frames=input_frames, channels=channels)
+        check_sizes("Lift", input_frames=input_frames, channels=channels, kernel_size=kernel_size)
         self.grid_shape = tuple(int(side) for side in image_size)
         self.in_channels = input_frames * field_channels
         self.encoder = nn.Sequential(

@@ -69,7 +69,8 @@ class RGroup(Relaxation):
     def __init__(self, input_frames: int = 10, field_channels: int = 2, channels: int = 48,
                  layers: int = 5, banks: int = 2, kernel_size: int = 3):
         super().__init__()
-        check_sizes("RGroup", input_frames=input_frames, channels=channels, layers=layers, banks=banks)
+        check_sizes("RGroup", input_frames=input_frames, channels=channels, kernel_size=kernel_size,
+                    layers=layers, banks=banks)
         check_vector_input("RGroup", field_channels)
         widths = [input_frames] + [channels] * (layers - 1) + [1]
         self.convs = nn.ModuleList(RelaxedGroupConv2d(i, o, banks, kernel_size)

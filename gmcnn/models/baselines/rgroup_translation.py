@@ -51,7 +51,7 @@ class RGroupTranslation(Relaxation):
     def __init__(self, image_size: Sequence[int], input_frames: int = 10, field_channels: int = 2,
                  channels: int = 128, layers: int = 5, banks: int = 2, kernel_size: int = 3):
         super().__init__()
-        check_sizes("RGroupTranslation", input_frames=input_frames, channels=channels,
+        check_sizes("RGroupTranslation", input_frames=input_frames, channels=channels, kernel_size=kernel_size,
                     layers=layers, banks=banks)
         self.grid_shape = tuple(int(side) for side in image_size)
         self.in_channels = input_frames * field_channels

@@ -64,7 +64,7 @@ class RSteer(Relaxation):
     def __init__(self, input_frames: int = 10, field_channels: int = 2, channels: int = 92,
                  layers: int = 5, kernel_size: int = 3):
         super().__init__()
-        check_sizes("RSteer", input_frames=input_frames, channels=channels, layers=layers)
+        check_sizes("RSteer", input_frames=input_frames, channels=channels, kernel_size=kernel_size, layers=layers)
         check_vector_input("RSteer", field_channels)
         fields = [(input_frames, "vector")] + [(channels, "regular")] * (layers - 1) + [(1, "vector")]
         self.convs = nn.ModuleList(RelaxedSteerableConv2d(i, o, a, b, kernel_size)

@@ -87,8 +87,9 @@ def _basis(field_in: str, field_out: str, kernel_size: int) -> Tensor:
 def steerable_basis(field_in: str, field_out: str, kernel_size: int = 3) -> Tensor:
     """(B, c_out, c_in, k, k) float32 orthonormal basis of the C4-steerable kernels from
     ``field_in`` to ``field_out`` fields (module docstring)."""
-    for field in (field_in, field_out):
-        field_rotation(field)
+    unknown = sorted({field_in, field_out} - set(FIELD_SIZES))
+    if unknown:
+        raise ValueError(f"field must be one of {tuple(FIELD_SIZES)}, got {unknown[0]!r}")
     return _basis(field_in, field_out, kernel_size).float()
 
 
