@@ -204,3 +204,10 @@ def test_help_describes_every_dynamics_model_in_one_line():
 def test_bad_sizes_are_refused_in_one_line(option, override, message):
     with pytest.raises(ConfigError, match=f"^model: {message}$"):
         build_model(compose_config("exp=plume-rotation", f"model={option}", override))
+
+
+def test_rotation_models_run_on_jetflows_grid_as_upstream_did():
+    """Convolutional, so any grid: the upstream reported E2CNN and RSteer on JetFlow's 62 x 23."""
+    for option in ("e2cnn", "rsteer", "rgroup", "rpp"):
+        model = build_model(compose_config("exp=jetflow", f"model={option}", "model.channels=2")).eval()
+        assert model(torch.randn(1, 20, 62, 23)).shape == (1, 2, 62, 23)
