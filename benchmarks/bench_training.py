@@ -13,6 +13,10 @@ what ``python runner.py exp=...`` gets per step without data loading. Variants:
 * cnn       - the project's CNN baseline of the experiment (``model=cnn``, ``model=cnn_dynamics``
               for the plume experiments); it downsamples, the GM-CNN does not: a reference, not a
               target;
+* baselines - with --variants naming them (or ``baselines`` for all), the dynamics baselines at
+              their published widths (docs/design.md §3.3): convnet, e2cnn, rgroup,
+              rgroup_translation, rsteer, rpp, lift; on CPU timed on the small batch like the CNN,
+              e.g. ``--exp plume-rotation --variants ours,baselines``;
 * --reference EXP adds the model of another experiment (its ``ours``, the same overrides, the
               same batch), e.g. the p4 model against the paper's D14 x D14 one:
               ``--exp rot-mnist-generated-p4 --reference rot-mnist-generated`` (target: ours at
@@ -24,7 +28,7 @@ batch (--naive-batch: 16 images, 4 roll-outs) and one step per round; every rate
 so the ratios compare cost per image. After --warmup untimed steps each, --rounds rounds each run
 --steps steps of every other variant, alternating (a shared machine's drift affects all alike);
 reported: the median over rounds of samples / s, the min-max over rounds, the ratios to naive and
-to composed, CPU / wall (process CPU seconds over wall seconds of the variant's steps), and how
+to composed, the model's parameter count, CPU / wall (process CPU seconds over wall seconds of the variant's steps), and how
 many CPUs other processes kept busy meanwhile (a niced job too: "alone" holds where that is ~0).
 
 --contended starts a competing process before the timed rounds of each experiment and stops it
@@ -71,6 +75,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from gmcnn import functional as GF  # noqa: E402
 from gmcnn.nn import GMConv  # noqa: E402
+from gmcnn.training.build import count_parameters  # noqa: E402
 from gmcnn.training.engine import Trainer, build_model  # noqa: E402
 from gmcnn.training.memory import retain_freed_memory  # noqa: E402
 
@@ -130,6 +135,7 @@ class Variant:
 
 
 VARIANTS = ("ours", "composed", "cnn", "naive")
+DYNAMICS_BASELINES = ("convnet", "e2cnn", "rgroup", "rgroup_translation", "rsteer", "rpp", "lift")
 
 
 def build_variants(exp: str, args: argparse.Namespace, device: torch.device,
@@ -163,6 +169,11 @@ def build_variants(exp: str, args: argparse.Namespace, device: torch.device,
                                 batch, device))
     if "naive" in wanted:
         variants.append(Variant("naive", composed, small, device, naive=True, slow=True))
+    if cfg.task == "dynamics":
+        for name in (DYNAMICS_BASELINES if "baselines" in wanted else
+                     [n for n in wanted if n in DYNAMICS_BASELINES]):
+            variants.append(Variant(name, compose_config(exp, device, [*gm_only, f"model={name}"]),
+                                    small, device, slow=True))
     if args.reference:
         variants.append(Variant(f"{args.reference} (reference)",
                                 compose_config(args.reference, device, base), batch, device))
@@ -254,7 +265,8 @@ def benchmark(exp: str, args: argparse.Namespace, device: torch.device, precisio
     naive, composed = rates.get("naive"), rates.get("composed", rates.get("ours"))
     rows = [[exp, v.label, v.batch_size, precision, rate_text(r.median), r.spread,
              ratio(r.median, naive), ratio(r.median, composed),
-             f"{v.cpu_seconds / v.wall_seconds:.2f}", condition] for v, r in zip(variants, results)]
+             f"{v.cpu_seconds / v.wall_seconds:.2f}", condition,
+             f"{count_parameters(v.trainer.model):,}"] for v, r in zip(variants, results)]
     ours, task, targets = rates.get("ours"), variants[0].cfg.task, []
     if others.cpus is not None:
         targets.append(f"{exp} ({precision}, {condition}): other processes kept {others.cpus:.2f} "
@@ -286,7 +298,8 @@ def main() -> None:
                         help="timed steps of each variant per round (naive: 1)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help="comma-separated subset of %(default)s")
+                        help="comma-separated subset of %(default)s, and for the dynamics experiments "
+                             f"the baselines {','.join(DYNAMICS_BASELINES)} (all: baselines)")
     parser.add_argument("--batch", type=int, default=128, help="classification batch")
     parser.add_argument("--naive-batch", type=int, default=None,
                         help="timed batch of naive (default on CPU: 16 images, 4 roll-outs)")
@@ -323,6 +336,10 @@ def main() -> None:
                if not os.path.isfile(os.path.join(ROOT, "configs", "exp", f"{exp}.yaml"))]
     if unknown:
         sys.exit(f"--exp: no experiment config {', '.join(unknown)} in configs/exp/")
+    bad = sorted(set(args.variants.split(",")) - {*VARIANTS, *DYNAMICS_BASELINES, "baselines"})
+    if bad:
+        sys.exit(f"--variants: unknown {', '.join(bad)}; choose from {', '.join(VARIANTS)}, "
+                 f"{', '.join(DYNAMICS_BASELINES)}, baselines")
     precisions = (args.amp_dtypes or ("float16,bfloat16" if device.type == "cuda" else "float32")).split(",")
     condition = (f"contended ({args.contended}, {args.competitor_threads or torch.get_num_threads()} threads)"
                  if args.contended else "alone")
@@ -341,7 +358,8 @@ def main() -> None:
           f"seconds over wall seconds of the variant's steps; load average at the end "
           f"{load_average()}\n")
     print(markdown_table(("config", "variant", "batch", "precision", "samples / s",
-                          "spread (min-max)", "/ naive", "/ composed", "CPU / wall", "condition"),
+                          "spread (min-max)", "/ naive", "/ composed", "CPU / wall", "condition",
+                          "parameters"),
                          rows))
     print("\nTargets: >= 50x naive on every classification config, >= 20x for the relaxed dynamics "
           "model, ours never slower than composed.\n" + "\n".join(targets))

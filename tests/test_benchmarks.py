@@ -41,6 +41,21 @@ def test_training_benchmark_rejects_an_unknown_experiment(monkeypatch):
         bench_training.main()
 
 
+def test_training_benchmark_rejects_an_unknown_variant(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["bench", "--exp", "plume-rotation", "--variants", "ours,e2cnn,e3cnn"])
+    with pytest.raises(SystemExit, match="--variants: unknown e3cnn; choose from .*rsteer, rpp, lift, baselines"):
+        bench_training.main()
+
+
+def test_training_benchmark_builds_the_named_baselines_at_their_published_widths():
+    args = bench_training.argparse.Namespace(variants="ours,rgroup,e2cnn", overrides=["model.channels=4"],
+                                             batch=2, naive_batch=2, compile=False, reference=None)
+    variants = bench_training.build_variants("plume-rotation", args, torch.device("cpu"), "float32")
+    assert [v.label for v in variants] == ["ours", "rgroup", "e2cnn"]
+    assert [sum(p.numel() for p in v.trainer.model.parameters()) for v in variants[1:]] == [535_720, 622_656]
+    assert all(v.slow and v.batch_size == 2 for v in variants[1:])
+
+
 def test_alternate_runs_the_steps_in_turn_and_rates_each_round():
     calls = []
     steps = [(lambda: calls.append("a"), 2, 10), (lambda: calls.append("b"), 1, 4)]

@@ -7,8 +7,9 @@ from gmcnn.nn.lifting import GMLifting, GMProjection
 from gmcnn.nn.linear import GMLinear
 from gmcnn.nn.pointwise import PointwiseConv
 from gmcnn.nn.pool import GMPool, GMUnpool
-from gmcnn.nn.relaxation import AdditiveRelaxation, MultiplicativeRelaxation, relaxation_penalty
+from gmcnn.nn.relaxation import AdditiveRelaxation, MultiplicativeRelaxation, Relaxation, relaxation_penalty
 
 __all__ = ["EquivariantModule", "GroupMatrixLayer", "GMConv", "GMLinear", "GMPool", "GMUnpool", "PointwiseConv",
-           "GMLifting", "GMProjection", "AdditiveRelaxation", "MultiplicativeRelaxation", "relaxation_penalty",
+           "GMLifting", "GMProjection", "AdditiveRelaxation", "MultiplicativeRelaxation", "Relaxation",
+           "relaxation_penalty",
            "ConvNormAct", "ResidualBlock", "ResidualStream", "GlobalMaxTail", "set_fast_path"]

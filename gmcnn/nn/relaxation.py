@@ -19,6 +19,10 @@ positions) of rank <= r; a = 0 (the initial value) is exactly equivariant. ``pen
 Multiplicative (the original regression code): y_o(u) = e(u) (GM(w_o / ||w_o||) s)(u) with the
 learned position vector e renormalised to unit norm at every call; ``penalty()`` is the squared
 distance of e from the constant unit vector. e starts constant, i.e. exactly equivariant.
+
+Any other module whose ``penalty()`` measures how far it is from an exact symmetry (the relaxed
+baselines of gmcnn.models.baselines) subclasses :class:`Relaxation`; :func:`relaxation_penalty`
+sums them all, and the runner weighs the sum by ``trainer.relaxation_penalty``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,14 @@ import torch
 from torch import Tensor, nn
 
 
-class AdditiveRelaxation(nn.Module):
+class Relaxation(nn.Module):
+    """A module with a ``penalty()``: its distance from exact equivariance (0 at the exact point)."""
+
+    def penalty(self) -> Tensor:
+        raise NotImplementedError
+
+
+class AdditiveRelaxation(Relaxation):
     """Rank-r additive relaxation for a weight of shape (out_channels, *rest)."""
 
     def __init__(self, rank: int, weight_shape: tuple[int, ...], num_positions: int):
@@ -67,7 +78,7 @@ class AdditiveRelaxation(nn.Module):
         return f"rank={self.rank}"
 
 
-class MultiplicativeRelaxation(nn.Module):
+class MultiplicativeRelaxation(Relaxation):
     """The original code's rank-1 multiplicative form."""
 
     rank = 1
@@ -115,7 +126,6 @@ def make_relaxation(kind: str, rank: int, weight_shape: tuple[int, ...],
 
 
 def relaxation_penalty(module: nn.Module) -> Tensor:
-    """Sum of the penalties of all relaxed layers inside ``module`` (0 if there are none)."""
-    terms = [m.penalty() for m in module.modules()
-             if isinstance(m, (AdditiveRelaxation, MultiplicativeRelaxation))]
+    """Sum of the penalties of all relaxations inside ``module`` (0 if there are none)."""
+    terms = [m.penalty() for m in module.modules() if isinstance(m, Relaxation)]
     return torch.stack(terms).sum() if terms else torch.zeros(())

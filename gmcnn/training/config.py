@@ -33,7 +33,8 @@ CHOICES = {
 }
 # the model configs to use for each task (a model class declares its own task: ``task = ...``)
 MODELS_FOR_TASK = {"classification": "model=gmcnn or model=cnn",
-                   "dynamics": "model=gm_dynamics or model=cnn_dynamics (the CNN baseline)"}
+                   "dynamics": "model=gm_dynamics, cnn_dynamics or a baseline (convnet, e2cnn, rgroup, "
+                               "rgroup_translation, rsteer, rpp, lift)"}
 TRAINER_KEYS = {"epochs", "batch_size", "device", "amp", "amp_dtype", "grad_clip",
                 "early_stopping_patience", "monitor", "relaxation_penalty", "resume", "num_workers",
                 "compile", "micro_batch_size", "bn_recalibration"}
