@@ -2,7 +2,7 @@
 and a real run of the runner on small task files."""
 
 import json
-from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,8 +11,11 @@ from dataset import DatasetError, build_dataset
 from dataset.plume import WindowDataset
 from gmcnn.equivariance import equivariance_error
 from gmcnn.models import GMDynamics
+from gmcnn.training.diagnostics import plot_step_scores
+from gmcnn.training import engine
 from gmcnn.training.engine import Trainer, build_model
 from gmcnn.training.objectives import Dynamics, rollout
+from tests.fakes import write_translating_fields
 from tests.helpers import compose_config, runner
 
 SMALL_WINDOWS = ("{input_frames: 10, mid: 12, train_starts: [0, 10], valid_starts: [10, 14], "
@@ -42,6 +45,40 @@ def test_rollout_feeds_predictions_back():
     assert Dynamics().finish(Dynamics().sample_scores(predictions, targets).mean().item()) == 0.5
 
 
+class Persistence(torch.nn.Module):
+    """Predicts the last input frame again (times a weight of 1, so that an optimizer has a parameter)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, window):
+        return window[:, -2:] * self.weight
+
+
+def test_per_step_rmse_matches_a_hand_computation(tmp_path):
+    """Series n has every value equal to (n + 1) t at frame t; persistence predicts frame mid + t - 1
+    for every step, so step k errs by (n + 1) k everywhere: over series 0 and 1 (equal numbers of
+    windows), RMSE_k = k sqrt((1 + 4) / 2) and the overall RMSE (docs/design.md §4.2) is
+    sqrt(mean over samples of the mean over steps of the MSE) = sqrt(2.5 mean_k k^2). Batches of 3
+    over 10 windows (3, 3, 3, 1) must combine exactly."""
+    frames = torch.arange(40.0)[:, None, None, None].expand(40, 2, 4, 4)
+    series = [frames * (n + 1) for n in range(2)]
+    test = WindowDataset(series, starts=[0, 5], input_frames=10, mid=12, out_len=6)
+    cfg = compose_config("exp=plume-rotation", "trainer.batch_size=3", "trainer.device=cpu")
+    trainer = Trainer(cfg, Persistence(), torch.device("cpu"))
+    splits = SimpleNamespace(test_sets={"future": test, "domain": WindowDataset(series[:1], [0, 2], 10, 12, 4)})
+    metrics = engine.test_metrics(cfg, trainer, splits)
+    steps = torch.arange(1.0, 7.0, dtype=torch.float64)
+    assert metrics["test_future_rmse_per_step"] == pytest.approx((steps * 2.5 ** 0.5).tolist(), rel=1e-12)
+    assert metrics["test_future_rmse"] == pytest.approx((2.5 * steps.pow(2).mean()).sqrt().item(), rel=1e-7)
+    assert metrics["test_domain_rmse_per_step"] == pytest.approx([1.0, 2.0, 3.0, 4.0], rel=1e-12)
+    assert metrics["test_domain_rmse"] == pytest.approx(7.5 ** 0.5, rel=1e-7)  # mean of 1, 4, 9, 16
+    assert plot_step_scores(metrics, tmp_path / "steps.png")
+    assert (tmp_path / "steps.png").read_bytes()[:4] == b"\x89PNG"
+    assert not plot_step_scores({"test_acc": 0.5}, tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+
+
 def test_exact_dynamics_model_is_equivariant_and_relaxed_is_not():
     exact = GMDynamics(["C16", "C16"], channels=8, rank=0).eval()
     x = exact.example_input(2)
@@ -51,18 +88,6 @@ def test_exact_dynamics_model_is_equivariant_and_relaxed_is_not():
         for block in relaxed.stream.blocks:
             block.layers[0].conv.relaxation.coefficients.normal_()
     assert equivariance_error(relaxed, x, elements=range(1, 256, 7)) > 1e-3
-
-
-def write_translating_fields(root: Path, tasks, frames: int = 40) -> None:
-    """Smooth random velocity fields moving one cell per frame along x: translation-equivariant
-    dynamics that a GM model can learn."""
-    root.mkdir(parents=True, exist_ok=True)
-    for n, (i, j) in enumerate(tasks):
-        torch.manual_seed(n)
-        field = torch.nn.functional.avg_pool2d(torch.randn(1, 2, 64, 64), 9, 1, 4,
-                                               count_include_pad=False)[0]
-        series = torch.stack([torch.roll(field, t, dims=-1) for t in range(frames)])
-        torch.save(series.float(), root / f"raw_data_{i}_{j}.pt")
 
 
 def test_missing_and_short_task_files_are_reported(tmp_path):
