@@ -13,7 +13,7 @@ from gmcnn.equivariance import equivariance_error
 from gmcnn.models import GMDynamics
 from gmcnn.training.diagnostics import plot_step_scores
 from gmcnn.training import engine
-from gmcnn.training.engine import Trainer, build_model
+from gmcnn.training.engine import Trainer, build_model, window_stalled
 from gmcnn.training.objectives import Dynamics, rollout
 from tests.fakes import write_translating_fields
 from tests.helpers import compose_config, runner
@@ -142,3 +142,32 @@ def test_the_cnn_baseline_trains_with_the_dynamics_penalty_configured():
     frames, targets = torch.randn(2, 20, 64, 64), torch.randn(2, 2, 2, 64, 64)
     loss_sum, _ = trainer.train_step(frames, targets)
     assert loss_sum > 0 and all(p.grad is not None for p in trainer.model.parameters())
+
+
+@pytest.mark.parametrize("exp", ["plume-rotation", "jetflow"])
+def test_upstream_recipe(exp):
+    """recipe=upstream: Adam with weight decay 4e-4, the learning rate times 0.9 after every epoch,
+    up to 1000 epochs, the window early stop from epoch 100; the rest is the experiment's."""
+    cfg = compose_config(f"exp={exp}", "recipe=upstream")
+    assert (cfg.optimizer._target_, cfg.optimizer.lr, cfg.optimizer.weight_decay) == ("torch.optim.Adam", 0.001, 4e-4)
+    assert (cfg.scheduler._target_, cfg.scheduler.gamma) == ("torch.optim.lr_scheduler.ExponentialLR", 0.9)
+    assert (cfg.trainer.epochs, cfg.trainer.early_stopping_window, cfg.trainer.early_stopping_after) == (1000, 5, 100)
+    assert (cfg.name, cfg.trainer.monitor, cfg.trainer.batch_size) == (exp, "val_rmse", 16)
+    default = compose_config(f"exp={exp}")
+    assert default.trainer.early_stopping_window is None and default.scheduler._target_.endswith("ReduceLROnPlateau")
+    cfg = compose_config(f"exp={exp}", "recipe=upstream", "model=cnn_dynamics", "model.channels=4")
+    trainer = Trainer(cfg, build_model(cfg), torch.device("cpu"))
+    for _ in range(3):
+        trainer.optimizer.step()  # no gradients: an epoch that changed nothing
+        trainer.step_scheduler(val_loss=1.0)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.001 * 0.9 ** 3, rel=1e-12)
+
+
+def test_window_early_stopping_rule():
+    """Stop when the mean of the last W monitored values is no better than the mean of the W before."""
+    rmse = [5.0, 4.0, 3.0, 3.5]
+    assert not window_stalled(rmse[:3], 2, sign=-1)  # fewer than 2 W values
+    assert not window_stalled(rmse, 2, sign=-1)  # mean 3.25 < 4.5: still improving
+    assert window_stalled([3.0, 3.0, 3.1, 2.9], 2, sign=-1)  # equal means: stalled
+    assert window_stalled([4.0, 3.0, 3.6, 3.5], 2, sign=-1)
+    assert not window_stalled([0.5, 0.6, 0.7, 0.8], 2, sign=1) and window_stalled([0.8, 0.7, 0.6, 0.5], 2, sign=1)

@@ -11,6 +11,7 @@ import time
 import pytest
 from hydra import compose, initialize_config_dir
 
+from gmcnn.report import collect, write_comparison
 from gmcnn.report import main as report_main
 from tests.helpers import FAST, ROOT, metrics_of, runner
 
@@ -197,3 +198,30 @@ def test_report_of_regression_jobs_and_an_unfinished_one(tmp_path, capsys):
     assert "incomplete: no metrics.json" in table[2]
     assert "| GMDynamics | model.rank=2 | 200 | 0.5000 | 0.7000 | 2 | finished |" in table[4]
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_comparison_gives_mean_and_std_over_seeds_per_model_and_setting(tmp_path):
+    """Jobs of two models and two ranks over seeds; the seed is what repeats, everything else swept
+    is the setting. A failed job counts as a job, not as a run."""
+    rmse = {("GMDynamics", "1", "1"): (0.5, 0.7), ("GMDynamics", "1", "2"): (0.7, 0.8),
+            ("GMDynamics", "1", "3"): (0.9, 0.9), ("GMDynamics", "2", "1"): (0.4, 0.6),
+            ("CNNDynamics", "0", "1"): (1.0, 1.5), ("CNNDynamics", "0", "2"): None}
+    for n, ((model, rank, seed), scores) in enumerate(rmse.items()):
+        metrics = ({"status": "failed", "error": "boom"} if scores is None else
+                   {"epochs_completed": 3, "num_params": 100 * int(rank) + len(model),
+                    "test_future_rmse": scores[0], "test_domain_rmse": scores[1],
+                    "test_future_rmse_per_step": [scores[0]] * 4})
+        fake_job(tmp_path / str(n), model, [f"model={model}", f"model.rank={rank}", f"seed={seed}"],
+                 {"name": "plume-rotation", **metrics})
+    lines = write_comparison(collect(tmp_path), tmp_path)
+    assert lines == (tmp_path / "comparison.md").read_text().splitlines()
+    assert lines[0] == ("| experiment | model | setting | parameters | runs | test_future_rmse (mean ± std) "
+                        "| test_domain_rmse (mean ± std) |")
+    assert lines[2:] == [  # std: sample (n - 1): of 0.5, 0.7, 0.9 it is 0.2; of 0.7, 0.8, 0.9 0.1
+        "| plume-rotation | CNNDynamics | model=CNNDynamics model.rank=0 | 11 | 1 of 2 | 1.0000 | 1.5000 |",
+        "| plume-rotation | GMDynamics | model=GMDynamics model.rank=1 | 110 | 3 | 0.7000 ± 0.2000 | 0.8000 ± 0.1000 |",
+        "| plume-rotation | GMDynamics | model=GMDynamics model.rank=2 | 210 | 1 | 0.4000 | 0.6000 |"]
+    with (tmp_path / "comparison.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows[1]["seeds"] == "1 2 3" and float(rows[1]["test_future_rmse_std"]) == pytest.approx(0.2)
+    assert rows[0]["test_future_rmse_std"] == "" and rows[0]["jobs"] == "2"

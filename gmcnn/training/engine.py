@@ -244,15 +244,28 @@ class Trainer:
                 setattr(self.scheduler, name, value)
 
 
+def window_stalled(values: list[float], window: int, sign: int) -> bool:
+    """True when the mean of the last ``window`` values is no better than the mean of the
+    ``window`` values before them (``sign``: +1 when higher is better, -1 when lower is); False
+    while there are fewer than 2 ``window`` values."""
+    if len(values) < 2 * window:
+        return False
+    recent, before = values[-window:], values[-2 * window:-window]
+    return sign * (sum(recent) - sum(before)) <= 0
+
+
 def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits: Splits, progress: Progress,
         save_last: Any, stop: StopSignals) -> None:
     """Epochs from ``progress.epoch + 1`` (from step ``progress.step`` within it): train,
     validate, step the scheduler, keep the best weights (``trainer.monitor``), checkpoint
-    (``save_last()``), log; early stopping if configured; RunInterrupted on a stop signal, after
+    (``save_last()``), log; early stopping if configured (``trainer.early_stopping_patience``
+    epochs without a new best, or :func:`window_stalled` over ``trainer.early_stopping_window``
+    epochs once ``trainer.early_stopping_after`` are done); RunInterrupted on a stop signal, after
     the checkpoint. Under torchrun every rank computes the same numbers; rank 0 writes the files."""
     score, monitor = trainer.objective.score, cfg.trainer.monitor
     sign = monitor_sign(cfg)
     patience = cfg.trainer.early_stopping_patience
+    window, after = cfg.trainer.get("early_stopping_window"), cfg.trainer.get("early_stopping_after", 0)
     ckpt_dir = tracker.run_dir / "checkpoints"
     valid_loader = make_loader(splits.valid, cfg.trainer.batch_size, False, 0, cfg, trainer.device)
     with logging_redirect_tqdm(), tqdm(
@@ -261,6 +274,11 @@ def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits: Splits, 
         for epoch in epochs:
             if patience and progress.bad_epochs >= patience:
                 log.info("early stopping: no improvement of %s for %d epochs", monitor, patience)
+                break
+            if window and progress.epoch >= after and window_stalled(
+                    [row[monitor] for row in progress.history], window, sign):
+                log.info("early stopping: the mean %s of the last %d epochs is no better than that of "
+                         "the %d before", monitor, window, window)
                 break
             loader = make_loader(splits.train, cfg.trainer.batch_size, True,
                                  cfg.seed * 100_003 + epoch, cfg, trainer.device,
