@@ -9,13 +9,14 @@ import torch
 
 from dataset import DatasetError, build_dataset
 from dataset.plume import WindowDataset
+from gmcnn import rollout as figure
 from gmcnn.equivariance import equivariance_error
 from gmcnn.models import GMDynamics
 from gmcnn.training.diagnostics import plot_step_scores
 from gmcnn.training import engine
 from gmcnn.training.engine import Trainer, build_model, window_stalled
 from gmcnn.training.objectives import Dynamics, rollout
-from tests.fakes import write_translating_fields
+from tests.fakes import write_small_plume, write_translating_fields
 from tests.helpers import compose_config, runner
 
 SMALL_WINDOWS = ("{input_frames: 10, mid: 12, train_starts: [0, 10], valid_starts: [10, 14], "
@@ -171,3 +172,52 @@ def test_window_early_stopping_rule():
     assert window_stalled([3.0, 3.0, 3.1, 2.9], 2, sign=-1)  # equal means: stalled
     assert window_stalled([4.0, 3.0, 3.6, 3.5], 2, sign=-1)
     assert not window_stalled([0.5, 0.6, 0.7, 0.8], 2, sign=1) and window_stalled([0.8, 0.7, 0.6, 0.5], 2, sign=1)
+
+
+# the README's try-it command (after `python -m tools.plume_generate --variant rotation --small`)
+SMALL_COMMAND = ("exp=plume-rotation", "data=plume-rotation-small")
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """SMALL_COMMAND with 2 epochs on the files `--small` writes (format-exact, manifest included;
+    translating fields instead of a simulation)."""
+    data = tmp_path_factory.mktemp("data")
+    write_small_plume(data, "rotation")
+    run_dir = tmp_path_factory.mktemp("run")
+    result = runner(*SMALL_COMMAND, "trainer.epochs=2", "logger=none", f"paths.data_dir={data}",
+                    f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return data, run_dir, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_the_small_set_runs_with_one_command(small_run):
+    data, run_dir, output = small_run
+    assert "no manifest" not in output and "Traceback" not in output
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["epochs_completed"] == 2
+    for test_set in ("future", "domain"):
+        steps = metrics[f"test_{test_set}_rmse_per_step"]
+        assert len(steps) == 20 and all(s > 0 for s in steps)
+        overall = metrics[f"test_{test_set}_rmse"]  # docs/design.md §4.2: RMSE^2 = mean_k RMSE_k^2
+        assert overall == pytest.approx((sum(s * s for s in steps) / 20) ** 0.5, rel=1e-5)
+    assert (run_dir / "rollout_rmse.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run_dir / "relaxation.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_rollout_figure_of_a_run(small_run, tmp_path, capsys):
+    data, run_dir, _ = small_run
+    out = tmp_path / "docs" / "plume-rollout.png"
+    assert figure.main([str(run_dir), "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG" and capsys.readouterr().out.strip() == str(out)
+    cfg, model = figure.load_run(run_dir)
+    target, prediction, label = figure.sample_rollout(cfg, model, "domain", 3)
+    held_out = torch.load(data / "plume-rotation-small" / "raw_data_6_1.pt", weights_only=True)
+    assert torch.equal(target, held_out[12 + 3:12 + 3 + 20])  # domain window t = 3 of the held-out task
+    assert prediction.shape == target.shape and label == "plume-rotation-small, domain test, task [6, 1], start 3"
+    assert figure.main([str(run_dir), "--out", str(out), "--steps", "1", "21"]) == 1
+    assert "--steps must lie in 1..20" in capsys.readouterr().err
+    assert figure.main([str(data), "--out", str(out)]) == 1
+    assert "not a run directory" in capsys.readouterr().err

@@ -4,6 +4,7 @@ the sweep report over all of them."""
 import csv
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from gmcnn.report import collect, write_comparison
 from gmcnn.report import main as report_main
+from tests.fakes import write_small_plume
 from tests.helpers import FAST, ROOT, metrics_of, runner
 
 FAST = [*FAST, "trainer.epochs=1"]
@@ -225,3 +227,30 @@ def test_comparison_gives_mean_and_std_over_seeds_per_model_and_setting(tmp_path
         rows = list(csv.DictReader(handle))
     assert rows[1]["seeds"] == "1 2 3" and float(rows[1]["test_future_rmse_std"]) == pytest.approx(0.2)
     assert rows[0]["test_future_rmse_std"] == "" and rows[0]["jobs"] == "2"
+
+
+@pytest.mark.slow
+def test_model_comparison_sweep_on_small_plumes(tmp_path):
+    """docs/sweeps.md's comparison command on the --small set (format-exact fakes), 1 epoch, 8 channels:
+    two models x two seeds end with the table of mean ± std per model in the sweep directory."""
+    write_small_plume(tmp_path / "data", "rotation")
+    sweep_dir = tmp_path / "sweep"
+    result = runner("-m", "exp=plume-rotation", "data=plume-rotation-small", "model=gm_dynamics,cnn_dynamics",
+                    "seed=1,2", "trainer.epochs=1", "model.channels=8", "logger=none",
+                    f"paths.data_dir={tmp_path / 'data'}", f"hydra.sweep.dir={sweep_dir}", timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert f"mean ± std over seeds ({sweep_dir / 'comparison.md'})" in output
+    table = (sweep_dir / "comparison.md").read_text().splitlines()
+    assert table[0] == ("| experiment | model | setting | parameters | runs | test_future_rmse (mean ± std) "
+                        "| test_domain_rmse (mean ± std) |")
+    assert [line.split(" | ")[1:3] for line in table[2:]] == [["cnn_dynamics", "model=cnn_dynamics"],
+                                                             ["gm_dynamics", "model=gm_dynamics"]]
+    for line, model in zip(table[2:], ("cnn_dynamics", "gm_dynamics")):
+        jobs = [metrics_of(job) for job in sorted(sweep_dir.glob("[0-9]"))
+                if f"model={model}" in (job / ".hydra" / "overrides.yaml").read_text()]
+        future = [job["test_future_rmse"] for job in jobs]
+        assert len(future) == 2 and line.split(" | ")[4] == "2"
+        mean, std = statistics.fmean(future), statistics.stdev(future)
+        assert f"| {mean:.4f} ± {std:.4f} |" in line and f" {jobs[0]['num_params']:,} " in line
+    assert (sweep_dir / "comparison.csv").is_file()
