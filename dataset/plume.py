@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 Task = tuple[int, int] | int
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
+_UNLISTED: set[Path] = set()  # folders without a manifest already warned about
 
 PLUME_SHAPE = (2, 64, 64)
 JETFLOW_SHAPE = (2, 62, 23)
@@ -186,7 +187,8 @@ def load_tasks(root: Path, tasks: Sequence, frame_shape: Sequence[int] = PLUME_S
                            f"{listed}. Copy the raw_data files there or regenerate them with "
                            f"{_regenerate_hint(root, dataset)} "
                            f"(from the repository root, with `pip install -e '.[plume]'`)")
-    if manifest is None and dataset is not None and dataset.startswith("plume-"):
+    if manifest is None and dataset is not None and dataset.startswith("plume-") and root not in _UNLISTED:
+        _UNLISTED.add(root)  # once per folder and process (a build reads the training and held-out tasks)
         log.warning("%s has no %s: its task files are checked for shape and finite values only, not "
                     "against the generator's checksums (files copied from elsewhere?)", root, MANIFEST)
     frame_shape = tuple(frame_shape)

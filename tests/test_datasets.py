@@ -491,6 +491,7 @@ def test_plume_without_manifest_loads_with_one_warning(tmp_path, caplog):
     """Files from elsewhere (e.g. the original upstream ones) have no manifest: loaded, one warning."""
     fakes.write_tasks(tmp_path, plume.ROTATION_TRAIN[:2], frames=5, frame_shape=plume.PLUME_SHAPE)
     assert len(plume.load_tasks(tmp_path, plume.ROTATION_TRAIN[:2], dataset="plume-rotation")) == 2
+    plume.load_tasks(tmp_path, plume.ROTATION_TEST[:0], dataset="plume-rotation")  # again: no second warning
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and f"{tmp_path} has no manifest.json" in warnings[0]
     caplog.clear()
