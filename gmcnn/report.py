@@ -223,9 +223,9 @@ def comparison(rows: list[Row]) -> list[Row]:
         params = sorted({int(p) for p in (_number(row.get("num_params")) for row in members) if p is not None})
         seeds = [o.split("=", 1)[1] for row in finished for o in str(row.get("swept", "")).split()
                  if _key(o) in REPEAT_KEYS]
+        shown_params = (params[0] if len(params) == 1 else f"{params[0]}-{params[-1]}") if params else None
         entry: Row = {"experiment": experiment, "model": model, "setting": setting, "jobs": len(members),
-                      "runs": len(finished), "seeds": " ".join(seeds),
-                      "num_params": (params[0] if len(params) == 1 else f"{params[0]}-{params[-1]}") if params else None}
+                      "runs": len(finished), "seeds": " ".join(seeds), "num_params": shown_params}
         for metric in metrics:
             values = [row[metric] for row in finished if _number(row.get(metric)) is not None]
             entry[f"{metric}_mean"] = statistics.fmean(values) if values else None

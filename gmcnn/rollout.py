@@ -10,10 +10,10 @@ sample ``--sample`` of the test set ``--test-set`` ("domain": held-out tasks; "f
 starts on the training tasks) and rolls the model out over the test length (20 steps in the
 protocol, docs/design.md §4.2). The figure (default ``RUN_DIR/rollout.png``) has one column per
 step in ``--steps``: the ground-truth frame and the predicted frame, each shown as the speed
-sqrt(v_x^2 + v_y^2) (one colour scale per column) with the velocity arrows on a coarse grid,
-"up" = +y (``origin="lower"``), and the frame's RMSE; and, for a relaxed model, a last row with the
-symmetry-breaking map of every relaxed layer (gmcnn.training.diagnostics, as in
-``relaxation.png``). Runs on the CPU.
+sqrt(v_x^2 + v_y^2) (one colour scale per column, the ground truth's range) with the velocity
+arrows on a coarse grid, "up" = +y (``origin="lower"``), and the frame's RMSE; and, for a relaxed
+model, a last row with the symmetry-breaking map of every relaxed layer
+(gmcnn.training.diagnostics, as in ``relaxation.png``). Runs on the CPU.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def plot_rollout(target: torch.Tensor, prediction: torch.Tensor, steps: list[int
                             torch.arange(ARROW_SPACING // 2, width, ARROW_SPACING), indexing="ij")
     for column, step in enumerate(steps):
         truth, guess = target[step - 1], prediction[step - 1]
-        vmax = max(truth.norm(dim=0).max().item(), guess.norm(dim=0).max().item())
+        vmax = truth.norm(dim=0).max().item()  # the truth's range: a prediction beyond it saturates
         rmse = (guess - truth).pow(2).mean().sqrt().item()
         for row, (frame, name) in enumerate([(truth, "ground truth"), (guess, "prediction")]):
             axis = axes[row, column]
@@ -134,7 +134,8 @@ def make_figure(run_dir: Path, out: Path | None = None, test_set: str = "domain"
         raise RolloutError(f"--steps must lie in 1..{len(target)} (the test roll-out length), got {list(steps)}")
     out = out or run_dir / "rollout.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    plot_rollout(target, prediction, list(steps), out, f"{label} ({run_dir.name}, {cfg.model._target_})",
+    plot_rollout(target, prediction, list(steps), out,
+                 f"{label} ({run_dir.parent.name}/{run_dir.name}, {cfg.model._target_})",
                  symmetry_breaking_maps(model))
     return out
 

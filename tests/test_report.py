@@ -221,7 +221,8 @@ def test_comparison_gives_mean_and_std_over_seeds_per_model_and_setting(tmp_path
                         "| test_domain_rmse (mean ± std) |")
     assert lines[2:] == [  # std: sample (n - 1): of 0.5, 0.7, 0.9 it is 0.2; of 0.7, 0.8, 0.9 0.1
         "| plume-rotation | CNNDynamics | model=CNNDynamics model.rank=0 | 11 | 1 of 2 | 1.0000 | 1.5000 |",
-        "| plume-rotation | GMDynamics | model=GMDynamics model.rank=1 | 110 | 3 | 0.7000 ± 0.2000 | 0.8000 ± 0.1000 |",
+        "| plume-rotation | GMDynamics | model=GMDynamics model.rank=1 | 110 | 3 | 0.7000 ± 0.2000 "
+        "| 0.8000 ± 0.1000 |",
         "| plume-rotation | GMDynamics | model=GMDynamics model.rank=2 | 210 | 1 | 0.4000 | 0.6000 |"]
     with (tmp_path / "comparison.csv").open() as handle:
         rows = list(csv.DictReader(handle))

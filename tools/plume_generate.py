@@ -9,16 +9,17 @@ package. Writes one file per task, ``raw_data_{i}_{j}.pt`` (translation, rotatio
 format :func:`dataset.plume.load_tasks` reads. By default every task of the variant (train and
 held-out, the lists of :mod:`dataset.plume`); ``--split``, ``--tasks``, ``--limit`` and ``--steps``
 narrow it; ``--small`` writes the 2-task set ``data=plume-<variant>-small`` reads (the first training
-and the first held-out task, 50 steps; about 30 s). ``--out`` defaults to where
+and the first held-out task, 50 steps: 100 steps at ~0.35 s, about 35 s on a free core; 2 min
+measured on 2 cores shared with two other simulations). ``--out`` defaults to where
 ``configs/data/plume-<variant>[-small].yaml`` looks, ``data/plume-<variant>[-small]``.
 
-Every finished file is recorded in ``<out>/manifest.json`` (:data:`dataset.plume.MANIFEST`: per file its
-task, shape, dtype, size, sha256 and the generator's name, version, steps and simulation
+Every finished file is recorded in ``<out>/manifest.json`` (:data:`dataset.plume.MANIFEST`: per file
+its task, shape, dtype, size, sha256 and the generator's name, version, steps and simulation
 parameters), which the loader checks files against. Finished tasks (a file that loads with the
 expected shape, float32 and finite) are skipped and only hashed into the manifest if it lacks them
 (an entry whose hash still matches is kept as it is), so a run over files made before manifests
-existed only adds the manifest; an interrupted run resumes; each file is written to a temporary name in the output folder
-and renamed, so a file is either complete or absent. Tasks run in parallel processes (``--workers``).
+existed only adds the manifest, and an interrupted run resumes. Each file is written to a temporary
+name in the output folder and renamed, so a file is either complete or absent. Tasks run in parallel processes (``--workers``).
 The simulation is deterministic (no randomness; direct pressure solve in float64).
 
 Physics (docs/design.md §4.3), one step of every task:
@@ -351,7 +352,8 @@ def record_task(manifest: dict, out: Path, variant: str, task: Task, steps: int)
 def write_manifest(out: Path, manifest: dict) -> None:
     """``out/manifest.json`` atomically: JSON with one line per file, sorted by name."""
     head = {k: v for k, v in manifest.items() if k != "files"}
-    files = ",\n".join(f"  {json.dumps(name)}: {json.dumps(entry)}" for name, entry in sorted(manifest["files"].items()))
+    files = ",\n".join(f"  {json.dumps(name)}: {json.dumps(entry)}"
+                       for name, entry in sorted(manifest["files"].items()))
     atomic_write_text(out / MANIFEST, json.dumps(head)[:-1] + ', "files": {\n' + files + "\n}}\n")
 
 
