@@ -228,6 +228,7 @@ def test_comparison_gives_mean_and_std_over_seeds_per_model_and_setting(tmp_path
         rows = list(csv.DictReader(handle))
     assert rows[1]["seeds"] == "1 2 3" and float(rows[1]["test_future_rmse_std"]) == pytest.approx(0.2)
     assert rows[0]["test_future_rmse_std"] == "" and rows[0]["jobs"] == "2"
+    assert (tmp_path / "comparison_steps.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow
