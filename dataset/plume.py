@@ -133,11 +133,16 @@ def read_manifest(root: Path) -> dict[str, Any] | None:
     return manifest
 
 
+def _variant(dataset: str | None) -> str:
+    """The generator's --variant of a plume data set (any of them for another one or None)."""
+    if dataset is None or not dataset.startswith("plume-"):
+        return "rotation|translation|scale"
+    return dataset.removeprefix("plume-").removesuffix("-small")
+
+
 def _regenerate_hint(root: Path, dataset: str | None) -> str:
-    plume = dataset is not None and dataset.startswith("plume-")
-    variant = dataset.removeprefix("plume-").removesuffix("-small") if plume else "rotation|translation|scale"
-    small = " --small" if plume and dataset.endswith("-small") else ""
-    return f"`python -m tools.plume_generate --variant {variant}{small} --out {root}`"
+    small = " --small" if dataset is not None and dataset.endswith("-small") else ""
+    return f"`python -m tools.plume_generate --variant {_variant(dataset)}{small} --out {root}`"
 
 
 def _check_against_manifest(path: Path, content: bytes, entry: dict[str, Any] | None, root: Path,
@@ -189,8 +194,9 @@ def load_tasks(root: Path, tasks: Sequence, frame_shape: Sequence[int] = PLUME_S
                            f"(from the repository root, with `pip install -e '.[plume]'`)")
     if manifest is None and dataset is not None and dataset.startswith("plume-") and root not in _UNLISTED:
         _UNLISTED.add(root)  # once per folder and process (a build reads the training and held-out tasks)
-        log.warning("%s has no %s: its task files are checked for shape and finite values only, not "
-                    "against the generator's checksums (files copied from elsewhere?)", root, MANIFEST)
+        log.warning("%s has no %s: its task files are checked for shape and finite values only, not against "
+                    "checksums (files copied from elsewhere? `python -m tools.plume_generate --variant %s --record "
+                    "--out %s` records them as they are)", root, MANIFEST, _variant(dataset), root)
     frame_shape = tuple(frame_shape)
     out: dict[Task, torch.Tensor] = {}
     for key in keys:

@@ -17,7 +17,8 @@ status.
    best monitored metric, run directory), writes it to ``<sweep dir>/summary.md``, writes the
    comparison over seeds (``comparison.md``: mean ± std per model and setting, gmcnn.report; logged
    too when seeds repeated a setting) and picks the exit status: 0 every job finished, 1 a job
-   failed or crashed (or the command line is bad), 3 interrupted (the sweep or a job; resume with ``trainer.resume=true``).
+   failed or crashed (or the command line is bad), 3 interrupted (the sweep or a job; resume with
+   ``trainer.resume=true``).
 
 :class:`SweepCallback` (``hydra.callbacks`` in configs/config.yaml) marks the sweep's start
 (``<sweep dir>/.sweep_start``: jobs whose ``.hydra/`` is older belong to an earlier sweep into the

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from dataset import DatasetError, plume
+from tests import fakes
 from tools import plume_generate as gen
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,6 +141,31 @@ def test_small_writes_the_set_its_data_config_reads(phi, tmp_path, monkeypatch):
     expected = [plume.task_filename(t) for t in config["options"]["train_tasks"] + config["options"]["test_tasks"]]
     assert sorted(p.name for p in out.iterdir()) == sorted(["manifest.json", *expected])
     assert expected == ["raw_data_0.pt", "raw_data_5.pt"]
+
+
+def test_record_adds_files_made_elsewhere_to_the_manifest(tmp_path, caplog):
+    """``--record``: task files from elsewhere (any length) are hashed as they are, nothing is simulated,
+    and from then on the loader checks them; files that are not task files are refused."""
+    tasks = plume.ROTATION_TRAIN[:2]
+    fakes.write_tasks(tmp_path, tasks, frames=7, frame_shape=plume.PLUME_SHAPE)
+    plume.load_tasks(tmp_path, tasks, dataset="plume-rotation")
+    assert "--variant rotation --record --out" in caplog.text  # the no-manifest warning says how
+    assert gen.main(["--variant", "rotation", "--record", "--out", str(tmp_path), "--quiet"]) == 0
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == ["raw_data_1_0.pt", "raw_data_2_1.pt"]
+    entry = manifest["files"]["raw_data_2_1.pt"]
+    assert entry["shape"] == [7, 2, 64, 64] and entry["generator"]["name"].startswith("unknown: recorded")
+    assert entry["sha256"] == hashlib.sha256((tmp_path / "raw_data_2_1.pt").read_bytes()).hexdigest()
+    assert gen.record_present("rotation", tmp_path) == tasks  # again: nothing changes
+    assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
+    torch.save(torch.zeros(7, 2, 64, 64) + 1, tmp_path / "raw_data_2_1.pt")  # edited after recording
+    with pytest.raises(DatasetError, match=r"raw_data_2_1\.pt does not match"):
+        plume.load_tasks(tmp_path, tasks, dataset="plume-rotation")
+    torch.save(torch.zeros(7, 3, 64, 64), tmp_path / "raw_data_3_2.pt")
+    with pytest.raises(DatasetError, match=r"raw_data_3_2\.pt is not a task file"):
+        gen.record_present("rotation", tmp_path)
+    with pytest.raises(DatasetError, match="no plume-scale task files"):
+        gen.record_present("scale", tmp_path / "empty")
 
 
 def test_small_sets_fit_their_windows():

@@ -2,6 +2,7 @@
 
     python -m tools.plume_generate --variant rotation [--out data/plume-rotation] [--workers N]
     python -m tools.plume_generate --variant rotation --small   # data/plume-rotation-small: 2 tasks, 50 steps
+    python -m tools.plume_generate --variant rotation --record --out DIR   # hash files made elsewhere
 
 Run from the repository root: a data-preparation tool beside the loaders, not part of the installed
 package. Writes one file per task, ``raw_data_{i}_{j}.pt`` (translation, rotation) or ``raw_data_{i}.pt``
@@ -18,9 +19,12 @@ its task, shape, dtype, size, sha256 and the generator's name, version, steps an
 parameters), which the loader checks files against. Finished tasks (a file that loads with the
 expected shape, float32 and finite) are skipped and only hashed into the manifest if it lacks them
 (an entry whose hash still matches is kept as it is), so a run over files made before manifests
-existed only adds the manifest, and an interrupted run resumes. Each file is written to a temporary
-name in the output folder and renamed, so a file is either complete or absent. Tasks run in parallel processes (``--workers``).
-The simulation is deterministic (no randomness; direct pressure solve in float64).
+existed only adds the manifest, and an interrupted run resumes. ``--record`` simulates nothing: it
+adds the variant's task files present in ``--out`` as they are (made elsewhere, e.g. the original
+upstream files, of any length; the generator entry says so), so that runs check them from then on.
+Each file is written to a temporary name in the output folder and renamed, so a file is either
+complete or absent. Tasks run in parallel processes (``--workers``). The simulation is
+deterministic (no randomness; direct pressure solve in float64).
 
 Physics (docs/design.md §4.3), one step of every task:
 
@@ -330,23 +334,51 @@ def open_manifest(out: Path, variant: str) -> dict:
     return manifest
 
 
-def record_task(manifest: dict, out: Path, variant: str, task: Task, steps: int) -> bool:
-    """Hash the finished file of ``task`` into ``manifest``; an entry whose sha256 still matches is
-    kept as it is (it says which generator made the file). True if the manifest changed."""
+def record_task(manifest: dict, out: Path, variant: str, task: Task, steps: int | None) -> bool:
+    """Hash the finished file of ``task`` into ``manifest``, made by this generator with ``steps``
+    steps, or (``steps`` None) found there, made elsewhere (checked to be a (T, 2, 64, 64) float
+    tensor). An entry whose sha256 still matches is kept as it is (it says which generator made
+    the file). True if the manifest changed."""
     path = out / task_filename(task)
     content = path.read_bytes()
-    entry = file_record(content, torch.load(io.BytesIO(content), map_location="cpu", weights_only=True))
+    try:
+        tensor = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001  (pickle, zip and EOF errors alike)
+        raise DatasetError(f"{path} cannot be loaded ({type(error).__name__}): not a task file; "
+                           "remove or replace it") from None
+    if not (isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.ndim == 4
+            and tuple(tensor.shape[1:]) == PLUME_SHAPE):
+        raise DatasetError(f"{path} is not a task file: a float tensor (T, {', '.join(map(str, PLUME_SHAPE))}) "
+                           f"expected, got {type(tensor).__name__} {tuple(getattr(tensor, 'shape', ()))}")
+    entry = file_record(content, tensor)
     old = manifest["files"].get(path.name)
     if old is not None and old.get("sha256") == entry["sha256"]:
         return False
-    import phi
+    if steps is None:
+        generator = {"name": "unknown: recorded as found by tools.plume_generate --record"}
+    else:
+        import phi  # loaded by phi_modules() before any simulation
 
-    setup = {k: v for k, v in dataclasses.asdict(setup_for(variant, task)).items() if k not in ("variant", "task")}
-    manifest["files"][path.name] = {
-        "task": task if isinstance(task, int) else list(task), **entry,
-        "generator": {"name": "tools.plume_generate", "version": GENERATOR_VERSION, "steps": steps,
-                      "phiflow": str(getattr(phi, "__version__", "unknown")), **setup}}
+        setup = {k: v for k, v in dataclasses.asdict(setup_for(variant, task)).items() if k not in ("variant", "task")}
+        generator = {"name": "tools.plume_generate", "version": GENERATOR_VERSION, "steps": steps,
+                     "phiflow": str(getattr(phi, "__version__", "unknown")), **setup}
+    manifest["files"][path.name] = {"task": task if isinstance(task, int) else list(task), **entry,
+                                    "generator": generator}
     return True
+
+
+def record_present(variant: str, out: str | Path, split: str = "all") -> list[Task]:
+    """``--record``: add the variant's task files present in ``out`` to its manifest as they are
+    (files made elsewhere, e.g. the original upstream data), simulating nothing, so that the loader
+    checks them from then on; the tasks recorded or already listed. DatasetError if there are none."""
+    out = Path(out)
+    manifest = open_manifest(out, variant)
+    present = [t for t in variant_tasks(variant, split) if (out / task_filename(t)).is_file()]
+    if not present:
+        raise DatasetError(f"no plume-{variant} task files (raw_data_*.pt) in {out} to record")
+    if [t for t in present if record_task(manifest, out, variant, t, None)]:
+        write_manifest(out, manifest)
+    return present
 
 
 def write_manifest(out: Path, manifest: dict) -> None:
@@ -492,6 +524,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--small", action="store_true",
                         help=f"the 2-task set data=plume-VARIANT-small reads: the first training and the first "
                         f"held-out task, {SMALL_STEPS} steps (unless --tasks or --steps are given)")
+    parser.add_argument("--record", action="store_true",
+                        help="simulate nothing: record the task files present in --out (made elsewhere, e.g. the "
+                        "original data) in its manifest as they are, so that every run checks them")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
@@ -503,6 +538,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out if args.out is not None else Path("data") / f"plume-{args.variant}{suffix}"
     start = time.perf_counter()
     try:
+        if args.record:
+            recorded = record_present(args.variant, out, args.split)
+            log.info("%d task files recorded in %s", len(recorded), out / MANIFEST)
+            return 0
         tasks = args.tasks
         if args.small and tasks is None:
             check_variant(args.variant)
