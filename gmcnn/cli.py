@@ -14,9 +14,11 @@ status.
    ``-m``, ...) pass through unchanged.
 2. the task (``runner.main``, decorated by ``hydra.main``) runs.
 3. after a multirun, :func:`summarise` logs one row per job of this sweep (overrides, status,
-   best monitored metric, run directory), writes it to ``<sweep dir>/summary.md`` and picks the
-   exit status: 0 every job finished, 1 a job failed or crashed (or the command line is bad),
-   3 interrupted (the sweep or a job; resume with ``trainer.resume=true``).
+   best monitored metric, run directory), writes it to ``<sweep dir>/summary.md``, writes the
+   comparison over seeds (``comparison.md``: mean ± std per model and setting, gmcnn.report; logged
+   too when seeds repeated a setting) and picks the exit status: 0 every job finished, 1 a job
+   failed or crashed (or the command line is bad), 3 interrupted (the sweep or a job; resume with
+   ``trainer.resume=true``).
 
 :class:`SweepCallback` (``hydra.callbacks`` in configs/config.yaml) marks the sweep's start
 (``<sweep dir>/.sweep_start``: jobs whose ``.hydra/`` is older belong to an earlier sweep into the
@@ -427,18 +429,22 @@ def sweep_jobs(sweep_dir: Path) -> list[Path]:
 
 def summarise(sweep_dir: Path, interrupted: bool = False) -> int:
     """Log and write the sweep's summary table; the exit status it calls for."""
-    from gmcnn.report import collect, summary_table
+    from gmcnn.report import collect, summary_table, write_comparison
 
     rows = collect(sweep_dir, sweep_jobs(sweep_dir), missing="crashed")
     table = summary_table(rows, sweep_dir)
+    compared: list[str] = []
     try:
         (sweep_dir / "summary.md").write_text("\n".join(table) + "\n")
+        compared = write_comparison(rows, sweep_dir)
     except OSError as error:
-        log.warning("could not write %s: %s", sweep_dir / "summary.md", error)
+        log.warning("could not write the summary to %s: %s", sweep_dir, error)
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     log.info("\n".join(table))
+    if compared and len(compared) - 2 < len(rows):  # fewer settings than jobs: seeds repeated one
+        log.info("mean ± std over seeds (%s):\n%s", sweep_dir / "comparison.md", "\n".join(compared))
     log.info("%d jobs (%s) in %s", len(rows), ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
              sweep_dir)
     if interrupted or "interrupted" in counts:

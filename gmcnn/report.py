@@ -8,7 +8,12 @@ to DIR (default MULTIRUN_DIR):
 * ``report.csv``: one row per job, every metric;
 * ``report.md``: experiment, model, swept overrides, parameters, test metric, epochs, status;
 * ``report.png``: test metric against parameter count (log axis), one series per experiment and
-  model: GM-CNN against its baselines.
+  model: GM-CNN against its baselines;
+* ``comparison.md``, ``comparison.csv``: one row per experiment, model and setting (the swept
+  overrides other than ``seed``): the number of finished runs, the parameters and, for every test
+  metric, the mean and the sample standard deviation (n - 1) over the finished runs (the seeds);
+* ``comparison_steps.png`` (dynamics): the mean over seeds of each row's test RMSE per roll-out
+  step (``test_*_rmse_per_step``), ± one standard deviation shaded, one panel per test set.
 
 The test metric is ``test_acc`` for classification and the ``test_*rmse`` scores (e.g.
 ``test_future_rmse``, ``test_domain_rmse``) for regression. A job's status is the one its
@@ -24,6 +29,7 @@ import csv
 import json
 import logging
 import math
+import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -34,7 +40,9 @@ log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
 FIRST_COLUMNS = ["job", "experiment", "model", "swept", "num_params", "status", "error"]
-FILES = ("report.csv", "report.md", "report.png")
+FILES = ("report.csv", "report.md", "report.png", "comparison.md", "comparison.csv")
+STEP_CURVES = "comparison_steps.png"  # written only for roll-out metrics
+REPEAT_KEYS = {"seed"}  # overrides that repeat a setting rather than change it
 
 
 def find_jobs(root: Path) -> list[Path]:
@@ -202,6 +210,102 @@ def summary_table(rows: list[Row], root: Path) -> list[str]:
     return lines
 
 
+def _setting(row: Row) -> str:
+    return " ".join(o for o in str(row.get("swept", "")).split() if _key(o) not in REPEAT_KEYS)
+
+
+def comparison(rows: list[Row]) -> list[Row]:
+    """One row per (experiment, model, setting), the setting being the job's swept overrides
+    without those of REPEAT_KEYS: "jobs" (all), "runs" (finished), "seeds", "num_params" (a range
+    "a-b" if the runs differ) and ``<metric>_mean``, ``<metric>_std`` (sample standard deviation,
+    None for fewer than 2 runs) of every test metric over the finished runs."""
+    groups: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
+    for row in rows:
+        groups[(row["experiment"], row["model"], _setting(row))].append(row)
+    metrics = metric_columns(rows)
+    table = []
+    for (experiment, model, setting), members in sorted(groups.items()):
+        finished = [row for row in members if row["status"] == "finished"]
+        params = sorted({int(p) for p in (_number(row.get("num_params")) for row in members) if p is not None})
+        seeds = [o.split("=", 1)[1] for row in finished for o in str(row.get("swept", "")).split()
+                 if _key(o) in REPEAT_KEYS]
+        shown_params = (params[0] if len(params) == 1 else f"{params[0]}-{params[-1]}") if params else None
+        entry: Row = {"experiment": experiment, "model": model, "setting": setting, "jobs": len(members),
+                      "runs": len(finished), "seeds": " ".join(seeds), "num_params": shown_params}
+        for metric in metrics:
+            values = [row[metric] for row in finished if _number(row.get(metric)) is not None]
+            entry[f"{metric}_mean"] = statistics.fmean(values) if values else None
+            entry[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        table.append(entry)
+    return table
+
+
+def write_comparison(rows: list[Row], out: Path) -> list[str]:
+    """Write :func:`comparison` to ``out/comparison.csv`` and ``out/comparison.md`` (cells "mean ±
+    std"); returns the Markdown lines."""
+    table = comparison(rows)
+    metrics = metric_columns(rows)
+    with (out / "comparison.csv").open("w", newline="") as handle:
+        fields = ["experiment", "model", "setting", "num_params", "jobs", "runs", "seeds"]
+        writer = csv.DictWriter(handle, fieldnames=fields + [f"{m}_{s}" for m in metrics for s in ("mean", "std")])
+        writer.writeheader()
+        writer.writerows(table)
+    header = ["experiment", "model", "setting", "parameters", "runs", *(f"{m} (mean ± std)" for m in metrics)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for entry in table:
+        cells = [_cell(entry[k]) for k in ("experiment", "model", "setting", "num_params")]
+        cells.append(f"{entry['runs']} of {entry['jobs']}" if entry["runs"] != entry["jobs"] else str(entry["runs"]))
+        for metric in metrics:
+            mean, std = entry[f"{metric}_mean"], entry[f"{metric}_std"]
+            cells.append("" if mean is None else _cell(mean) + ("" if std is None else f" ± {_cell(std)}"))
+        lines.append("| " + " | ".join(cells) + " |")
+    (out / "comparison.md").write_text("\n".join(lines) + "\n")
+    write_step_curves(rows, out / STEP_CURVES)
+    return lines
+
+
+def write_step_curves(rows: list[Row], path: Path) -> bool:
+    """The mean (± std shaded) per-step test curves of every (experiment, model, setting) over its
+    finished runs, one panel per ``*_per_step`` metric; False, writing nothing, if there are none."""
+    curves: dict[str, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        for key, values in row.items():
+            if key.endswith("_per_step") and isinstance(values, list) and values and row["status"] == "finished":
+                label = f"{row['experiment']}: {row['model']} {_setting(row)}".strip()
+                curves[key][label].append(values)
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4.5), squeeze=False)
+    panels = sorted(curves, key=lambda k: (k != "test_future_rmse_per_step", k))  # as metric_columns
+    for axis, metric in zip(axes[0], panels):
+        groups = curves[metric]
+        for label, runs in sorted(groups.items()):
+            length = min(len(run) for run in runs)
+            values = np.array([run[:length] for run in runs])
+            steps = np.arange(1, length + 1)
+            mean = values.mean(0)
+            line, = axis.plot(steps, mean, marker="o", markersize=3, label=f"{label} ({len(runs)} runs)")
+            if len(runs) > 1:
+                std = values.std(0, ddof=1)
+                axis.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_xlabel("roll-out step")
+        axis.set_ylabel(metric.removesuffix("_per_step"))
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def write_plot(rows: list[Row], path: Path) -> None:
     """Test metrics against parameters, one panel per metric, one series per experiment and
     model; every job a marker, the line through the mean at each parameter count."""
@@ -242,7 +346,8 @@ def write_plot(rows: list[Row], path: Path) -> None:
 
 
 def report(root: Path, out: Path | None = None) -> list[Row]:
-    """Write report.csv, report.md and report.png for the jobs below ``root`` to ``out``."""
+    """Write report.csv, report.md, report.png and comparison.{md,csv} for the jobs below ``root``
+    to ``out``."""
     out = out or root
     out.mkdir(parents=True, exist_ok=True)
     rows = collect(root)
@@ -250,6 +355,7 @@ def report(root: Path, out: Path | None = None) -> list[Row]:
     write_csv(rows, out / "report.csv")
     write_markdown(rows, out / "report.md")
     write_plot(rows, out / "report.png")
+    write_comparison(rows, out)
     return rows
 
 

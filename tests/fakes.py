@@ -14,6 +14,7 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import json
 import pickle
 import struct
 import tarfile
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from torchvision.datasets import CIFAR10
 
-from dataset import cifar, larochelle, norb
+from dataset import cifar, larochelle, norb, plume
 from dataset.plume import as_task, task_filename
 
 Patch = tuple[Any, str, Any]  # (object or dict, attribute or key, value)
@@ -94,6 +95,40 @@ def write_tasks(root: Path, tasks: Sequence, frames: int, frame_shape: Sequence[
     generator = torch.Generator().manual_seed(seed)
     for task in tasks:
         torch.save(torch.randn(frames, *frame_shape, generator=generator), root / task_filename(as_task(task)))
+
+
+def write_manifest(root: Path, dataset: str) -> None:
+    """A manifest.json for the task files in ``root`` as tools.plume_generate writes it (its
+    ``generator`` entry names this module)."""
+    entries = {}
+    for path in sorted(root.glob("raw_data_*.pt")):
+        content = path.read_bytes()
+        entries[path.name] = {**plume.file_record(content, torch.load(io.BytesIO(content), weights_only=True)),
+                              "generator": {"name": "tests.fakes"}}
+    (root / plume.MANIFEST).write_text(json.dumps({"format": plume.MANIFEST_FORMAT, "dataset": dataset,
+                                                   "files": entries}))
+
+
+def write_translating_fields(root: Path, tasks: Sequence, frames: int = 40) -> None:
+    """Smooth random velocity fields moving one cell per frame along x: translation-equivariant
+    dynamics that a GM model can learn (64 x 64 task files)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for n, task in enumerate(tasks):
+        generator = torch.Generator().manual_seed(n)
+        velocity = torch.nn.functional.avg_pool2d(torch.randn(1, 2, 64, 64, generator=generator), 9, 1, 4,
+                                                  count_include_pad=False)[0]
+        series = torch.stack([torch.roll(velocity, t, dims=-1) for t in range(frames)])
+        torch.save(series.float(), root / task_filename(as_task(task)))
+
+
+def write_small_plume(data_dir: Path, variant: str = "rotation") -> Path:
+    """``data_dir/plume-<variant>-small`` as ``python -m tools.plume_generate --variant <variant> --small``
+    leaves it (the same files, frame counts and manifest; translating fields instead of a simulation)."""
+    train, test, _ = plume.SMALL_SETS[f"plume-{variant}-small"]
+    root = data_dir / f"plume-{variant}-small"
+    write_translating_fields(root, [*train, *test], plume.SMALL_STEPS - (variant == "rotation"))
+    write_manifest(root, f"plume-{variant}")
+    return root
 
 
 @dataclass

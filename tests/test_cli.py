@@ -77,7 +77,7 @@ def test_help_lists_the_options_a_user_can_choose():
     groups = dict(line.split(": ", 1) for line in lines)
     assert len(groups) == len(lines) and sorted(groups) == list(groups)
     assert sorted(groups) == ["data", "debug", "exp", "hparams_search", "logger", "model", "optimizer", "paths",
-                              "scheduler", "trainer"]
+                              "recipe", "scheduler", "trainer"]
     experiments = groups["exp"].split(", ")
     assert {"cifar10", "plume-rotation", "quickstart", "rot-mnist-generated-p4"} <= set(experiments)
     assert "_dynamics" not in experiments and experiments == sorted(experiments)

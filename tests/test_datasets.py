@@ -76,13 +76,14 @@ def test_data_configs(path):
     config = yaml.safe_load(path.read_text())
     assert config["name"] == path.stem and config["root"].startswith("${paths.data_dir}/")
     assert isinstance(config["image_size"], list) and isinstance(config["in_channels"], int)
-    if config["name"] in plume.TASK_SETS:
-        train, test, shape = plume.TASK_SETS[config["name"]]
+    if config["name"] in {**plume.TASK_SETS, **plume.SMALL_SETS}:
+        train, test, shape = {**plume.TASK_SETS, **plume.SMALL_SETS}[config["name"]]
+        windows = plume.SMALL_WINDOWS if config["name"] in plume.SMALL_SETS else plume.WINDOWS
         options = config["options"]
         assert [plume.as_task(t) for t in options["train_tasks"]] == train
         assert [plume.as_task(t) for t in options["test_tasks"]] == test
         assert all(isinstance(t, (int, list)) for t in options["train_tasks"] + options["test_tasks"])
-        assert options["windows"] == plume.WINDOWS and [config["in_channels"], *config["image_size"]] == list(shape)
+        assert options["windows"] == windows and [config["in_channels"], *config["image_size"]] == list(shape)
     else:
         builder = dataset.registry._BUILDERS[config["name"]]
         inspect.signature(builder).bind(Path("root"), **config["options"])  # every option is accepted
@@ -441,6 +442,61 @@ def test_plume_bad_input(tmp_path):
         plume.load_tasks(tmp_path, [(2, 1)])
     with pytest.raises(DatasetError, match="integer or a pair"):
         plume.load_tasks(tmp_path, ["2_1"])
+
+
+def test_plume_manifest_names_a_bad_file(tmp_path, caplog):
+    """Every task file is checked against the folder's manifest.json: a flipped byte, a truncated
+    file and a file from another data set each stop the load with one line naming the file."""
+    tasks = plume.ROTATION_TRAIN[:2]
+    fakes.write_tasks(tmp_path, tasks, frames=5, frame_shape=plume.PLUME_SHAPE)
+    fakes.write_manifest(tmp_path, "plume-rotation")
+    good = plume.load_tasks(tmp_path, tasks, dataset="plume-rotation")
+    assert list(good) == tasks and "manifest" not in caplog.text
+    path = tmp_path / "raw_data_2_1.pt"
+    original = path.read_bytes()
+
+    def refused(content: bytes) -> str:
+        path.write_bytes(content)
+        with pytest.raises(DatasetError) as error:
+            plume.load_tasks(tmp_path, tasks, dataset="plume-rotation")
+        message = str(error.value)
+        assert str(path) in message and "\n" not in message
+        assert "--variant rotation --out" in message  # what to do
+        return message
+
+    flipped = bytearray(original)
+    flipped[len(flipped) // 2] ^= 0x01  # in the tensor payload: torch.load alone would accept it
+    torch.load(io.BytesIO(bytes(flipped)), weights_only=True)
+    assert "does not match" in refused(bytes(flipped))
+    assert f"has {len(original) - 10:,} bytes" in refused(original[:-10])
+    other = tmp_path / "other"  # a translation file of the same size, copied over it
+    fakes.write_tasks(other, [(8, 5)], frames=5, frame_shape=plume.PLUME_SHAPE, seed=3)
+    assert "does not match" in refused((other / "raw_data_8_5.pt").read_bytes())
+    path.write_bytes(original)
+    assert torch.equal(plume.load_tasks(tmp_path, tasks, dataset="plume-rotation")[(2, 1)], good[(2, 1)])
+    with pytest.raises(DatasetError, match=r"holds plume-rotation task files, not plume-translation"):
+        plume.load_tasks(tmp_path, tasks, dataset="plume-translation")
+    fakes.write_tasks(tmp_path, [(3, 2)], frames=5, frame_shape=plume.PLUME_SHAPE)
+    with pytest.raises(DatasetError, match=r"raw_data_3_2\.pt is not listed in .*manifest\.json"):
+        plume.load_tasks(tmp_path, [(3, 2)], dataset="plume-rotation")
+    with pytest.raises(DatasetError, match=r"manifest\.json there lists 2 task files: raw_data_1_0\.pt, "
+                                           r"raw_data_2_1\.pt.*data=plume-<variant>-small"):
+        plume.load_tasks(tmp_path, [(4, 3)], dataset="plume-rotation")
+    (tmp_path / plume.MANIFEST).write_text("{truncated")
+    with pytest.raises(DatasetError, match="manifest.json is unreadable"):
+        plume.load_tasks(tmp_path, tasks, dataset="plume-rotation")
+
+
+def test_plume_without_manifest_loads_with_one_warning(tmp_path, caplog):
+    """Files from elsewhere (e.g. the original upstream ones) have no manifest: loaded, one warning."""
+    fakes.write_tasks(tmp_path, plume.ROTATION_TRAIN[:2], frames=5, frame_shape=plume.PLUME_SHAPE)
+    assert len(plume.load_tasks(tmp_path, plume.ROTATION_TRAIN[:2], dataset="plume-rotation")) == 2
+    plume.load_tasks(tmp_path, plume.ROTATION_TEST[:0], dataset="plume-rotation")  # again: no second warning
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and f"{tmp_path} has no manifest.json" in warnings[0]
+    caplog.clear()
+    plume.load_tasks(tmp_path, plume.ROTATION_TRAIN[:2], dataset="jetflow")  # JetFlow has no generator
+    assert not caplog.records
 
 
 # --- generators --------------------------------------------------------------------------------

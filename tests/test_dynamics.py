@@ -2,17 +2,21 @@
 and a real run of the runner on small task files."""
 
 import json
-from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from dataset import DatasetError, build_dataset
 from dataset.plume import WindowDataset
+from gmcnn import rollout as figure
 from gmcnn.equivariance import equivariance_error
 from gmcnn.models import GMDynamics
-from gmcnn.training.engine import Trainer, build_model
+from gmcnn.training.diagnostics import plot_step_scores
+from gmcnn.training import engine
+from gmcnn.training.engine import Trainer, build_model, window_stalled
 from gmcnn.training.objectives import Dynamics, rollout
+from tests.fakes import write_small_plume, write_translating_fields
 from tests.helpers import compose_config, runner
 
 SMALL_WINDOWS = ("{input_frames: 10, mid: 12, train_starts: [0, 10], valid_starts: [10, 14], "
@@ -42,6 +46,40 @@ def test_rollout_feeds_predictions_back():
     assert Dynamics().finish(Dynamics().sample_scores(predictions, targets).mean().item()) == 0.5
 
 
+class Persistence(torch.nn.Module):
+    """Predicts the last input frame again (times a weight of 1, so that an optimizer has a parameter)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, window):
+        return window[:, -2:] * self.weight
+
+
+def test_per_step_rmse_matches_a_hand_computation(tmp_path):
+    """Series n has every value equal to (n + 1) t at frame t; persistence predicts frame mid + t - 1
+    for every step, so step k errs by (n + 1) k everywhere: over series 0 and 1 (equal numbers of
+    windows), RMSE_k = k sqrt((1 + 4) / 2) and the overall RMSE (docs/design.md §4.2) is
+    sqrt(mean over samples of the mean over steps of the MSE) = sqrt(2.5 mean_k k^2). Batches of 3
+    over 10 windows (3, 3, 3, 1) must combine exactly."""
+    frames = torch.arange(40.0)[:, None, None, None].expand(40, 2, 4, 4)
+    series = [frames * (n + 1) for n in range(2)]
+    test = WindowDataset(series, starts=[0, 5], input_frames=10, mid=12, out_len=6)
+    cfg = compose_config("exp=plume-rotation", "trainer.batch_size=3", "trainer.device=cpu")
+    trainer = Trainer(cfg, Persistence(), torch.device("cpu"))
+    splits = SimpleNamespace(test_sets={"future": test, "domain": WindowDataset(series[:1], [0, 2], 10, 12, 4)})
+    metrics = engine.test_metrics(cfg, trainer, splits)
+    steps = torch.arange(1.0, 7.0, dtype=torch.float64)
+    assert metrics["test_future_rmse_per_step"] == pytest.approx((steps * 2.5 ** 0.5).tolist(), rel=1e-12)
+    assert metrics["test_future_rmse"] == pytest.approx((2.5 * steps.pow(2).mean()).sqrt().item(), rel=1e-7)
+    assert metrics["test_domain_rmse_per_step"] == pytest.approx([1.0, 2.0, 3.0, 4.0], rel=1e-12)
+    assert metrics["test_domain_rmse"] == pytest.approx(7.5 ** 0.5, rel=1e-7)  # mean of 1, 4, 9, 16
+    assert plot_step_scores(metrics, tmp_path / "steps.png")
+    assert (tmp_path / "steps.png").read_bytes()[:4] == b"\x89PNG"
+    assert not plot_step_scores({"test_acc": 0.5}, tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+
+
 def test_exact_dynamics_model_is_equivariant_and_relaxed_is_not():
     exact = GMDynamics(["C16", "C16"], channels=8, rank=0).eval()
     x = exact.example_input(2)
@@ -51,18 +89,6 @@ def test_exact_dynamics_model_is_equivariant_and_relaxed_is_not():
         for block in relaxed.stream.blocks:
             block.layers[0].conv.relaxation.coefficients.normal_()
     assert equivariance_error(relaxed, x, elements=range(1, 256, 7)) > 1e-3
-
-
-def write_translating_fields(root: Path, tasks, frames: int = 40) -> None:
-    """Smooth random velocity fields moving one cell per frame along x: translation-equivariant
-    dynamics that a GM model can learn."""
-    root.mkdir(parents=True, exist_ok=True)
-    for n, (i, j) in enumerate(tasks):
-        torch.manual_seed(n)
-        field = torch.nn.functional.avg_pool2d(torch.randn(1, 2, 64, 64), 9, 1, 4,
-                                               count_include_pad=False)[0]
-        series = torch.stack([torch.roll(field, t, dims=-1) for t in range(frames)])
-        torch.save(series.float(), root / f"raw_data_{i}_{j}.pt")
 
 
 def test_missing_and_short_task_files_are_reported(tmp_path):
@@ -117,3 +143,81 @@ def test_the_cnn_baseline_trains_with_the_dynamics_penalty_configured():
     frames, targets = torch.randn(2, 20, 64, 64), torch.randn(2, 2, 2, 64, 64)
     loss_sum, _ = trainer.train_step(frames, targets)
     assert loss_sum > 0 and all(p.grad is not None for p in trainer.model.parameters())
+
+
+@pytest.mark.parametrize("exp", ["plume-rotation", "jetflow"])
+def test_upstream_recipe(exp):
+    """recipe=upstream: Adam with weight decay 4e-4, the learning rate times 0.9 after every epoch,
+    up to 1000 epochs, the window early stop from epoch 100; the rest is the experiment's."""
+    cfg = compose_config(f"exp={exp}", "recipe=upstream")
+    assert (cfg.optimizer._target_, cfg.optimizer.lr, cfg.optimizer.weight_decay) == ("torch.optim.Adam", 0.001, 4e-4)
+    assert (cfg.scheduler._target_, cfg.scheduler.gamma) == ("torch.optim.lr_scheduler.ExponentialLR", 0.9)
+    assert (cfg.trainer.epochs, cfg.trainer.early_stopping_window, cfg.trainer.early_stopping_after) == (1000, 5, 100)
+    assert (cfg.name, cfg.trainer.monitor, cfg.trainer.batch_size) == (exp, "val_rmse", 16)
+    default = compose_config(f"exp={exp}")
+    assert default.trainer.early_stopping_window is None and default.scheduler._target_.endswith("ReduceLROnPlateau")
+    cfg = compose_config(f"exp={exp}", "recipe=upstream", "model=cnn_dynamics", "model.channels=4")
+    trainer = Trainer(cfg, build_model(cfg), torch.device("cpu"))
+    for _ in range(3):
+        trainer.optimizer.step()  # no gradients: an epoch that changed nothing
+        trainer.step_scheduler(val_loss=1.0)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.001 * 0.9 ** 3, rel=1e-12)
+
+
+def test_window_early_stopping_rule():
+    """Stop when the mean of the last W monitored values is no better than the mean of the W before."""
+    rmse = [5.0, 4.0, 3.0, 3.5]
+    assert not window_stalled(rmse[:3], 2, sign=-1)  # fewer than 2 W values
+    assert not window_stalled(rmse, 2, sign=-1)  # mean 3.25 < 4.5: still improving
+    assert window_stalled([3.0, 3.0, 3.1, 2.9], 2, sign=-1)  # equal means: stalled
+    assert window_stalled([4.0, 3.0, 3.6, 3.5], 2, sign=-1)
+    assert not window_stalled([0.5, 0.6, 0.7, 0.8], 2, sign=1) and window_stalled([0.8, 0.7, 0.6, 0.5], 2, sign=1)
+
+
+# the README's try-it command (after `python -m tools.plume_generate --variant rotation --small`)
+SMALL_COMMAND = ("exp=plume-rotation", "data=plume-rotation-small")
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """SMALL_COMMAND with 2 epochs on the files `--small` writes (format-exact, manifest included;
+    translating fields instead of a simulation)."""
+    data = tmp_path_factory.mktemp("data")
+    write_small_plume(data, "rotation")
+    run_dir = tmp_path_factory.mktemp("run")
+    result = runner(*SMALL_COMMAND, "trainer.epochs=2", "logger=none", f"paths.data_dir={data}",
+                    f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return data, run_dir, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_the_small_set_runs_with_one_command(small_run):
+    data, run_dir, output = small_run
+    assert "no manifest" not in output and "Traceback" not in output
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["epochs_completed"] == 2
+    for test_set in ("future", "domain"):
+        steps = metrics[f"test_{test_set}_rmse_per_step"]
+        assert len(steps) == 20 and all(s > 0 for s in steps)
+        overall = metrics[f"test_{test_set}_rmse"]  # docs/design.md §4.2: RMSE^2 = mean_k RMSE_k^2
+        assert overall == pytest.approx((sum(s * s for s in steps) / 20) ** 0.5, rel=1e-5)
+    assert (run_dir / "rollout_rmse.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run_dir / "relaxation.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_rollout_figure_of_a_run(small_run, tmp_path, capsys):
+    data, run_dir, _ = small_run
+    out = tmp_path / "docs" / "plume-rollout.png"
+    assert figure.main([str(run_dir), "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG" and capsys.readouterr().out.strip() == str(out)
+    cfg, model = figure.load_run(run_dir)
+    target, prediction, label = figure.sample_rollout(cfg, model, "domain", 3)
+    held_out = torch.load(data / "plume-rotation-small" / "raw_data_6_1.pt", weights_only=True)
+    assert torch.equal(target, held_out[12 + 3:12 + 3 + 20])  # domain window t = 3 of the held-out task
+    assert prediction.shape == target.shape and label == "plume-rotation-small, domain test, task [6, 1], start 3"
+    assert figure.main([str(run_dir), "--out", str(out), "--steps", "1", "21"]) == 1
+    assert "--steps must lie in 1..20" in capsys.readouterr().err
+    assert figure.main([str(data), "--out", str(out)]) == 1
+    assert "not a run directory" in capsys.readouterr().err

@@ -4,6 +4,8 @@ The simulation tests skip when phiflow is not installed (pip install -e '.[plume
 (each simulates for 4 to 11 s on 2 cores); the argument and error checks run without phiflow.
 """
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -12,9 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from dataset import DatasetError, plume
+from tests import fakes
 from tools import plume_generate as gen
+
+ROOT = Path(__file__).resolve().parents[1]
 
 STEPS = 6  # translation fixture: T = 6
 
@@ -41,7 +47,7 @@ def region_mean(frames: torch.Tensor, channel: int, x: tuple[int, int], y: tuple
 def test_translation_files(translation):
     out, result = translation
     assert result == {"generated": [(8, 5)], "skipped": []}
-    assert sorted(p.name for p in out.iterdir()) == ["raw_data_8_5.pt"]  # no temporary files left
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "raw_data_8_5.pt"]  # no temporaries left
     data = torch.load(out / "raw_data_8_5.pt", weights_only=True)
     assert data.dtype == torch.float32 and data.shape == (STEPS, 2, 64, 64)
     assert torch.isfinite(data).all() and data.abs().max() > 0.1
@@ -49,8 +55,29 @@ def test_translation_files(translation):
     assert region_mean(data, 1, (3, 13), (5, 25)) > 0.05
     # incompressible flow in a closed box: the domain mean of each component vanishes
     assert data.mean(dim=(2, 3)).abs().max() < 1e-3
-    loaded = plume.load_tasks(out, [(8, 5)], min_frames=STEPS)
+    loaded = plume.load_tasks(out, [(8, 5)], min_frames=STEPS, dataset="plume-translation")
     assert torch.equal(loaded[(8, 5)], data)
+
+
+@pytest.mark.slow
+def test_manifest_records_every_file_and_a_rerun_only_adds_it(translation):
+    out, _ = translation
+    path, manifest_path = out / "raw_data_8_5.pt", out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    entry = manifest["files"]["raw_data_8_5.pt"]
+    assert manifest["format"] == 1 and manifest["dataset"] == "plume-translation"
+    assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert entry["bytes"] == path.stat().st_size and entry["shape"] == [STEPS, 2, 64, 64]
+    assert entry["task"] == [8, 5] and entry["dtype"] == "float32"
+    assert entry["generator"]["version"] == gen.GENERATOR_VERSION and entry["generator"]["steps"] == STEPS
+    assert entry["generator"]["inflow"] == [8.0, 5.0] and entry["generator"]["buoyancy_right"] == [0.0, 0.2]
+    # files made before manifests existed: a rerun hashes them into a new manifest, simulating nothing
+    manifest_path.unlink()
+    stamp = path.stat().st_mtime_ns
+    assert gen.generate("translation", out, tasks=["8,5"], steps=STEPS, progress=False)["generated"] == []
+    assert path.stat().st_mtime_ns == stamp and json.loads(manifest_path.read_text()) == manifest
+    with pytest.raises(DatasetError, match="holds plume-translation task files.*another folder"):
+        gen.generate("rotation", out, tasks=["1,0"], steps=STEPS, progress=False)
 
 
 @pytest.mark.slow
@@ -81,7 +108,7 @@ def test_rotation_incomplete_files_are_regenerated(phi, tmp_path):
     torch.save(torch.zeros(9, 2, 64, 64), tmp_path / "raw_data_8_1.pt")  # a run of another length
     result = gen.generate("rotation", tmp_path, tasks=[(1, 0), "8,1"], steps=5, progress=False)
     assert result == {"generated": [(1, 0), (8, 1)], "skipped": []}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw_data_1_0.pt", "raw_data_8_1.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "raw_data_1_0.pt", "raw_data_8_1.pt"]
     frames = plume.load_tasks(tmp_path, [(8, 1)])[(8, 1)]
     assert frames.shape == (4, 2, 64, 64)  # T = steps - 1: the first frame is dropped
     # side 1: inflow at (59, 32) on the right wall, buoyancy k * (-0.01, 0): the flow goes to -x
@@ -98,7 +125,56 @@ def test_scale_in_parallel_workers(phi, tmp_path):
     for task, frames in data.items():
         assert frames.shape == (3, 2, 64, 64) and torch.isfinite(frames).all()
         assert region_mean(frames, 1, (27, 37), (5, 20)) > 0.05, task  # rises above (32, 5) (scaled)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw_data_0.pt", "raw_data_1.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "raw_data_0.pt", "raw_data_1.pt"]
+    assert sorted(json.loads((tmp_path / "manifest.json").read_text())["files"]) == ["raw_data_0.pt", "raw_data_1.pt"]
+
+
+@pytest.mark.slow
+def test_small_writes_the_set_its_data_config_reads(phi, tmp_path, monkeypatch):
+    """``--small`` (here with 3 steps instead of 50): the first training and the first held-out task,
+    by default in data/plume-<variant>-small, the root of configs/data/plume-<variant>-small.yaml."""
+    monkeypatch.chdir(tmp_path)
+    assert gen.main(["--variant", "scale", "--small", "--steps", "3", "--no-progress", "--quiet"]) == 0
+    config = yaml.safe_load((ROOT / "configs" / "data" / "plume-scale-small.yaml").read_text())
+    assert config["root"] == "${paths.data_dir}/plume-scale-small"
+    out = tmp_path / "data" / "plume-scale-small"
+    expected = [plume.task_filename(t) for t in config["options"]["train_tasks"] + config["options"]["test_tasks"]]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["manifest.json", *expected])
+    assert expected == ["raw_data_0.pt", "raw_data_5.pt"]
+
+
+def test_record_adds_files_made_elsewhere_to_the_manifest(tmp_path, caplog):
+    """``--record``: task files from elsewhere (any length) are hashed as they are, nothing is simulated,
+    and from then on the loader checks them; files that are not task files are refused."""
+    tasks = plume.ROTATION_TRAIN[:2]
+    fakes.write_tasks(tmp_path, tasks, frames=7, frame_shape=plume.PLUME_SHAPE)
+    plume.load_tasks(tmp_path, tasks, dataset="plume-rotation")
+    assert "--variant rotation --record --out" in caplog.text  # the no-manifest warning says how
+    assert gen.main(["--variant", "rotation", "--record", "--out", str(tmp_path), "--quiet"]) == 0
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == ["raw_data_1_0.pt", "raw_data_2_1.pt"]
+    entry = manifest["files"]["raw_data_2_1.pt"]
+    assert entry["shape"] == [7, 2, 64, 64] and entry["generator"]["name"].startswith("unknown: recorded")
+    assert entry["sha256"] == hashlib.sha256((tmp_path / "raw_data_2_1.pt").read_bytes()).hexdigest()
+    assert gen.record_present("rotation", tmp_path) == tasks  # again: nothing changes
+    assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
+    torch.save(torch.zeros(7, 2, 64, 64) + 1, tmp_path / "raw_data_2_1.pt")  # edited after recording
+    with pytest.raises(DatasetError, match=r"raw_data_2_1\.pt does not match"):
+        plume.load_tasks(tmp_path, tasks, dataset="plume-rotation")
+    torch.save(torch.zeros(7, 3, 64, 64), tmp_path / "raw_data_3_2.pt")
+    with pytest.raises(DatasetError, match=r"raw_data_3_2\.pt is not a task file"):
+        gen.record_present("rotation", tmp_path)
+    with pytest.raises(DatasetError, match="no plume-scale task files"):
+        gen.record_present("scale", tmp_path / "empty")
+
+
+def test_small_sets_fit_their_windows():
+    for name, (train, test, _) in plume.SMALL_SETS.items():
+        variant = name.removeprefix("plume-").removesuffix("-small")
+        assert [*train, *test] == [gen.variant_tasks(variant, "train")[0], gen.variant_tasks(variant, "test")[0]]
+        frames = gen.frames_for(variant, plume.SMALL_STEPS)
+        assert plume.frames_needed(plume.SMALL_WINDOWS) <= frames  # 49: rotation exactly
+        assert plume.frames_needed(plume.SMALL_WINDOWS, held_out=True) <= frames
 
 
 def test_task_lists_and_setups():

@@ -4,6 +4,7 @@ the sweep report over all of them."""
 import csv
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -11,7 +12,9 @@ import time
 import pytest
 from hydra import compose, initialize_config_dir
 
+from gmcnn.report import collect, write_comparison
 from gmcnn.report import main as report_main
+from tests.fakes import write_small_plume
 from tests.helpers import FAST, ROOT, metrics_of, runner
 
 FAST = [*FAST, "trainer.epochs=1"]
@@ -197,3 +200,59 @@ def test_report_of_regression_jobs_and_an_unfinished_one(tmp_path, capsys):
     assert "incomplete: no metrics.json" in table[2]
     assert "| GMDynamics | model.rank=2 | 200 | 0.5000 | 0.7000 | 2 | finished |" in table[4]
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_comparison_gives_mean_and_std_over_seeds_per_model_and_setting(tmp_path):
+    """Jobs of two models and two ranks over seeds; the seed is what repeats, everything else swept
+    is the setting. A failed job counts as a job, not as a run."""
+    rmse = {("GMDynamics", "1", "1"): (0.5, 0.7), ("GMDynamics", "1", "2"): (0.7, 0.8),
+            ("GMDynamics", "1", "3"): (0.9, 0.9), ("GMDynamics", "2", "1"): (0.4, 0.6),
+            ("CNNDynamics", "0", "1"): (1.0, 1.5), ("CNNDynamics", "0", "2"): None}
+    for n, ((model, rank, seed), scores) in enumerate(rmse.items()):
+        metrics = ({"status": "failed", "error": "boom"} if scores is None else
+                   {"epochs_completed": 3, "num_params": 100 * int(rank) + len(model),
+                    "test_future_rmse": scores[0], "test_domain_rmse": scores[1],
+                    "test_future_rmse_per_step": [scores[0]] * 4})
+        fake_job(tmp_path / str(n), model, [f"model={model}", f"model.rank={rank}", f"seed={seed}"],
+                 {"name": "plume-rotation", **metrics})
+    lines = write_comparison(collect(tmp_path), tmp_path)
+    assert lines == (tmp_path / "comparison.md").read_text().splitlines()
+    assert lines[0] == ("| experiment | model | setting | parameters | runs | test_future_rmse (mean ± std) "
+                        "| test_domain_rmse (mean ± std) |")
+    assert lines[2:] == [  # std: sample (n - 1): of 0.5, 0.7, 0.9 it is 0.2; of 0.7, 0.8, 0.9 0.1
+        "| plume-rotation | CNNDynamics | model=CNNDynamics model.rank=0 | 11 | 1 of 2 | 1.0000 | 1.5000 |",
+        "| plume-rotation | GMDynamics | model=GMDynamics model.rank=1 | 110 | 3 | 0.7000 ± 0.2000 "
+        "| 0.8000 ± 0.1000 |",
+        "| plume-rotation | GMDynamics | model=GMDynamics model.rank=2 | 210 | 1 | 0.4000 | 0.6000 |"]
+    with (tmp_path / "comparison.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows[1]["seeds"] == "1 2 3" and float(rows[1]["test_future_rmse_std"]) == pytest.approx(0.2)
+    assert rows[0]["test_future_rmse_std"] == "" and rows[0]["jobs"] == "2"
+    assert (tmp_path / "comparison_steps.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_model_comparison_sweep_on_small_plumes(tmp_path):
+    """docs/sweeps.md's comparison command on the --small set (format-exact fakes), 1 epoch, 8 channels:
+    two models x two seeds end with the table of mean ± std per model in the sweep directory."""
+    write_small_plume(tmp_path / "data", "rotation")
+    sweep_dir = tmp_path / "sweep"
+    result = runner("-m", "exp=plume-rotation", "data=plume-rotation-small", "model=gm_dynamics,cnn_dynamics",
+                    "seed=1,2", "trainer.epochs=1", "model.channels=8", "logger=none",
+                    f"paths.data_dir={tmp_path / 'data'}", f"hydra.sweep.dir={sweep_dir}", timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert f"mean ± std over seeds ({sweep_dir / 'comparison.md'})" in output
+    table = (sweep_dir / "comparison.md").read_text().splitlines()
+    assert table[0] == ("| experiment | model | setting | parameters | runs | test_future_rmse (mean ± std) "
+                        "| test_domain_rmse (mean ± std) |")
+    assert [line.split(" | ")[1:3] for line in table[2:]] == [["cnn_dynamics", "model=cnn_dynamics"],
+                                                             ["gm_dynamics", "model=gm_dynamics"]]
+    for line, model in zip(table[2:], ("cnn_dynamics", "gm_dynamics")):
+        jobs = [metrics_of(job) for job in sorted(sweep_dir.glob("[0-9]"))
+                if f"model={model}" in (job / ".hydra" / "overrides.yaml").read_text()]
+        future = [job["test_future_rmse"] for job in jobs]
+        assert len(future) == 2 and line.split(" | ")[4] == "2"
+        mean, std = statistics.fmean(future), statistics.stdev(future)
+        assert f"| {mean:.4f} ± {std:.4f} |" in line and f" {jobs[0]['num_params']:,} " in line
+    assert (sweep_dir / "comparison.csv").is_file()

@@ -1,17 +1,30 @@
 """Regenerate the smoke-plume task files with PhiFlow 3 (docs/design.md §4.3; ``pip install -e '.[plume]'``).
 
-    python -m tools.plume_generate --variant rotation --out data/plume-rotation [--workers N]
-    python -m tools.plume_generate --variant scale --out /tmp/plume-scale --small     # 2 tasks, 40 steps
+    python -m tools.plume_generate --variant rotation [--out data/plume-rotation] [--workers N]
+    python -m tools.plume_generate --variant rotation --small   # data/plume-rotation-small: 2 tasks, 50 steps
+    python -m tools.plume_generate --variant rotation --record --out DIR   # hash files made elsewhere
 
 Run from the repository root: a data-preparation tool beside the loaders, not part of the installed
 package. Writes one file per task, ``raw_data_{i}_{j}.pt`` (translation, rotation) or ``raw_data_{i}.pt``
 (scale), each a ``torch.save``-d float32 tensor (T, 2, 64, 64) laid out [t, (v_x, v_y), y, x], the
 format :func:`dataset.plume.load_tasks` reads. By default every task of the variant (train and
 held-out, the lists of :mod:`dataset.plume`); ``--split``, ``--tasks``, ``--limit`` and ``--steps``
-narrow it. Finished tasks (a file that loads with the expected shape, float32 and finite) are
-skipped, so an interrupted run resumes; each file is written to a temporary name in the output folder
-and renamed, so a file is either complete or absent. Tasks run in parallel processes (``--workers``).
-The simulation is deterministic (no randomness; direct pressure solve in float64).
+narrow it; ``--small`` writes the 2-task set ``data=plume-<variant>-small`` reads (the first training
+and the first held-out task, 50 steps: 100 steps at ~0.35 s, about 35 s on a free core; 2 min
+measured on 2 cores shared with two other simulations). ``--out`` defaults to where
+``configs/data/plume-<variant>[-small].yaml`` looks, ``data/plume-<variant>[-small]``.
+
+Every finished file is recorded in ``<out>/manifest.json`` (:data:`dataset.plume.MANIFEST`: per file
+its task, shape, dtype, size, sha256 and the generator's name, version, steps and simulation
+parameters), which the loader checks files against. Finished tasks (a file that loads with the
+expected shape, float32 and finite) are skipped and only hashed into the manifest if it lacks them
+(an entry whose hash still matches is kept as it is), so a run over files made before manifests
+existed only adds the manifest, and an interrupted run resumes. ``--record`` simulates nothing: it
+adds the variant's task files present in ``--out`` as they are (made elsewhere, e.g. the original
+upstream files, of any length; the generator entry says so), so that runs check them from then on.
+Each file is written to a temporary name in the output folder and renamed, so a file is either
+complete or absent. Tasks run in parallel processes (``--workers``). The simulation is
+deterministic (no randomness; direct pressure solve in float64).
 
 Physics (docs/design.md §4.3), one step of every task:
 
@@ -61,6 +74,9 @@ not help.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import io
+import json
 import logging
 import os
 import re
@@ -77,15 +93,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dataset.plume import PLUME_SHAPE, TASK_SETS, Task, task_filename
+from dataset.plume import (MANIFEST, MANIFEST_FORMAT, PLUME_SHAPE, SMALL_SETS, SMALL_STEPS, TASK_SETS, Task,
+                           file_record, read_manifest, task_filename)
 from dataset.registry import DatasetError
-from gmcnn.io import atomic_write
+from gmcnn.io import atomic_write, atomic_write_text
 
 log = logging.getLogger("tools.plume_generate")
 
 VARIANTS = ("translation", "rotation", "scale")
 FULL_STEPS = 310
-SMALL_TASKS, SMALL_STEPS = 2, 40
+GENERATOR_VERSION = 1  # raise when a change alters the files (recorded in the manifest)
 BOX = 64
 SMOKE_DT = 1.0
 INSTALL_HINT = "pip install -e '.[plume]'  (or: pip install 'phiflow>=3')"
@@ -96,7 +113,7 @@ ROTATION_SIDES = {  # side -> (inflow centre (x, y), buoyancy per unit k (x, y))
     3: ((5.0, 32.0), (0.01, 0.0)),
 }
 MAX_SCALE_TASK = 40  # f = 5, a 320 x 320 grid
-_TMP = re.compile(r"^\.(?P<name>raw_data_[0-9_]+\.pt)\.(?P<pid>[0-9]+)\.tmp$")  # see write_atomic
+_TMP = re.compile(r"^\.(?P<name>raw_data_[0-9_]+\.pt|manifest\.json)\.(?P<pid>[0-9]+)\.tmp$")  # see write_atomic
 
 
 @dataclass(frozen=True)
@@ -304,6 +321,74 @@ def is_complete(path: Path, frames: int) -> bool:
             and tuple(data.shape) == (frames, *PLUME_SHAPE) and bool(torch.isfinite(data).all()))
 
 
+def open_manifest(out: Path, variant: str) -> dict:
+    """The manifest of ``out`` (a new, empty one if there is none); DatasetError if it belongs to
+    another data set."""
+    dataset = f"plume-{variant}"
+    manifest = read_manifest(out)
+    if manifest is None:
+        return {"format": MANIFEST_FORMAT, "dataset": dataset, "files": {}}
+    if manifest.get("dataset") != dataset:
+        raise DatasetError(f"{out} holds {manifest.get('dataset')} task files ({out / MANIFEST}); "
+                           f"write {dataset} to another folder (--out)")
+    return manifest
+
+
+def record_task(manifest: dict, out: Path, variant: str, task: Task, steps: int | None) -> bool:
+    """Hash the finished file of ``task`` into ``manifest``, made by this generator with ``steps``
+    steps, or (``steps`` None) found there, made elsewhere (checked to be a (T, 2, 64, 64) float
+    tensor). An entry whose sha256 still matches is kept as it is (it says which generator made
+    the file). True if the manifest changed."""
+    path = out / task_filename(task)
+    content = path.read_bytes()
+    try:
+        tensor = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001  (pickle, zip and EOF errors alike)
+        raise DatasetError(f"{path} cannot be loaded ({type(error).__name__}): not a task file; "
+                           "remove or replace it") from None
+    if not (isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.ndim == 4
+            and tuple(tensor.shape[1:]) == PLUME_SHAPE):
+        raise DatasetError(f"{path} is not a task file: a float tensor (T, {', '.join(map(str, PLUME_SHAPE))}) "
+                           f"expected, got {type(tensor).__name__} {tuple(getattr(tensor, 'shape', ()))}")
+    entry = file_record(content, tensor)
+    old = manifest["files"].get(path.name)
+    if old is not None and old.get("sha256") == entry["sha256"]:
+        return False
+    if steps is None:
+        generator = {"name": "unknown: recorded as found by tools.plume_generate --record"}
+    else:
+        import phi  # loaded by phi_modules() before any simulation
+
+        setup = {k: v for k, v in dataclasses.asdict(setup_for(variant, task)).items() if k not in ("variant", "task")}
+        generator = {"name": "tools.plume_generate", "version": GENERATOR_VERSION, "steps": steps,
+                     "phiflow": str(getattr(phi, "__version__", "unknown")), **setup}
+    manifest["files"][path.name] = {"task": task if isinstance(task, int) else list(task), **entry,
+                                    "generator": generator}
+    return True
+
+
+def record_present(variant: str, out: str | Path, split: str = "all") -> list[Task]:
+    """``--record``: add the variant's task files present in ``out`` to its manifest as they are
+    (files made elsewhere, e.g. the original upstream data), simulating nothing, so that the loader
+    checks them from then on; the tasks recorded or already listed. DatasetError if there are none."""
+    out = Path(out)
+    manifest = open_manifest(out, variant)
+    present = [t for t in variant_tasks(variant, split) if (out / task_filename(t)).is_file()]
+    if not present:
+        raise DatasetError(f"no plume-{variant} task files (raw_data_*.pt) in {out} to record")
+    if [t for t in present if record_task(manifest, out, variant, t, None)]:
+        write_manifest(out, manifest)
+    return present
+
+
+def write_manifest(out: Path, manifest: dict) -> None:
+    """``out/manifest.json`` atomically: JSON with one line per file, sorted by name."""
+    head = {k: v for k, v in manifest.items() if k != "files"}
+    files = ",\n".join(f"  {json.dumps(name)}: {json.dumps(entry)}"
+                       for name, entry in sorted(manifest["files"].items()))
+    atomic_write_text(out / MANIFEST, json.dumps(head)[:-1] + ', "files": {\n' + files + "\n}}\n")
+
+
 def write_atomic(tensor: torch.Tensor, path: Path) -> None:
     """torch.save to a temporary file next to ``path``, fsynced, then renamed into place."""
     atomic_write(path, lambda handle: torch.save(tensor, handle))
@@ -370,11 +455,17 @@ def generate(variant: str, out: str | Path, tasks: Iterable | None = None, split
         setup_for(variant, task)
     phi_modules()  # fail early with the install line
     out = Path(out)
+    manifest = open_manifest(out, variant)
     out.mkdir(parents=True, exist_ok=True)
     for path in remove_stale_temporaries(out):
         log.info("removed %s, left by an interrupted run", path)
     frames = frames_for(variant, steps)
     skipped = [t for t in chosen if is_complete(out / task_filename(t), frames)]
+    recorded = [t for t in skipped if record_task(manifest, out, variant, t, steps)]
+    if recorded or not (out / MANIFEST).is_file():
+        write_manifest(out, manifest)
+        if recorded:
+            log.info("recorded %d finished task files in %s", len(recorded), out / MANIFEST)
     todo = [t for t in chosen if t not in skipped]
     for task in todo:
         if (out / task_filename(task)).exists():
@@ -387,7 +478,7 @@ def generate(variant: str, out: str | Path, tasks: Iterable | None = None, split
         if workers == 1 or len(todo) <= 1:
             for task in todo:
                 done, seconds = generate_task(variant, task, out, steps)
-                _finished(done, seconds, out, generated, bar)
+                _finished(done, seconds, out, generated, bar, manifest, variant, steps)
         else:
             with ProcessPoolExecutor(min(workers, len(todo)), mp_context=get_context("spawn"),
                                      initializer=_worker_init) as pool:
@@ -395,7 +486,7 @@ def generate(variant: str, out: str | Path, tasks: Iterable | None = None, split
                 try:
                     for future in as_completed(futures):
                         done, seconds = future.result()
-                        _finished(done, seconds, out, generated, bar)
+                        _finished(done, seconds, out, generated, bar, manifest, variant, steps)
                 except BaseException:
                     for future in futures:
                         future.cancel()
@@ -405,7 +496,10 @@ def generate(variant: str, out: str | Path, tasks: Iterable | None = None, split
     return {"generated": generated, "skipped": skipped}
 
 
-def _finished(task: Task, seconds: float, out: Path, generated: list, bar) -> None:
+def _finished(task: Task, seconds: float, out: Path, generated: list, bar, manifest: dict, variant: str,
+              steps: int) -> None:
+    record_task(manifest, out, variant, task, steps)
+    write_manifest(out, manifest)
     generated.append(task)
     bar.update(1)
     log.info("wrote %s (%.1f s)", out / task_filename(task), seconds)
@@ -419,7 +513,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.plume_generate",
                                      description="Regenerate the smoke-plume task files (T, 2, 64, 64) with phiflow.")
     parser.add_argument("--variant", required=True, help=f"one of {', '.join(VARIANTS)}")
-    parser.add_argument("--out", required=True, type=Path, help="output folder (the dataset root)")
+    parser.add_argument("--out", type=Path, help="output folder, the dataset root (default: data/plume-VARIANT, "
+                        "with --small data/plume-VARIANT-small: where configs/data/ looks)")
     parser.add_argument("--split", default="all", choices=["all", "train", "test"],
                         help="which task list (default: all = train + held-out)")
     parser.add_argument("--tasks", nargs="+", metavar="ID",
@@ -427,7 +522,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="only the first LIMIT tasks")
     parser.add_argument("--steps", type=int, default=None, help=f"simulation steps (default {FULL_STEPS})")
     parser.add_argument("--small", action="store_true",
-                        help=f"quick run: the first {SMALL_TASKS} tasks, {SMALL_STEPS} steps (unless given)")
+                        help=f"the 2-task set data=plume-VARIANT-small reads: the first training and the first "
+                        f"held-out task, {SMALL_STEPS} steps (unless --tasks or --steps are given)")
+    parser.add_argument("--record", action="store_true",
+                        help="simulate nothing: record the task files present in --out (made elsewhere, e.g. the "
+                        "original data) in its manifest as they are, so that every run checks them")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
@@ -435,10 +534,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     steps = args.steps if args.steps is not None else (SMALL_STEPS if args.small else FULL_STEPS)
-    limit = args.limit if args.limit is not None else (SMALL_TASKS if args.small else None)
+    suffix = "-small" if args.small else ""
+    out = args.out if args.out is not None else Path("data") / f"plume-{args.variant}{suffix}"
     start = time.perf_counter()
     try:
-        result = generate(args.variant, args.out, tasks=args.tasks, split=args.split, limit=limit, steps=steps,
+        if args.record:
+            recorded = record_present(args.variant, out, args.split)
+            log.info("%d task files recorded in %s", len(recorded), out / MANIFEST)
+            return 0
+        tasks = args.tasks
+        if args.small and tasks is None:
+            check_variant(args.variant)
+            train, test, _ = SMALL_SETS[f"plume-{args.variant}-small"]
+            tasks = [*train, *test]
+        result = generate(args.variant, out, tasks=tasks, split=args.split, limit=args.limit, steps=steps,
                           workers=args.workers, progress=not args.no_progress)
     except DatasetError as error:
         log.error("%s", error)
@@ -447,7 +556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("interrupted; finished task files are kept, rerun the same command to resume")
         return 130
     log.info("done in %.1f s: %d generated, %d already present, in %s", time.perf_counter() - start,
-             len(result["generated"]), len(result["skipped"]), args.out)
+             len(result["generated"]), len(result["skipped"]), out)
     return 0
 
 

@@ -37,7 +37,8 @@ MODELS_FOR_TASK = {"classification": "model=gmcnn or model=cnn",
                                "rgroup_translation, rsteer, rpp, lift)"}
 TRAINER_KEYS = {"epochs", "batch_size", "device", "amp", "amp_dtype", "grad_clip",
                 "early_stopping_patience", "monitor", "relaxation_penalty", "resume", "num_workers",
-                "compile", "micro_batch_size", "bn_recalibration"}
+                "compile", "micro_batch_size", "bn_recalibration", "early_stopping_window",
+                "early_stopping_after"}
 
 
 def validate(cfg: DictConfig) -> None:
@@ -77,6 +78,9 @@ def validate(cfg: DictConfig) -> None:
         _positive_int("data.max_samples (or null)", cfg.data.max_samples)
     if t.early_stopping_patience is not None:
         _positive_int("trainer.early_stopping_patience", t.early_stopping_patience)
+    if t.get("early_stopping_window") is not None:
+        _positive_int("trainer.early_stopping_window (or null)", t.early_stopping_window)
+    _non_negative_int("trainer.early_stopping_after", t.get("early_stopping_after", 0))
     if t.grad_clip is not None and not t.grad_clip > 0:
         raise ConfigError(f"trainer.grad_clip must be > 0 or null, got {t.grad_clip}")
     micro = t.micro_batch_size

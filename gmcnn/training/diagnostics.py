@@ -6,11 +6,14 @@
   ||F(., u) - mean_u F||, where F[o, c, k, u] is the weight tap k applies at position u; it is zero
   where the layer is exactly equivariant, so the picture shows where the learned relaxation breaks
   the symmetry. Saved as one PNG with a panel per layer, positions laid out as the image.
+* ``plot_step_scores``: the test score of every roll-out step (``test_future_rmse_per_step``, ...),
+  one line per test set, step 1 to L.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -66,6 +69,34 @@ def plot_relaxation(model: nn.Module, path: Path) -> bool:
         axis.set_yticks([])
         fig.colorbar(shown, ax=axis, fraction=0.046)
     fig.suptitle("where the relaxed layers break the symmetry: ||F(., u) - mean F||")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_step_scores(metrics: dict[str, Any], path: Path) -> bool:
+    """Plot every ``*_per_step`` list of ``metrics`` against the roll-out step (1..L) to ``path``;
+    False, writing nothing, if there is none (classification)."""
+    curves = {key.removesuffix("_per_step"): values for key, values in metrics.items()
+              if key.endswith("_per_step") and isinstance(values, list) and values}
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axis = plt.subplots(figsize=(6, 4))
+    for name, values in curves.items():
+        axis.plot(range(1, len(values) + 1), values, marker="o", markersize=3,
+                  label=f"{name} (overall {metrics.get(name, float('nan')):.4g})")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_xlabel("roll-out step")
+    axis.set_ylabel("RMSE" if all(name.endswith("rmse") for name in curves) else "score")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -2,7 +2,7 @@
 
     plan (resume.py) -> validate -> model (build.py) -> data (data.py) -> restore the checkpoint
         -> [train epoch (steps) -> validate -> checkpoint]* -> best-validation weights -> test
-        -> metrics.json, metrics.csv, curves.png
+        -> metrics.json, metrics.csv, curves.png (relaxation.png, rollout_rmse.png)
 
 One training step (:meth:`Trainer.train_step`): forward and loss per micro-batch, backward, the
 gradients summed over micro-batches and (torchrun) processes, clipping, the optimizer update.
@@ -37,7 +37,7 @@ from gmcnn.training.build import build_model, count_parameters, model_summary
 from gmcnn.training.checkpoint import Progress
 from gmcnn.training.config import instantiate, monitor_sign, resolve_device, validate
 from gmcnn.training.data import fixed_subset, load_data, make_loader
-from gmcnn.training.diagnostics import equivariance_metric, plot_relaxation
+from gmcnn.training.diagnostics import equivariance_metric, plot_relaxation, plot_step_scores
 from gmcnn.training.objectives import OBJECTIVES
 from gmcnn.training.resume import Plan
 from gmcnn.training.signals import RunInterrupted, StopSignals
@@ -176,21 +176,30 @@ class Trainer:
         return True
 
     @torch.no_grad()
-    def evaluate(self, loader: DataLoader, desc: str) -> dict[str, float]:
-        """Mean loss and the score over ``loader`` (keys "loss" and the objective's score)."""
+    def evaluate(self, loader: DataLoader, desc: str) -> dict[str, Any]:
+        """Mean loss and the score over ``loader`` (keys "loss" and the objective's score; for an
+        objective with per-step scores also "<score>_per_step", the score of every roll-out step)."""
         self.model.eval()
         total_loss, total_score, seen = 0.0, 0.0, 0
+        step_scores = getattr(self.objective, "step_scores", None)
+        total_steps: Tensor | None = None
         for batch in self._batches(loader, desc):
             for inputs, targets in self._micro_batches(*batch):
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                     outputs = self.objective.predict(self.network, inputs, targets)
                 total_loss += self.objective.loss(outputs, targets).item() * len(targets)
                 total_score += self.objective.sample_scores(outputs, targets).sum().item()
+                if step_scores is not None:
+                    steps = step_scores(outputs, targets).double().sum(0).cpu()
+                    total_steps = steps if total_steps is None else total_steps + steps
                 seen += len(targets)
-        total_loss, total_score, seen = distributed.all_sum([total_loss, total_score, seen],
-                                                            self.device)
-        return {"loss": total_loss / seen,
-                self.objective.score: self.objective.finish(total_score / seen)}
+        per_step = [] if total_steps is None else total_steps.tolist()
+        total_loss, total_score, seen, *per_step = distributed.all_sum(
+            [total_loss, total_score, seen, *per_step], self.device)
+        result = {"loss": total_loss / seen, self.objective.score: self.objective.finish(total_score / seen)}
+        if per_step:
+            result[f"{self.objective.score}_per_step"] = [self.objective.finish(s / seen) for s in per_step]
+        return result
 
     def step_scheduler(self, val_loss: float) -> None:
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -235,15 +244,28 @@ class Trainer:
                 setattr(self.scheduler, name, value)
 
 
+def window_stalled(values: list[float], window: int, sign: int) -> bool:
+    """True when the mean of the last ``window`` values is no better than the mean of the
+    ``window`` values before them (``sign``: +1 when higher is better, -1 when lower is); False
+    while there are fewer than 2 ``window`` values."""
+    if len(values) < 2 * window:
+        return False
+    recent, before = values[-window:], values[-2 * window:-window]
+    return sign * (sum(recent) - sum(before)) <= 0
+
+
 def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits: Splits, progress: Progress,
         save_last: Any, stop: StopSignals) -> None:
     """Epochs from ``progress.epoch + 1`` (from step ``progress.step`` within it): train,
     validate, step the scheduler, keep the best weights (``trainer.monitor``), checkpoint
-    (``save_last()``), log; early stopping if configured; RunInterrupted on a stop signal, after
+    (``save_last()``), log; early stopping if configured (``trainer.early_stopping_patience``
+    epochs without a new best, or :func:`window_stalled` over ``trainer.early_stopping_window``
+    epochs once ``trainer.early_stopping_after`` are done); RunInterrupted on a stop signal, after
     the checkpoint. Under torchrun every rank computes the same numbers; rank 0 writes the files."""
     score, monitor = trainer.objective.score, cfg.trainer.monitor
     sign = monitor_sign(cfg)
     patience = cfg.trainer.early_stopping_patience
+    window, after = cfg.trainer.get("early_stopping_window"), cfg.trainer.get("early_stopping_after", 0)
     ckpt_dir = tracker.run_dir / "checkpoints"
     valid_loader = make_loader(splits.valid, cfg.trainer.batch_size, False, 0, cfg, trainer.device)
     with logging_redirect_tqdm(), tqdm(
@@ -252,6 +274,11 @@ def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits: Splits, 
         for epoch in epochs:
             if patience and progress.bad_epochs >= patience:
                 log.info("early stopping: no improvement of %s for %d epochs", monitor, patience)
+                break
+            if window and progress.epoch >= after and window_stalled(
+                    [row[monitor] for row in progress.history], window, sign):
+                log.info("early stopping: the mean %s of the last %d epochs is no better than that of "
+                         "the %d before", monitor, window, window)
                 break
             loader = make_loader(splits.train, cfg.trainer.batch_size, True,
                                  cfg.seed * 100_003 + epoch, cfg, trainer.device,
@@ -360,9 +387,12 @@ def _run(plan: Plan, run_dir: Path, device: torch.device) -> dict[str, Any]:
     metrics.update(test_metrics(cfg, trainer, splits))
     if main and plot_relaxation(model, run_dir / "relaxation.png"):
         log.info("symmetry-breaking maps of the relaxed layers: %s", run_dir / "relaxation.png")
+    if main and plot_step_scores(metrics, run_dir / "rollout_rmse.png"):
+        log.info("test RMSE per roll-out step: %s", run_dir / "rollout_rmse.png")
     tracker.finish(metrics)
     log.info("test: %s (best epoch %s); outputs in %s",
-             ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("test_")),
+             ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                       if k.startswith("test_") and isinstance(v, (int, float))),
              progress.best_epoch, run_dir)
     return metrics
 
@@ -396,7 +426,8 @@ def restore(plan: Plan, trainer: Trainer, ckpt_dir: Path) -> Progress:
 
 
 def test_metrics(cfg: DictConfig, trainer: Trainer, splits: Splits) -> dict[str, float]:
-    """Loss and score on every test set (``test_acc``; ``test_future_rmse``, ...), and the
+    """Loss and score on every test set (``test_acc``; ``test_future_rmse``, ...), the per-step
+    scores of a roll-out objective (``test_future_rmse_per_step``: a list, step 1 first), and the
     equivariance error of the model on the first test batch."""
     metrics: dict[str, float] = {}
     for name, dataset in splits.test_sets.items():
@@ -405,6 +436,9 @@ def test_metrics(cfg: DictConfig, trainer: Trainer, splits: Splits) -> dict[str,
         result = trainer.evaluate(loader, name)
         metrics[f"{prefix}_loss"] = result["loss"]
         metrics[f"{prefix}_{trainer.objective.score}"] = result[trainer.objective.score]
+        per_step = f"{trainer.objective.score}_per_step"
+        if per_step in result:
+            metrics[f"{prefix}_{per_step}"] = result[per_step]
     inputs = next(iter(make_loader(next(iter(splits.test_sets.values())), 8, False, 0, cfg,
                                    trainer.device)))[0].to(trainer.device)
     error = equivariance_metric(trainer.model, inputs)

@@ -4,10 +4,12 @@
 * dynamics (docs/design.md §4.2): the target is ``out_len`` future frames; the model is rolled out
   autoregressively, each predicted frame appended to the input window (the oldest frame dropped);
   loss = mean per-step MSE; score "rmse" = sqrt(mean over samples of the per-sample mean per-step
-  MSE).
+  MSE); per-step score (``step_scores``): RMSE_k = sqrt(mean over samples of the MSE of roll-out
+  step k), so that mean_k RMSE_k^2 = RMSE^2.
 
-``sample_scores`` returns one number per sample, so that scores of many batches combine exactly
-(``finish`` turns their mean into the reported score).
+``sample_scores`` returns one number per sample (``step_scores``, dynamics only: one per sample and
+roll-out step), so that scores of many batches combine exactly (``finish`` turns their mean into
+the reported score).
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ class Dynamics:
 
     def sample_scores(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return (outputs.float() - targets).pow(2).flatten(1).mean(1)
+
+    def step_scores(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """(B, L): the MSE of every sample at every roll-out step."""
+        return (outputs.float() - targets).pow(2).flatten(2).mean(2)
 
     def finish(self, mean_score: float) -> float:
         return math.sqrt(mean_score)
