@@ -1,13 +1,14 @@
 """The training engine: one run of one experiment, from a planned config to metrics.json.
 
-    plan (resume.py) -> validate -> model (build.py) -> data (data.py) -> restore the checkpoint
-        -> [train epoch (steps) -> validate -> checkpoint]* -> best-validation weights -> test
-        -> metrics.json, metrics.csv, curves.png
+    plan (resume.py) -> validate -> model (build.py) -> data (data.py) -> memory check (memory.py)
+        -> restore the checkpoint -> [train epoch (steps) -> validate -> checkpoint]*
+        -> best-validation weights -> test -> metrics.json, metrics.csv, curves.png
 
 One training step (:meth:`Trainer.train_step`): forward and loss per micro-batch, backward, the
 gradients summed over micro-batches and (torchrun) processes, clipping, the optimizer update.
 Every epoch ends with a checkpoint of everything needed to continue bit-for-bit (checkpoint.py);
-a stop signal (signals.py) ends the run after the current step with a mid-epoch checkpoint.
+a stop signal (signals.py) ends the run after the current step with a mid-epoch checkpoint, an
+out-of-memory error with one line (memory.OutOfMemory) and the last checkpoint kept.
 Shuffling draws from a generator seeded by (seed, epoch), so a resumed run on CPU reproduces the
 uninterrupted one exactly. Before every evaluation the running statistics of batch-norm layers are
 recomputed from a fixed set of ``trainer.bn_recalibration`` training samples (precise_bn.py), so that
@@ -110,7 +111,7 @@ class Trainer:
         has: the activations measured on the first three samples of ``train`` (memory.py)."""
         available = memory.available_memory(self.device)  # before the probe allocates anything
         inputs, targets = default_collate([train[index] for index in range(min(3, len(train)))])
-        batch = -(-self.cfg.trainer.batch_size // distributed.world_size())  # this process's share
+        batch = min(-(-self.cfg.trainer.batch_size // distributed.world_size()), len(train))  # this process's
         step = memory.measure_step_memory(
             self.model, self.optimizer, lambda x, y: self.forward_loss(self.model, x, y)[1],
             inputs.to(self.device), targets.to(self.device), batch, min(self.micro_batch_size or batch, batch))
