@@ -8,7 +8,6 @@ import subprocess
 import sysconfig
 import venv
 
-import optuna
 import pytest
 
 from gmcnn import cli
@@ -99,6 +98,8 @@ def test_an_optuna_search_goes_on_past_a_failed_trial_and_keeps_its_study_in_sql
     best = metrics_of(sweep / finished)["best_val_acc"]
     assert f"Best value: {best}" in output  # the trial's return value: best_<monitor>
     assert "optimization_results.yaml" in os.listdir(sweep)
+    import optuna  # here: importing it warns (SQLAlchemy 1.4's notice about 2.0) in every collection
+
     study = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{database}")
     states = sorted(trial.state.name for trial in study.trials)
     assert states == ["COMPLETE", "FAIL"] and study.best_value == best

@@ -111,7 +111,8 @@ class Trainer:
         has: the activations measured on the first three samples of ``train`` (memory.py)."""
         available = memory.available_memory(self.device)  # before the probe allocates anything
         inputs, targets = default_collate([train[index] for index in range(min(3, len(train)))])
-        batch = min(-(-self.cfg.trainer.batch_size // distributed.world_size()), len(train))  # this process's
+        share = -(-self.cfg.trainer.batch_size // distributed.world_size())  # this process's part of a batch
+        batch = min(share, len(train))
         step = memory.measure_step_memory(
             self.model, self.optimizer, lambda x, y: self.forward_loss(self.model, x, y)[1],
             inputs.to(self.device), targets.to(self.device), batch, min(self.micro_batch_size or batch, batch))
