@@ -10,7 +10,8 @@ status.
    with ``+`` that nothing reads (``+no_such_key=1``; ``model``, ``optimizer``, ``scheduler`` and
    ``data.options`` keys are checked against their constructors when the run starts, ``hydra.*``
    by Hydra's schema), a launcher or sweeper whose plugin is not installed (names the pip extra),
-   an Optuna direction that does not match ``trainer.monitor``. Flags (``--help``, ``--cfg``,
+   an Optuna direction that does not match ``trainer.monitor``, an Optuna storage with a
+   SQLAlchemy that optuna 2 cannot use. Flags (``--help``, ``--cfg``,
    ``-m``, ...) pass through unchanged.
 2. the task (``runner.main``, decorated by ``hydra.main``) runs.
 3. after a multirun, :func:`summarise` logs one row per job of this sweep (overrides, status,
@@ -40,6 +41,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +156,7 @@ def _check_overrides(overrides: list[str], config_dir: Path, config_name: str,
         if error is not None:
             raise error
     _check_direction(cfg)
+    _check_storage(cfg)
     check_instantiated(cfg)
 
 
@@ -259,7 +262,7 @@ def _check_choice(loader: Any, group: str, value: str) -> None:
     if value == "null":  # no option (e.g. hparams_search=null)
         return
     module = PLUGINS.get((group, value), PLUGINS.get((group, None)))
-    if module and importlib.util.find_spec(f"hydra_plugins.{module}") is None:
+    if module and not plugin_installed(module):
         package = module.replace("_", "-")
         raise CommandLineError(f"{group}={value} needs the {package} plugin, which is not installed: "
                                f"{CLUSTER}")
@@ -267,6 +270,15 @@ def _check_choice(loader: Any, group: str, value: str) -> None:
     if value not in options:
         raise CommandLineError(f"unknown {group} {value!r}{_closest(value, options)}; choose one of: "
                                f"{', '.join(options)}")
+
+
+def plugin_installed(module: str) -> bool:
+    """Whether Hydra's plugin ``hydra_plugins.<module>`` can be imported; without any plugin the
+    namespace package ``hydra_plugins`` itself is missing (find_spec then raises, not None)."""
+    try:
+        return importlib.util.find_spec(f"hydra_plugins.{module}") is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def selectable_options(loader: Any, group: str) -> list[str]:
@@ -371,6 +383,21 @@ def _check_direction(cfg: DictConfig) -> None:
     if direction != wanted:
         raise CommandLineError(f"hydra.sweeper.direction={direction} but trainer.monitor={monitor} "
                                f"is to {wanted}; set hydra.sweeper.direction={wanted}")
+
+
+def _check_storage(cfg: DictConfig) -> None:
+    """An Optuna storage needs SQLAlchemy < 2 with optuna 2 (the sweeper's optuna < 3): with
+    SQLAlchemy 2 it stops with an AssertionError when it opens the database."""
+    storage = OmegaConf.select(cfg, "hydra.sweeper.storage", default=None)
+    if not storage:
+        return
+    try:
+        optuna, sqlalchemy = metadata.version("optuna"), metadata.version("sqlalchemy")
+    except metadata.PackageNotFoundError:
+        return  # no Optuna sweeper: the plugin check has said so
+    if int(optuna.split(".")[0]) < 3 and int(sqlalchemy.split(".")[0]) >= 2:
+        raise CommandLineError(f"hydra.sweeper.storage={storage} needs SQLAlchemy < 2 with optuna {optuna} "
+                               f'(installed: SQLAlchemy {sqlalchemy}): pip install "sqlalchemy>=1.4,<2"')
 
 
 # --- 2. sweep jobs: threads per job, start marker -----------------------------------------------

@@ -55,6 +55,19 @@ def test_valid_command_lines_pass(argv):
     cli.preflight(argv, CONFIGS)
 
 
+def test_an_optuna_storage_with_sqlalchemy_2_is_refused_in_one_line(monkeypatch):
+    """optuna 2.10 (the sweeper's optuna<3) with SQLAlchemy 2 stops with an AssertionError when it
+    opens the database; with the installed SQLAlchemy (pyproject.toml: <2) the command passes."""
+    argv = ["-m", "hparams_search=quickstart_optuna", "hydra.sweeper.storage=sqlite:///optuna.db"]
+    cli.preflight(argv, CONFIGS)
+    real = cli.metadata.version
+    monkeypatch.setattr(cli.metadata, "version", lambda name: "2.1.9" if name == "sqlalchemy" else real(name))
+    with pytest.raises(cli.CommandLineError) as error:
+        cli.preflight(argv, CONFIGS)
+    assert str(error.value) == (f"hydra.sweeper.storage=sqlite:///optuna.db needs SQLAlchemy < 2 with optuna "
+                                f'{real("optuna")} (installed: SQLAlchemy 2.1.9): pip install "sqlalchemy>=1.4,<2"')
+
+
 @pytest.mark.parametrize("argv,package", [
     (["-m", "hydra/launcher=parallel"], "hydra-joblib-launcher"),
     (["-m", "hydra/launcher=slurm"], "hydra-submitit-launcher"),

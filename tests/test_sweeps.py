@@ -1,12 +1,17 @@
 """``python runner.py`` as a user runs it: one-line messages, --help, the sweep summary and exit
 status (also when a sweep runs twice into one folder), threads per parallel job, an Optuna
-search with a failing trial."""
+search with a failing trial and its study in a sqlite file, and a fresh install without the
+Hydra plugins of the ``cluster`` extra."""
 
 import os
+import subprocess
+import sysconfig
+import venv
 
 import pytest
 
-from tests.helpers import FAST, metrics_of, runner
+from gmcnn import cli
+from tests.helpers import ENV, FAST, ROOT, metrics_of, runner
 
 FAST = [*FAST, "trainer.epochs=1"]
 BAD_LR = "optimizer.lr must be a number > 0, got -1"
@@ -77,11 +82,14 @@ def test_a_parallel_sweep_splits_the_cores_and_reports_the_best_metric(tmp_path)
         assert f"| {job} | seed={int(job) + 1} | finished | {best:.4f} | {sweep / job} |" in result.stderr
 
 
-def test_an_optuna_search_goes_on_past_a_failed_trial(tmp_path):
-    """Two trials, 2 at a time; the sampler (seeded) gives the first the bad learning rate."""
-    sweep = tmp_path / "search"
+def test_an_optuna_search_goes_on_past_a_failed_trial_and_keeps_its_study_in_sqlite(tmp_path):
+    """Two trials, 2 at a time; the sampler (seeded) gives the first the bad learning rate. The
+    study goes to the sqlite storage docs/sweeps.md recommends (optuna 2.10 with SQLAlchemy 2
+    stopped there with an AssertionError: pyproject.toml pins sqlalchemy<2)."""
+    sweep, database = tmp_path / "search", tmp_path / "optuna.db"
     result = runner("-m", "hparams_search=quickstart_optuna", "hydra.sweeper.n_trials=2", *FAST,
-                    "model.channels=4", "optimizer.lr=choice(-1,0.004)", f"hydra.sweep.dir={sweep}")
+                    "model.channels=4", "optimizer.lr=choice(-1,0.004)", f"hydra.sweep.dir={sweep}",
+                    f"hydra.sweeper.storage=sqlite:///{database}")
     output = output_of(result)
     assert result.returncode == 1, output[-3000:]  # a trial failed
     rows = summary_rows(result.stderr)
@@ -90,3 +98,43 @@ def test_an_optuna_search_goes_on_past_a_failed_trial(tmp_path):
     best = metrics_of(sweep / finished)["best_val_acc"]
     assert f"Best value: {best}" in output  # the trial's return value: best_<monitor>
     assert "optimization_results.yaml" in os.listdir(sweep)
+    import optuna  # here: importing it warns (SQLAlchemy 1.4's notice about 2.0) in every collection
+
+    study = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{database}")
+    states = sorted(trial.state.name for trial in study.trials)
+    assert states == ["COMPLETE", "FAIL"] and study.best_value == best
+    assert study.best_params["optimizer.lr"] == 0.004
+
+
+@pytest.fixture(scope="module")
+def python_without_plugins(tmp_path_factory):
+    """The python of a real venv that has every package of this one except the Hydra plugins of
+    the ``cluster`` extra (a fresh ``pip install -e .``): its site-packages links every entry of
+    this venv's but ``hydra_plugins/`` and the plugins' dist-info. Installing the packages into it
+    instead would take minutes and the network, and ``venv --system-site-packages`` would see the
+    base interpreter's packages (no torch), not this venv's. Monkeypatching the import check in
+    process (tests/test_cli.py) missed that without any plugin ``hydra_plugins`` itself is gone."""
+    root = tmp_path_factory.mktemp("venv-without-plugins")
+    venv.create(root, with_pip=False)
+    source = sysconfig.get_path("purelib")
+    target = sysconfig.get_path("purelib", vars={"base": str(root), "platbase": str(root)})
+    plugins = set(cli.PLUGINS.values())
+    for entry in os.listdir(source):
+        if entry != "hydra_plugins" and entry.partition("-")[0] not in plugins:
+            os.symlink(os.path.join(source, entry), os.path.join(target, entry))
+    return str(root / "bin" / "python")
+
+
+def test_without_the_cluster_extra_a_plugin_option_names_it_and_help_works(python_without_plugins):
+    def run(*arguments):
+        return subprocess.run([python_without_plugins, "runner.py", *arguments], cwd=ROOT, env=ENV,
+                              capture_output=True, text=True, timeout=120)
+
+    for option, package in [("hparams_search=quickstart_optuna", "hydra-optuna-sweeper"),
+                            ("hydra/launcher=parallel", "hydra-joblib-launcher")]:
+        result = run("-m", option)
+        assert result.returncode == 1 and result.stdout == "", result.stderr[-3000:]
+        assert result.stderr == (f"error: {option} needs the {package} plugin, which is not installed: "
+                                 'pip install -e ".[cluster]"\n')
+    result = run("--help")
+    assert result.returncode == 0 and "hparams_search: quickstart_optuna" in result.stdout, result.stderr

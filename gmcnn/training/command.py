@@ -28,7 +28,7 @@ from gmcnn.training import checkpoint
 from gmcnn.training.checkpoint import CheckpointError
 from gmcnn.training.config import ConfigError, resolve_device, validate
 from gmcnn.training.engine import TrainingDiverged, run
-from gmcnn.training.memory import retain_freed_memory
+from gmcnn.training.memory import OutOfMemory, retain_freed_memory
 from gmcnn.training.resume import plan
 from gmcnn.training.rundir import (
     RunDirectoryBusy,
@@ -44,7 +44,7 @@ from gmcnn.training.signals import RunInterrupted
 
 log = logging.getLogger(__name__)
 
-USER_ERRORS = (ConfigError, CheckpointError, TrainingDiverged, RunDirectoryBusy, OSError)
+USER_ERRORS = (ConfigError, CheckpointError, TrainingDiverged, OutOfMemory, RunDirectoryBusy, OSError)
 
 
 def run_command(cfg: DictConfig, hydra_cfg: DictConfig) -> float | None:

@@ -1,13 +1,15 @@
 """The training engine: one run of one experiment, from a planned config to metrics.json.
 
-    plan (resume.py) -> validate -> model (build.py) -> data (data.py) -> restore the checkpoint
-        -> [train epoch (steps) -> validate -> checkpoint]* -> best-validation weights -> test
-        -> metrics.json, metrics.csv, curves.png (relaxation.png, rollout_rmse.png)
+    plan (resume.py) -> validate -> model (build.py) -> data (data.py) -> memory check (memory.py)
+        -> restore the checkpoint -> [train epoch (steps) -> validate -> checkpoint]*
+        -> best-validation weights -> test -> metrics.json, metrics.csv, curves.png
+        (relaxation.png, rollout_rmse.png)
 
 One training step (:meth:`Trainer.train_step`): forward and loss per micro-batch, backward, the
 gradients summed over micro-batches and (torchrun) processes, clipping, the optimizer update.
 Every epoch ends with a checkpoint of everything needed to continue bit-for-bit (checkpoint.py);
-a stop signal (signals.py) ends the run after the current step with a mid-epoch checkpoint.
+a stop signal (signals.py) ends the run after the current step with a mid-epoch checkpoint, an
+out-of-memory error with one line (memory.OutOfMemory) and the last checkpoint kept.
 Shuffling draws from a generator seeded by (seed, epoch), so a resumed run on CPU reproduces the
 uninterrupted one exactly. Before every evaluation the running statistics of batch-norm layers are
 recomputed from a fixed set of ``trainer.bn_recalibration`` training samples (precise_bn.py), so that
@@ -27,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from gmcnn.nn import relaxation_penalty
-from gmcnn.training import checkpoint, distributed, precise_bn
+from gmcnn.training import checkpoint, distributed, memory, precise_bn
 from gmcnn.training.build import build_model, count_parameters, model_summary
 from gmcnn.training.checkpoint import Progress
 from gmcnn.training.config import instantiate, monitor_sign, resolve_device, validate
@@ -98,6 +100,25 @@ class Trainer:
         size = self.micro_batch_size or len(targets)
         return zip(inputs.split(size), targets.split(size))
 
+    def forward_loss(self, network: nn.Module, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """The outputs of ``network`` (self.network, or self.model uncompiled) on a micro-batch and
+        its summed loss, under autocast if trainer.amp applies."""
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            outputs = self.objective.predict(network, inputs, targets)
+            return outputs, self.objective.loss(outputs, targets) * len(targets)
+
+    def check_memory(self, train: Dataset) -> None:
+        """Refuse (memory.OutOfMemory, one line) a step that needs more memory than the device
+        has: the activations measured on the first three samples of ``train`` (memory.py)."""
+        available = memory.available_memory(self.device)  # before the probe allocates anything
+        inputs, targets = default_collate([train[index] for index in range(min(3, len(train)))])
+        share = -(-self.cfg.trainer.batch_size // distributed.world_size())  # this process's part of a batch
+        batch = min(share, len(train))
+        step = memory.measure_step_memory(
+            self.model, self.optimizer, lambda x, y: self.forward_loss(self.model, x, y)[1],
+            inputs.to(self.device), targets.to(self.device), batch, min(self.micro_batch_size or batch, batch))
+        memory.check_step_memory(step, available, self.device)
+
     def train_step(self, inputs: Tensor, targets: Tensor) -> tuple[float, float]:
         """One optimizer step on a batch (this process's share of the global batch under
         torchrun), forward and backward in micro-batches; returns this share's summed loss and
@@ -106,9 +127,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, score_sum = 0.0, 0.0
         for chunk_inputs, chunk_targets in self._micro_batches(inputs, targets):
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                outputs = self.objective.predict(self.network, chunk_inputs, chunk_targets)
-                loss = self.objective.loss(outputs, chunk_targets) * len(chunk_targets)
+            outputs, loss = self.forward_loss(self.network, chunk_inputs, chunk_targets)
             self.scaler.scale(loss / count).backward()
             loss_sum += loss.item()
             score_sum += self.objective.sample_scores(outputs.detach(), chunk_targets).sum().item()
@@ -341,6 +360,8 @@ def _run(plan: Plan, run_dir: Path, device: torch.device) -> dict[str, Any]:
 
     splits = load_data(cfg)
     trainer = Trainer(cfg, model, device)
+    if cfg.trainer.get("memory_check", True):  # absent in older runs' configs
+        trainer.check_memory(splits.train)
     ckpt_dir = run_dir / "checkpoints"
     progress, wandb_id = Progress(), uuid.uuid4().hex[:12]
     if plan.saved is not None:
@@ -370,8 +391,10 @@ def _run(plan: Plan, run_dir: Path, device: torch.device) -> dict[str, Any]:
         else:
             advice = "no epoch completed. Start again with a lower optimizer.lr or trainer.grad_clip=1.0"
         raise TrainingDiverged(f"{error}; {advice}") from None
-    except BaseException:
+    except BaseException as error:
         tracker.close()
+        if memory.is_out_of_memory(error):
+            raise memory.OutOfMemory(out_of_memory_advice(error, progress, trainer, run_dir)) from None
         raise
 
     distributed.barrier()  # rank 0 has written best.pt
@@ -395,6 +418,18 @@ def _run(plan: Plan, run_dir: Path, device: torch.device) -> dict[str, Any]:
                        if k.startswith("test_") and isinstance(v, (int, float))),
              progress.best_epoch, run_dir)
     return metrics
+
+
+def out_of_memory_advice(error: BaseException, progress: Progress, trainer: Trainer, run_dir: Path) -> str:
+    """One line for an out-of-memory error during training: where, and how to go on."""
+    last = run_dir / "checkpoints" / "last.pt"
+    micro = trainer.micro_batch_size or trainer.cfg.trainer.batch_size
+    where = f"out of memory in epoch {progress.epoch + 1} ({memory.describe(error)})"
+    if last.is_file():
+        return (f"{where}; the last checkpoint is {last}: resume from it with a smaller micro-batch: "
+                f"python runner.py trainer.resume={run_dir} trainer.micro_batch_size={max(1, micro // 2)}")
+    return (f"{where}; no epoch completed: lower trainer.micro_batch_size (micro-batches of {micro} samples "
+            "now) or the model's size (model.channels)")
 
 
 def restore(plan: Plan, trainer: Trainer, ckpt_dir: Path) -> Progress:
