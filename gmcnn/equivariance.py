@@ -108,13 +108,6 @@ def equivariance_error(fn: Callable[[Tensor], Tensor], x: Tensor, in_space: Spac
     return float(errors.mean() if reduction == "mean" else errors.max())
 
 
-def assert_equivariant(fn: Callable[[Tensor], Tensor], x: Tensor, atol: float = 1e-5,
-                       **kwargs) -> None:
-    """Assert that the largest relative equivariance error is at most ``atol`` (pytest helper)."""
-    error = equivariance_error(fn, x, reduction="max", **kwargs)
-    assert error <= atol, f"equivariance error {error:.3g} exceeds {atol:.1g}"
-
-
 def displacement_rank(coefficients: Tensor, tol: float = 1e-6) -> int:
     """Rank of D(F) = F - F P for a tap-by-position matrix F (P: cyclic shift of positions).
 

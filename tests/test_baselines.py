@@ -9,11 +9,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from gmcnn.equivariance import assert_equivariant, equivariance_error, image_transform_element
+from gmcnn.equivariance import equivariance_error, image_transform_element
 from gmcnn.models import E2CNN, RPP, ConvNet, Lift, RGroup, RGroupTranslation, RSteer
 from gmcnn.models.baselines.steerable import quarter_turn, steerable_basis
 from gmcnn.nn import relaxation_penalty
 from gmcnn.spaces import VectorField
+from gmcnn.testing import assert_equivariant
 from gmcnn.training.build import build_model, count_parameters
 from gmcnn.training.config import MODEL_TASKS, ConfigError, validate
 from tests.helpers import ROOT, compose_config, runner
