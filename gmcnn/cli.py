@@ -64,7 +64,6 @@ PLUGINS = {
 }
 # keys a + override may add because their reader checks them when the run starts
 CHECKED_LATER = ("model.", "optimizer.", "scheduler.", "data.options.", "hydra.")
-MAXIMIZE = {"val_acc"}  # the other monitors (val_loss, val_rmse) are minimised
 # flags whose command Hydra runs as it is (help, completion): they train nothing
 PASS_THROUGH = ("help", "hydra_help", "info", "shell_completion")
 RERUN_REFUSED = ("--experimental-rerun is refused: it unpickles RUN_DIR/.hydra/config.pickle, and a "
@@ -364,7 +363,9 @@ def _check_direction(cfg: DictConfig) -> None:
     if sweeper is None or "optuna" not in str(sweeper.get("_target_", "")):
         return
     monitor = cfg.trainer.monitor
-    wanted = "maximize" if monitor in MAXIMIZE else "minimize"
+    from gmcnn.training.objectives import MAXIMIZED
+
+    wanted = "maximize" if monitor in MAXIMIZED else "minimize"
     direction = str(sweeper.get("direction")).rsplit(".", 1)[-1]
     if direction != wanted:
         raise CommandLineError(f"hydra.sweeper.direction={direction} but trainer.monitor={monitor} "

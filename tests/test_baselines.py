@@ -15,8 +15,9 @@ from gmcnn.models.baselines.steerable import quarter_turn, steerable_basis
 from gmcnn.nn import relaxation_penalty
 from gmcnn.spaces import VectorField
 from gmcnn.testing import assert_equivariant
+from gmcnn.training import targets
 from gmcnn.training.build import build_model, count_parameters
-from gmcnn.training.config import MODEL_TASKS, ConfigError, validate
+from gmcnn.training.config import ConfigError, validate
 from tests.helpers import ROOT, compose_config, runner
 from tests.test_dynamics import SMALL_WINDOWS, write_translating_fields
 
@@ -191,7 +192,7 @@ def test_each_baseline_trains_and_its_validation_rmse_falls(tmp_path, option):
 def test_help_describes_every_dynamics_model_in_one_line():
     template = OmegaConf.to_container(OmegaConf.load(ROOT / "configs/hydra/help/gmcnn.yaml"))["template"]
     dynamics = [path.stem for path in sorted((ROOT / "configs/model").glob("*.yaml"))
-                if MODEL_TASKS.get(OmegaConf.load(path).get("_target_")) == "dynamics"]
+                if getattr(targets.models().get(OmegaConf.load(path).get("_target_")), "task", None) == "dynamics"]
     assert {"convnet", "e2cnn", "rgroup", "rgroup_translation", "rsteer", "rpp", "lift"} <= set(dynamics)
     for option in dynamics:
         assert any(line.split()[:1] == [option] and len(line.split()) > 3 for line in template.splitlines()), option
