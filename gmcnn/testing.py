@@ -1,6 +1,9 @@
 """Test utilities for code built on gmcnn: the checks a new layer, block or model must pass
 (docs/extending.md), importable from the installed package like ``torch.testing``.
 
+* :func:`assert_group_axioms`: a :class:`~gmcnn.groups.FiniteGroup`'s Cayley table is a group's
+  (closed, identity, inverses, associative on 2,000 random triples) and its neighbourhoods of
+  radius 0..max_radius() hold distinct elements, the identity among them.
 * :func:`assert_equivariant`: the largest relative equivariance error of ``fn`` over the chosen
   group elements, err(g) = ||f(g . x) - g . f(x)|| / ||f(x)|| (:func:`gmcnn.equivariance.equivariance_error`;
   ``out_space=None``: invariance), is at most ``atol``.
@@ -20,11 +23,38 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from gmcnn.equivariance import equivariance_error
+from gmcnn.groups import FiniteGroup
 from gmcnn.nn.blocks import FastPathModule, set_fast_path
+
+
+def assert_group_axioms(group: FiniteGroup, max_radius: int = 3) -> None:
+    """AssertionError unless ``group`` (materialising its order x order table: test a small
+    instance of a large family) satisfies the group axioms and its neighbourhoods of radius
+    0..min(max_radius(), ``max_radius``) are distinct element indices containing the identity."""
+    table, n = group.table, group.order
+    elements = np.arange(n)
+    if table.shape != (n, n):
+        raise AssertionError(f"{group.name}: table of shape {table.shape}, expected {(n, n)}")
+    if not ((np.sort(table, axis=1) == elements).all() and (np.sort(table, axis=0) == elements[:, None]).all()):
+        raise AssertionError(f"{group.name}: a row or column of the table is not a permutation of 0..{n - 1}")
+    e = group.identity
+    if not ((table[e] == elements).all() and (table[:, e] == elements).all()):
+        raise AssertionError(f"{group.name}: element {e} is not the identity")
+    if not ((table[elements, group.inverse] == e).all() and (table[group.inverse, elements] == e).all()):
+        raise AssertionError(f"{group.name}: inverse[a] is not the inverse of a")
+    a, b, c = np.random.default_rng(0).integers(0, n, size=(3, 2000))
+    if not (table[table[a, b], c] == table[a, table[b, c]]).all():
+        raise AssertionError(f"{group.name}: the product is not associative")
+    for t in range(min(group.max_radius(), max_radius) + 1):
+        support = np.asarray(group.neighbourhood(t))
+        if len(np.unique(support)) != len(support) or support.min() < 0 or support.max() >= n or e not in support:
+            raise AssertionError(f"{group.name}: neighbourhood({t}) = {support.tolist()} is not a set of distinct "
+                                 f"elements of 0..{n - 1} containing the identity")
 
 
 def assert_equivariant(fn: Callable[[Tensor], Tensor], x: Tensor, atol: float = 1e-5, **kwargs) -> None:
@@ -89,4 +119,4 @@ def assert_fast_path_matches_reference(module: nn.Module, inputs: Sequence[Tenso
     return paths
 
 
-__all__ = ["assert_equivariant", "assert_fast_path_matches_reference", "recorded_fast_paths"]
+__all__ = ["assert_group_axioms", "assert_equivariant", "assert_fast_path_matches_reference", "recorded_fast_paths"]
