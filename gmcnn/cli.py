@@ -38,6 +38,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,17 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 log = logging.getLogger("gmcnn.cli")
 
-OK, FAILED, INTERRUPTED = 0, 1, 3
+
+class ExitStatus(IntEnum):
+    """The exit status of ``python runner.py`` (and of one run's command, gmcnn.training.command)."""
+
+    OK = 0
+    FAILED = 1       # a failed job or run, or a bad command line
+    INTERRUPTED = 3  # resumable: the same command with trainer.resume=true
+
+
+OK, FAILED, INTERRUPTED = ExitStatus
+
 MARKER = ".sweep_start"
 GOOD = {"finished", "summary"}
 
