@@ -8,6 +8,7 @@ The slow test builds the wheel, installs it without dependencies into a folder a
 environment (torch comes from here), outside the repository; it skips when the package index
 cannot be reached."""
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -30,7 +31,10 @@ def build_wheel(tmp_path):
         shutil.copy(ROOT / name, source / name)
     for folder in ("gmcnn", "dataset"):
         shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+    # with this environment's setuptools where it has one (a fresh venv of Python >= 3.12 has none:
+    # then pip fetches it into an isolated build environment)
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation,
                              "-w", str(tmp_path / "wheel"), str(source)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     return next((tmp_path / "wheel").glob("gmcnn-*.whl"))
