@@ -28,8 +28,9 @@ batch (--naive-batch: 16 images, 4 roll-outs) and one step per round; every rate
 so the ratios compare cost per image. After --warmup untimed steps each, --rounds rounds each run
 --steps steps of every other variant, alternating (a shared machine's drift affects all alike);
 reported: the median over rounds of samples / s, the min-max over rounds, the ratios to naive and
-to composed, the model's parameter count, CPU / wall (process CPU seconds over wall seconds of the variant's steps), and how
-many CPUs other processes kept busy meanwhile (a niced job too: "alone" holds where that is ~0).
+to composed, the model's parameter count, CPU / wall (process CPU seconds over wall seconds of
+the variant's steps), and how many CPUs other processes kept busy meanwhile (a niced job too:
+"alone" holds where that is ~0).
 
 --contended starts a competing process before the timed rounds of each experiment and stops it
 after them: ``train`` (default) loops the same training step (ours, same batch) with the same

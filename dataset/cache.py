@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from dataset.files import file_digest
 from gmcnn.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -42,22 +43,12 @@ log = logging.getLogger(__name__)
 VERSION = 2
 INDEX = "index.json"
 Tensors = dict[str, torch.Tensor]
-CHUNK = 1 << 22
 
 
 def _stamp(path: Path) -> list[int]:
     """What changes whenever the file's bytes may have changed: size, mtime, ctime, inode."""
     stat = path.stat()
     return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of the file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_index(folder: Path) -> dict[str, Any]:
@@ -94,7 +85,7 @@ def _source_digests(root: Path, sources: Sequence[Path], known: dict[str, Any]) 
         record = known.get(name)
         if not isinstance(record, dict) or record.get("stamp") != stamp or "sha256" not in record:
             log.info("hashing %s", source)
-            record = {"stamp": stamp, "sha256": file_digest(source)}
+            record = {"stamp": stamp, "sha256": file_digest(source, "sha256")}
         records[name] = record
     return records
 
@@ -119,7 +110,7 @@ def _verified(path: Path, record: Any, key: str) -> bool:
         return False
     if record.get("stamp") == _stamp(path):
         return True
-    if file_digest(path) == record.get("sha256"):
+    if file_digest(path, "sha256") == record.get("sha256"):
         record["stamp"] = _stamp(path)  # same bytes (e.g. a copied folder): remember the new stamp
         return True
     log.warning("cache %s does not match its recorded digest (modified or replaced); decoding "
@@ -160,7 +151,7 @@ def cached(root: Path, name: str, options: Mapping, sources: Sequence[Path],
     data = build()
     try:
         save_atomic({k: v.contiguous() for k, v in data.items()}, path)
-        _write_index(folder, digests, {path.name: {"key": key, "sha256": file_digest(path),
+        _write_index(folder, digests, {path.name: {"key": key, "sha256": file_digest(path, "sha256"),
                                                    "stamp": _stamp(path)}})
         log.info("cached %s at %s", name, path)
     except OSError as error:

@@ -42,6 +42,7 @@ _verified: set[tuple] = set()  # (path, size, mtime_ns, algorithm, digest) verif
 
 
 def file_digest(path: Path, algorithm: str) -> str:
+    """The hex digest of the file's bytes by ``hashlib`` algorithm ``algorithm`` (e.g. sha256, md5)."""
     hasher = hashlib.new(algorithm)
     with open(path, "rb") as stream:
         while chunk := stream.read(CHUNK):

@@ -41,6 +41,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
+from enum import IntEnum
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,17 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 log = logging.getLogger("gmcnn.cli")
 
-OK, FAILED, INTERRUPTED = 0, 1, 3
+
+class ExitStatus(IntEnum):
+    """The exit status of ``python runner.py`` (and of one run's command, gmcnn.training.command)."""
+
+    OK = 0
+    FAILED = 1       # a failed job or run, or a bad command line
+    INTERRUPTED = 3  # resumable: the same command with trainer.resume=true
+
+
+OK, FAILED, INTERRUPTED = ExitStatus
+
 MARKER = ".sweep_start"
 GOOD = {"finished", "summary"}
 
@@ -68,7 +79,6 @@ PLUGINS = {
 }
 # keys a + override may add because their reader checks them when the run starts
 CHECKED_LATER = ("model.", "optimizer.", "scheduler.", "data.options.", "hydra.")
-MAXIMIZE = {"val_acc"}  # the other monitors (val_loss, val_rmse) are minimised
 # flags whose command Hydra runs as it is (help, completion): they train nothing
 PASS_THROUGH = ("help", "hydra_help", "info", "shell_completion")
 RERUN_REFUSED = ("--experimental-rerun is refused: it unpickles RUN_DIR/.hydra/config.pickle, and a "
@@ -378,7 +388,9 @@ def _check_direction(cfg: DictConfig) -> None:
     if sweeper is None or "optuna" not in str(sweeper.get("_target_", "")):
         return
     monitor = cfg.trainer.monitor
-    wanted = "maximize" if monitor in MAXIMIZE else "minimize"
+    from gmcnn.training.objectives import MAXIMIZED
+
+    wanted = "maximize" if monitor in MAXIMIZED else "minimize"
     direction = str(sweeper.get("direction")).rsplit(".", 1)[-1]
     if direction != wanted:
         raise CommandLineError(f"hydra.sweeper.direction={direction} but trainer.monitor={monitor} "

@@ -12,7 +12,8 @@ The input and output *spaces* say how g acts: a FiniteGroup acts on functions on
 Subgroup acts (through its embedding) on functions on its parent, and a wallpaper group acts on
 the pixel grid (:class:`~gmcnn.spaces.PixelGrid`: (g . x)(p) = x(g^-1 . p)) and on vector fields
 (:class:`~gmcnn.spaces.VectorField`: also each vector, (g . v)(p) = L_h v(g^-1 . p), on pairs of
-channels (v_x, v_y) in the axis just before the positions). Tensors may carry the positions
+channels (v_x, v_y) in the axis just before the positions; any space with a ``component_matrix(g)``
+acts so on its groups of channels). Tensors may carry the positions
 flattened in the last axis or as an image (..., H, W) flattened row-major.
 
 On an n x n image, ``torch.rot90(x, 1, (-2, -1))`` (about the image centre) is the element
@@ -29,7 +30,7 @@ import torch
 from torch import Tensor
 
 from gmcnn.groups import FiniteGroup, Subgroup, WallpaperGroup
-from gmcnn.spaces import PixelGrid, VectorField
+from gmcnn.spaces import PixelGrid
 
 Space = FiniteGroup | Subgroup | PixelGrid
 
@@ -56,8 +57,9 @@ def image_transform_element(group: WallpaperGroup, rot90: int = 0, flip: bool = 
 
 
 def act(space: Space, g: int, x: Tensor) -> Tensor:
-    """(g . x)(u) = x(g^-1 u) on the trailing position axes of ``x`` (and, for a vector field, the
-    component matrix of g on the channel pairs just before them)."""
+    """(g . x)(u) = x(g^-1 u) on the trailing position axes of ``x`` (and, for a field of k-component
+    values, a space with ``component_matrix(g)`` (k x k) such as a vector field, that matrix on the
+    groups of k channels just before them)."""
     permutation = torch.as_tensor(space.left_action(g), device=x.device)
     n = permutation.numel()
     trailing = 1
@@ -65,12 +67,15 @@ def act(space: Space, g: int, x: Tensor) -> Tensor:
         trailing *= x.shape[d]
         if trailing == n:
             moved = x.flatten(d)[..., permutation]
-            if isinstance(space, VectorField):
-                if d == 0 or x.shape[d - 1] % 2:
-                    raise ValueError(f"a vector field needs an even number of channels (pairs "
-                                     f"(v_x, v_y)) before the positions; got shape {tuple(x.shape)}")
+            if hasattr(space, "component_matrix"):  # a field of k-component values
                 matrix = torch.as_tensor(space.component_matrix(g), dtype=x.dtype, device=x.device)
-                moved = torch.einsum("ij,...jp->...ip", matrix, moved.unflatten(-2, (-1, 2))).flatten(-3, -2)
+                k = matrix.shape[0]
+                if d == 0 or x.shape[d - 1] % k:
+                    channels = "an even number of channels (pairs (v_x, v_y))" if k == 2 else \
+                        f"a multiple of {k} channels"
+                    raise ValueError(f"a field on {space.name} needs {channels} before the positions; got shape "
+                                     f"{tuple(x.shape)}")
+                moved = torch.einsum("ij,...jp->...ip", matrix, moved.unflatten(-2, (-1, k))).flatten(-3, -2)
             return moved.reshape(x.shape)
         if trailing > n:
             break
@@ -106,13 +111,6 @@ def equivariance_error(fn: Callable[[Tensor], Tensor], x: Tensor, in_space: Spac
             errors.append((moved - expected).flatten(1).norm(dim=1) / scale)
     errors = torch.stack(errors)
     return float(errors.mean() if reduction == "mean" else errors.max())
-
-
-def assert_equivariant(fn: Callable[[Tensor], Tensor], x: Tensor, atol: float = 1e-5,
-                       **kwargs) -> None:
-    """Assert that the largest relative equivariance error is at most ``atol`` (pytest helper)."""
-    error = equivariance_error(fn, x, reduction="max", **kwargs)
-    assert error <= atol, f"equivariance error {error:.3g} exceeds {atol:.1g}"
 
 
 def displacement_rank(coefficients: Tensor, tol: float = 1e-6) -> int:

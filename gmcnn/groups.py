@@ -74,6 +74,12 @@ class FiniteGroup:
         """The largest ``t`` for which ``neighbourhood(t)`` has no repeated element."""
         raise NotImplementedError
 
+    @property
+    def layout(self) -> tuple[int, ...]:
+        """The shape a function on the group reshapes to (row-major): how its values are laid out
+        as an image (a product: one axis per factor; p4(n): (|H|, n, n)) or a line (order,)."""
+        return (self.order,)
+
     def generating_elements(self) -> IndexArray | None:
         """A set of elements known to generate the group, or None if none is known. Checks of
         homomorphisms out of the group use it: phi(a s) = phi(a) phi(s) for every a and every
@@ -228,6 +234,10 @@ class ProductGroup(FiniteGroup):
         for g in (self.first, self.second):
             out.extend(g.factors if isinstance(g, ProductGroup) else (g,))
         return tuple(out)
+
+    @property
+    def layout(self) -> tuple[int, ...]:
+        return tuple(f.order for f in self.factors)
 
     @property
     def order(self) -> int:
@@ -412,6 +422,10 @@ class WallpaperGroup(SemidirectProduct):
     @property
     def point_group_order(self) -> int:
         return self.acting.order
+
+    @property
+    def layout(self) -> tuple[int, ...]:
+        return (self.acting.order, self.n, self.n)
 
     def element(self, translation: tuple[int, int] = (0, 0), point: int = 0) -> int:
         """Index of x -> translation + L_point x."""
@@ -638,7 +652,13 @@ def product_subgroup(parent: ProductGroup, first: Subgroup, second: Subgroup) ->
 
 
 _SPEC = re.compile(r"^([CDS])(\d+)$")
-_WALLPAPER_SPEC = re.compile(r"^(p4m?)(?:\((\d+)\))?$")
+_WALLPAPER_SPEC = re.compile(rf"^({'|'.join(sorted(WALLPAPER_KINDS, key=len, reverse=True))})(?:\((\d+)\))?$")
+
+
+def is_wallpaper_spec(spec: object) -> bool:
+    """Whether ``spec`` names a :class:`WallpaperGroup` (``"p4"``, ``"p4m(28)"``, any kind of
+    ``WALLPAPER_KINDS``), i.e. a group acting on the pixel grid rather than laid out on it."""
+    return isinstance(spec, str) and _WALLPAPER_SPEC.match(spec.strip()) is not None
 
 
 def make_group(spec: str | Sequence[str] | FiniteGroup, grid_size: int | None = None) -> FiniteGroup:
@@ -685,10 +705,8 @@ def make_group(spec: str | Sequence[str] | FiniteGroup, grid_size: int | None = 
 
 
 def axis_sizes(group: FiniteGroup) -> tuple[int, ...]:
-    """Image axis lengths a group is laid out on: one per product factor."""
-    if isinstance(group, ProductGroup):
-        return tuple(f.order for f in group.factors)
-    return (group.order,)
+    """Image axis lengths a per-axis group is laid out on: one per product factor (its layout)."""
+    return group.layout
 
 
 def _check_radius(group: FiniteGroup, t: int) -> None:
@@ -709,6 +727,6 @@ __all__ = [
     "FiniteGroup", "CyclicGroup", "DihedralGroup", "ProductGroup", "SemidirectProduct",
     "WallpaperGroup", "TableGroup",
     "PermutationGroup", "Subgroup", "symmetric_group", "product_subgroup", "make_group",
-    "axis_sizes",
+    "axis_sizes", "is_wallpaper_spec",
 ]
 

@@ -59,7 +59,8 @@ def _load_yaml(path: Path) -> Any:
         return None
 
 
-def _key(override: str) -> str:
+def override_key(override: str) -> str:
+    """The key a command-line override sets: ``+model.x=1`` -> ``model.x``."""
     return override.split("=", 1)[0].lstrip("+~")
 
 
@@ -84,10 +85,10 @@ def _swept_keys(sweep: Path, jobs: list[Path]) -> set[str]:
 
         try:
             parsed = OverridesParser.create().parse_overrides(task)
-            keys |= {_key(o.input_line or "") for o in parsed if o.is_sweep_override()}
+            keys |= {override_key(o.input_line or "") for o in parsed if o.is_sweep_override()}
         except Exception as error:
             log.warning("cannot parse the overrides in %s: %s", sweep / "multirun.yaml", error)
-    per_job = [{_key(o): o for o in _load_yaml(job / ".hydra" / "overrides.yaml") or []}
+    per_job = [{override_key(o): o for o in _load_yaml(job / ".hydra" / "overrides.yaml") or []}
                for job in jobs]
     every = {key for overrides in per_job for key in overrides}
     return keys | {key for key in every if len({o.get(key) for o in per_job}) > 1}
@@ -112,7 +113,7 @@ def read_job(job: Path, root: Path, swept: set[str], missing: str = "incomplete"
         "job": str(job.relative_to(root)) if job != root else ".",
         "experiment": (metrics or {}).get("name") or config.get("name") or "",
         "model": choices.get("model") or target.rsplit(".", 1)[-1],
-        "swept": " ".join(o for o in overrides if _key(o) in swept),
+        "swept": " ".join(o for o in overrides if override_key(o) in swept),
         "monitor": ((config.get("trainer") or {}).get("monitor")) or "",
     }
     if metrics is None:

@@ -30,13 +30,10 @@ import torch
 from torchvision.datasets import CIFAR10
 
 from dataset import cifar, larochelle, norb, plume
+from dataset.files import file_digest
 from dataset.plume import as_task, task_filename
 
 Patch = tuple[Any, str, Any]  # (object or dict, attribute or key, value)
-
-
-def digest(path: Path, algorithm: str) -> str:
-    return hashlib.new(algorithm, Path(path).read_bytes()).hexdigest()
 
 
 def amat_bytes(images: np.ndarray, labels: np.ndarray, header: bool = True) -> bytes:
@@ -155,7 +152,7 @@ def fake_larochelle(root: Path, name: str, rows: Sequence[int], train: int, vali
         checksum = spec.checksum
     else:
         archive = write_archive(root / spec.archive, {f"{Path(spec.archive).stem}/{m}": d for m, d in members.items()})
-        checksum = (spec.checksum[0], digest(archive, spec.checksum[0]))
+        checksum = (spec.checksum[0], file_digest(archive, spec.checksum[0]))
     patched_spec = dataclasses.replace(spec, rows=tuple(rows), train=train, valid=valid, checksum=checksum)
     options = {"noise_level": level} if name == "mnist-noise" else {}
     return Fake(root, {"download": False, **options}, [(larochelle.VARIANTS, name, patched_spec)])
@@ -176,7 +173,7 @@ def fake_norb(root: Path, name: str, rows: int, seed: int = 0) -> Fake:
         for kind, array in (("dat", images), ("cat", labels)):
             path = write_norb_file(root / f"{stem}-{kind}.mat{'.gz' if gz else ''}", array, gz)
             if name == "smallnorb":
-                patches.append((spec.sha256, path.name, digest(path, "sha256")))
+                patches.append((spec.sha256, path.name, file_digest(path, "sha256")))
     return Fake(root, {"download": False}, patches)
 
 
@@ -188,7 +185,7 @@ def fake_cifar(root: Path, per_batch: int, seed: int = 0) -> Fake:
     patches = [(CIFAR10, "train_list", [[f"data_batch_{k}", md5[f"data_batch_{k}"]] for k in range(1, 6)]),
                (CIFAR10, "test_list", [["test_batch", md5["test_batch"]]]),
                (CIFAR10, "meta", {**CIFAR10.meta, "md5": md5["batches.meta"]}),
-               (cifar, "MD5", digest(archive, "md5"))]
+               (cifar, "MD5", file_digest(archive, "md5"))]
     return Fake(root, {"download": False, "valid_size": per_batch}, patches)
 
 

@@ -9,13 +9,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from gmcnn.equivariance import assert_equivariant, equivariance_error, image_transform_element
+from gmcnn.equivariance import equivariance_error, image_transform_element
 from gmcnn.models import E2CNN, RPP, ConvNet, Lift, RGroup, RGroupTranslation, RSteer
 from gmcnn.models.baselines.steerable import quarter_turn, steerable_basis
 from gmcnn.nn import relaxation_penalty
 from gmcnn.spaces import VectorField
-from gmcnn.training.build import build_model, count_parameters
+from gmcnn.testing import assert_equivariant
 from gmcnn.training import targets
+from gmcnn.training.build import build_model, count_parameters
 from gmcnn.training.config import ConfigError, validate
 from tests.helpers import ROOT, compose_config, runner
 from tests.test_dynamics import SMALL_WINDOWS, write_translating_fields

@@ -38,7 +38,7 @@ def test_warm_start_reads_the_entry_without_hashing(tmp_path, monkeypatch):
     assert decoder.load()["labels"].tolist() == [0, 1, 1, 0]
     hashed = []
     digest = cache.file_digest
-    monkeypatch.setattr(cache, "file_digest", lambda path: hashed.append(path) or digest(path))
+    monkeypatch.setattr(cache, "file_digest", lambda path, algorithm: hashed.append(path) or digest(path, algorithm))
     assert decoder.load()["labels"].tolist() == [0, 1, 1, 0]
     assert decoder.calls == 1 and hashed == []
 
@@ -87,7 +87,7 @@ def test_a_crafted_pickle_is_never_run(tmp_path, forge_index):
     if forge_index:
         index = cache._read_index(tmp_path / ".cache")
         record = index["entries"][entry.name]
-        record.update(sha256=cache.file_digest(entry), stamp=cache._stamp(entry))
+        record.update(sha256=cache.file_digest(entry, "sha256"), stamp=cache._stamp(entry))
         cache._write_index(tmp_path / ".cache", {}, index["entries"])
     assert decoder.load()["labels"].tolist() == [0, 1, 1, 0]
     assert not marker.exists() and decoder.calls == 2
@@ -123,7 +123,7 @@ def test_a_copied_data_folder_is_verified_once(tmp_path, monkeypatch):
     copy.root, copy.calls, copy.source = tmp_path / "b", 0, tmp_path / "b" / "labels.bin"
     hashed = []
     digest = cache.file_digest
-    monkeypatch.setattr(cache, "file_digest", lambda path: hashed.append(path.name) or digest(path))
+    monkeypatch.setattr(cache, "file_digest", lambda path, algorithm: hashed.append(path.name) or digest(path, algorithm))
     assert copy.load()["labels"].tolist() == [0, 1, 1, 0] and copy.calls == 0
     assert sorted(hashed) == sorted(["labels.bin", *entries(tmp_path / "b")])
     hashed.clear()

@@ -211,7 +211,7 @@ def write_variant(root, name, rows, extracted, monkeypatch, level=1):
         checksum = spec.checksum
     else:
         archive = write_archive(root / spec.archive, members)
-        checksum = (spec.checksum[0], fakes.digest(archive, spec.checksum[0]))
+        checksum = (spec.checksum[0], files.file_digest(archive, spec.checksum[0]))
     monkeypatch.setitem(larochelle.VARIANTS, name,
                         dataclasses.replace(spec, checksum=checksum, rows=tuple(rows), train=6, valid=3))
 
@@ -271,7 +271,7 @@ def test_archive_checksum_and_corruption(tmp_path, monkeypatch):
         build_dataset("rectangles", tmp_path, download=False)
     spec = larochelle.VARIANTS["rectangles"]
     monkeypatch.setitem(larochelle.VARIANTS, "rectangles",  # a damaged archive whose checksum "matches"
-                        dataclasses.replace(spec, checksum=("sha1", fakes.digest(archive, "sha1"))))
+                        dataclasses.replace(spec, checksum=("sha1", files.file_digest(archive, "sha1"))))
     with pytest.raises(DatasetError, match="rectangles.zip is corrupt or truncated"):
         build_dataset("rectangles", tmp_path, download=False)
 
@@ -282,7 +282,7 @@ def test_corrupt_targz(tmp_path, monkeypatch):
     archive.write_bytes(archive.read_bytes()[:len(archive.read_bytes()) // 2])
     spec = larochelle.VARIANTS["mnist-noise"]
     monkeypatch.setitem(larochelle.VARIANTS, "mnist-noise",
-                        dataclasses.replace(spec, checksum=("sha1", fakes.digest(archive, "sha1"))))
+                        dataclasses.replace(spec, checksum=("sha1", files.file_digest(archive, "sha1"))))
     with pytest.raises(DatasetError, match="mnist_noise_variation.tar.gz is corrupt or truncated"):
         build_dataset("mnist-noise", tmp_path, download=False)
 

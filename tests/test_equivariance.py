@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from gmcnn.equivariance import act, assert_equivariant, equivariance_error
+from gmcnn.equivariance import act, equivariance_error
 from gmcnn.groups import make_group
+from gmcnn.testing import assert_equivariant
 
 
 def test_act_is_left_translation():

@@ -5,9 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from gmcnn import functional as GF
-from gmcnn.equivariance import assert_equivariant, displacement_rank, equivariance_error
+from gmcnn.equivariance import displacement_rank, equivariance_error
 from gmcnn.groups import make_group, symmetric_group
 from gmcnn.nn import GMConv, GMLinear, GMPool, GMUnpool, PointwiseConv, relaxation_penalty
+from gmcnn.testing import assert_equivariant
 
 torch.manual_seed(0)
 

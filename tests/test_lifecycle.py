@@ -110,7 +110,7 @@ def test_atomic_write_leaves_no_temporary_file_on_error(tmp_path):
 
 @pytest.mark.parametrize("overrides,message", [
     (["seed=abc"], "seed must be an integer, got 'abc'"),
-    (["exp=plume-rotation", "model=cnn"], "use model=gm_dynamics or model=cnn_dynamics"),
+    (["exp=plume-rotation", "model=cnn"], "whose _target_ is a dynamics model of gmcnn.models: CNNDynamics, ConvNet"),
     (["task=dynamics"], "GMCNN is a classification model, but task=dynamics"),
     (["trainer.monitor=val_rmse"], "trainer.monitor=val_rmse does not apply to task=classification"),
 ])

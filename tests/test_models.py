@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from gmcnn.equivariance import assert_equivariant, equivariance_error
+from gmcnn.equivariance import equivariance_error
 from gmcnn.models import CNN, GMCNN
+from gmcnn.testing import assert_equivariant
 
 # docs/design.md §3.1: experiment -> (group per axis, t, input channels, classes, parameter count)
 PAPER_CONFIGS = {

@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from gmcnn import functional as GF
-from gmcnn.equivariance import act, assert_equivariant, equivariance_error, image_transform_element
+from gmcnn.equivariance import act, equivariance_error, image_transform_element
 from gmcnn.groups import CyclicGroup, DihedralGroup, SemidirectProduct, WallpaperGroup, make_group
 from gmcnn.nn import GMConv, GMLifting, GMPool, GMProjection, GMUnpool
 from gmcnn.nn.lifting import box_offsets, group_conv2d, lifting_conv2d
 from gmcnn.spaces import PixelGrid, VectorField
+from gmcnn.testing import assert_equivariant
 from tests.test_groups import assert_group_axioms
 
 SMALL = [f"{kind}({n})" for kind in ("p4", "p4m") for n in (3, 4, 5)]

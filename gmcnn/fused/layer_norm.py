@@ -57,7 +57,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from gmcnn.functional import gather_adjoint, gather_taps, pointwise_add_
-from gmcnn.fused.prelu import near_one, positive_part_dot, prelu_input_grad
+from gmcnn.fused.prelu import prelu_input_grad, slope_grad
 from gmcnn.fused.saving import save_by_name, saved_by_name
 
 
@@ -210,9 +210,7 @@ class _GMConvNormPReLU(torch.autograd.Function):
              ctx.needs_input_grad[2] and ctx.has_bias))
         grad_slope = None
         if need_slope:
-            q = (grad_z_y - positive_part_dot(grad_z, y) if near_one(a)
-                 else (grad_z_y - grad_y_y) / (1 - a))
-            grad_slope = q.reshape(slope.shape)
+            grad_slope = slope_grad(grad_z, y, a, grad_z_y, grad_y_y).reshape(slope.shape)
         if grad_x is not None:
             grad_x = grad_x[:, None].expand(-1, ctx.channels, -1)
         return grad_x, grad_w, grad_b, grad_slope, None, None, None, None

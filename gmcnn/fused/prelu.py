@@ -6,11 +6,14 @@ The input gradient is one pass, leaky ReLU's backward kernel (:func:`prelu_input
 slope's gradient Q = sum_{h <= 0} gz h needs no mask: with P the sum over h > 0,
 gz . h = P + Q and gh . h = P + a Q, so Q = (gz . h - gh . h) / (1 - a); near a = 1, where that
 division loses precision, Q = gz . h - P with P from ReLU's backward kernel
-(:func:`positive_part_dot`). The fused kernels use both with gh . h from their own matmuls.
+(:func:`positive_part_dot`): :func:`slope_grad`, which the fused kernels call with gh . h from
+their own matmuls.
 aten's PReLU backward is several times slower on CPU.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +36,16 @@ def positive_part_dot(grad_z: Tensor, h: Tensor) -> Tensor:
     return torch.dot(torch.ops.aten.threshold_backward(grad_z, h, 0).flatten(), h.flatten())
 
 
+def slope_grad(grad_z: Tensor, h: Tensor, slope: float, grad_z_h: Tensor,
+               grad_h_h: Tensor | Callable[[], Tensor]) -> Tensor:
+    """Q = sum over h <= 0 of grad_z h, the slope's gradient, from grad_z . h and grad_h . h (or
+    a function computing it, called only where it is used): (gz . h - gh . h) / (1 - a), or
+    gz . h - P near a = 1."""
+    if near_one(slope):
+        return grad_z_h - positive_part_dot(grad_z, h)
+    return (grad_z_h - (grad_h_h() if callable(grad_h_h) else grad_h_h)) / (1 - slope)
+
+
 class _PReLU(torch.autograd.Function):
 
     @staticmethod
@@ -47,11 +60,9 @@ class _PReLU(torch.autograd.Function):
         a = float(slope)  # (a host sync on GPU)
         grad_h = prelu_input_grad(grad_z, h, a)
         grad_slope = None
-        if ctx.needs_input_grad[1]:  # Q = sum over h <= 0 of grad_z h
-            grad_z_h = torch.dot(grad_z.flatten(), h.flatten())
-            q = (grad_z_h - positive_part_dot(grad_z, h) if near_one(a)
-                 else (grad_z_h - torch.dot(grad_h.flatten(), h.flatten())) / (1 - a))
-            grad_slope = q.reshape(slope.shape)
+        if ctx.needs_input_grad[1]:
+            grad_slope = slope_grad(grad_z, h, a, torch.dot(grad_z.flatten(), h.flatten()),
+                                    lambda: torch.dot(grad_h.flatten(), h.flatten())).reshape(slope.shape)
         return grad_h, grad_slope
 
 

@@ -39,7 +39,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from gmcnn.functional import gather_adjoint, gather_taps
-from gmcnn.fused.prelu import near_one, positive_part_dot, prelu_input_grad
+from gmcnn.fused.prelu import prelu_input_grad, slope_grad
 from gmcnn.fused.saving import save_by_name, saved_by_name
 
 
@@ -132,8 +132,7 @@ class _ResidualStream(torch.autograd.Function):
             profiled_t = record.profiled.transpose(1, 2)
             grad_wb = torch.bmm(grad_h, profiled_t).sum(0)                     # (C, R K + 1)
             grad_z_h = ((rows @ wb) * torch.bmm(v, profiled_t).sum(0)).sum()
-            grad_slope = (grad_z_h - positive_part_dot(grad_z, record.h) if near_one(a)
-                          else (grad_z_h - (grad_wb * wb).sum()) / (1 - a))
+            grad_slope = slope_grad(grad_z, record.h, a, grad_z_h, (grad_wb * wb).sum())
             grad_project += torch.bmm(grad_y, record.z.transpose(1, 2)).sum(0)
             sets, taps = block.weight.shape[1], block.weight.shape[-1]
             grad_profiled = torch.bmm(wb[:, :-1].T.expand(batch, -1, -1), grad_h)

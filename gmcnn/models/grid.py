@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gmcnn.groups import FiniteGroup, IndexArray, Subgroup, WallpaperGroup, axis_sizes, make_group
+from gmcnn.groups import FiniteGroup, IndexArray, Subgroup, WallpaperGroup, axis_sizes, is_wallpaper_spec, make_group
 from gmcnn.spaces import PixelGrid
 
 
@@ -28,8 +28,7 @@ def model_group(spec: str | Sequence[str] | FiniteGroup,
     sizes = (image_size,) * 2 if isinstance(image_size, int) else (
         None if image_size is None else tuple(int(v) for v in image_size))
     side = sizes[0] if sizes is not None and len(set(sizes)) == 1 else None
-    wallpaper_spec = isinstance(spec, str) and spec.strip().startswith("p4")
-    if wallpaper_spec and sizes is not None and side is None:
+    if is_wallpaper_spec(spec) and sizes is not None and side is None:
         raise ValueError(f"{spec} acts on square images, but the images are "
                          f"{' x '.join(map(str, sizes))}; use per-axis groups such as "
                          "['C32', 'C28'] for non-square images")

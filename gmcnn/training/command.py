@@ -24,6 +24,7 @@ import hydra
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from gmcnn.cli import ExitStatus
 from gmcnn.training import checkpoint
 from gmcnn.training.checkpoint import CheckpointError
 from gmcnn.training.config import ConfigError, resolve_device, validate
@@ -92,7 +93,7 @@ def run_command(cfg: DictConfig, hydra_cfg: DictConfig) -> float | None:
             if writer:
                 write_status(where, "interrupted", name=cfg.name, message=message)
             interruption.hand_over()  # e.g. submitit requeues the job (and ends the process)
-            sys.exit(3)
+            sys.exit(ExitStatus.INTERRUPTED)
         except USER_ERRORS as error:
             message = one_line(error)
             log.error("%s", message)
@@ -105,7 +106,7 @@ def run_command(cfg: DictConfig, hydra_cfg: DictConfig) -> float | None:
                 if sweeping or not remove_fresh(where):
                     record_failure(cfg, where, message)
             if not sweeping:
-                sys.exit(1)
+                sys.exit(ExitStatus.FAILED)
             return None  # sys.exit here would end the whole sweep
         except Exception as error:
             if sweeping and writer:  # Hydra records it and runs the other jobs, then exits non-zero

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from gmcnn.training import targets
-from gmcnn.training.objectives import OBJECTIVES
+from gmcnn.training.objectives import MONITORS, OBJECTIVES
 
 
 class ConfigError(Exception):
@@ -25,16 +25,12 @@ class ConfigError(Exception):
 
 
 CHOICES = {
-    "task": ("classification", "dynamics"),
+    "task": tuple(OBJECTIVES),
     "trainer.device": None,  # checked by resolve_device
     "trainer.amp_dtype": ("float16", "bfloat16"),
-    "trainer.monitor": ("val_acc", "val_loss", "val_rmse"),
+    "trainer.monitor": MONITORS,
     "logger.wandb.mode": ("auto", "online", "offline", "disabled"),
 }
-# the model configs to use for each task (a model class declares its own task: ``task = ...``)
-MODELS_FOR_TASK = {"classification": "model=gmcnn or model=cnn",
-                   "dynamics": "model=gm_dynamics, cnn_dynamics or a baseline (convnet, e2cnn, rgroup, "
-                               "rgroup_translation, rsteer, rpp, lift)"}
 TRAINER_KEYS = {"epochs", "batch_size", "device", "amp", "amp_dtype", "grad_clip",
                 "early_stopping_patience", "monitor", "relaxation_penalty", "resume", "num_workers",
                 "compile", "micro_batch_size", "bn_recalibration", "early_stopping_window",
@@ -48,12 +44,7 @@ def validate(cfg: DictConfig) -> None:
         targets.check_targets(OmegaConf.to_container(cfg, resolve=False))
     except targets.TargetRefused as refused:
         raise ConfigError(str(refused)) from None
-    model_task = getattr(targets.models().get(OmegaConf.select(cfg, "model._target_", default=None)),
-                         "task", None)
-    if cfg.get("task") in MODELS_FOR_TASK and model_task not in (None, cfg.task):
-        raise ConfigError(f"model {cfg.model._target_} is a {model_task} model, but task="
-                          f"{cfg.task} (experiment {cfg.get('name')}); use "
-                          f"{MODELS_FOR_TASK[cfg.task]}")
+    check_model_task(cfg)
     try:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as error:
@@ -95,6 +86,18 @@ def validate(cfg: DictConfig) -> None:
     if lr is None or not isinstance(lr, (int, float)) or not lr > 0:
         raise ConfigError(f"optimizer.lr must be a number > 0, got {lr!r}")
     resolve_device(t.device)
+
+
+def check_model_task(cfg: DictConfig) -> None:
+    """ConfigError if ``model._target_`` is a project model that declares another task than
+    ``cfg.task`` (the message lists the models of the task, from the classes' own ``task``)."""
+    exported = targets.models()
+    model_task = getattr(exported.get(OmegaConf.select(cfg, "model._target_", default=None)), "task", None)
+    if cfg.get("task") in OBJECTIVES and model_task not in (None, cfg.task):
+        fitting = sorted(path.rpartition(".")[2] for path, cls in exported.items() if cls.task == cfg.task)
+        raise ConfigError(f"model {cfg.model._target_} is a {model_task} model, but task={cfg.task} "
+                          f"(experiment {cfg.get('name')}); choose a model config (model=NAME) whose _target_ "
+                          f"is a {cfg.task} model of gmcnn.models: {', '.join(fitting)}")
 
 
 def monitor_sign(cfg: DictConfig) -> int:

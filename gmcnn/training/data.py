@@ -6,13 +6,21 @@ Every loader has its own seeded generators (the sampler's permutation and the Da
 seed), so drawing batches never touches the global RNG, which then serves only the model (e.g.
 dropout): a run resumed mid-epoch replays exactly the batches and random numbers it would have
 seen.
+
+The datasets are the repository's ``dataset/`` folder, which is not installed with the package
+(pyproject.toml installs ``gmcnn`` only, so that no bare ``dataset`` module shadows the PyPI
+package of that name): :func:`datasets` imports it from the repository (the runner's folder, or
+the working directory for ``python -m``/pytest) and refuses, in one line, another package that
+answers to the name.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 from collections.abc import Iterator
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import torch
@@ -28,15 +36,29 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def datasets() -> ModuleType:
+    """The repository's ``dataset`` package (it marks itself ``PROJECT = "gmcnn"``); ConfigError if
+    it cannot be imported or another package of that name is found first."""
+    where = "run from the repository root (python runner.py) or put the repository first on PYTHONPATH"
+    try:
+        module = importlib.import_module("dataset")
+    except ModuleNotFoundError:
+        raise ConfigError(f"the datasets are the repository's dataset/ folder, which is not installed with "
+                          f"gmcnn; {where}") from None
+    if getattr(module, "PROJECT", None) != "gmcnn":
+        raise ConfigError(f"the module 'dataset' at {getattr(module, '__file__', None)} is another package of "
+                          f"that name, not the repository's dataset/ folder; {where}")
+    return module
+
+
 def load_data(cfg: DictConfig) -> Splits:
     """The dataset splits of ``cfg.data``; data problems become a one-line ConfigError."""
-    from dataset import DatasetError, build_dataset
-
+    data = datasets()
     root = cfg.data.root
     try:
-        splits = build_dataset(cfg.data.name, root,
-                               **OmegaConf.to_container(cfg.data.options, resolve=True))
-    except DatasetError as error:
+        splits = data.build_dataset(cfg.data.name, root,
+                                    **OmegaConf.to_container(cfg.data.options, resolve=True))
+    except data.DatasetError as error:
         raise ConfigError(str(error)) from None
     except OSError as error:  # a data root that is a file, an unreadable file, ...
         where = error.filename or root

@@ -5,7 +5,9 @@
 * ``plot_relaxation``: for every relaxed GM layer, the map over positions u of
   ||F(., u) - mean_u F||, where F[o, c, k, u] is the weight tap k applies at position u; it is zero
   where the layer is exactly equivariant, so the picture shows where the learned relaxation breaks
-  the symmetry. Saved as one PNG with a panel per layer, positions laid out as the image.
+  the symmetry. Saved as one PNG with a panel per layer, positions laid out as the group lays out
+  a function on itself (``group.layout``: a product's image; p4(n)'s (|H|, n, n) as |H| images
+  side by side; any other group as one row).
 * ``plot_step_scores``: the test score of every roll-out step (``test_future_rmse_per_step``, ...),
   one line per test set, step 1 to L.
 """
@@ -19,7 +21,6 @@ import torch
 from torch import Tensor, nn
 
 from gmcnn.equivariance import acting_group, equivariance_error
-from gmcnn.groups import axis_sizes
 from gmcnn.nn import EquivariantModule, GroupMatrixLayer
 
 
@@ -45,10 +46,17 @@ def symmetry_breaking_maps(model: nn.Module) -> dict[str, Tensor]:
                 coefficients = layer.position_coefficients().float()
                 deviation = coefficients - coefficients.mean(-1, keepdim=True)
                 per_position = deviation.pow(2).flatten(0, -2).sum(0).sqrt()
-            sizes = axis_sizes(layer.group)
-            shape = sizes if len(sizes) == 2 else (1, layer.group.order)
-            maps[name] = per_position.reshape(shape).cpu()
+            maps[name] = as_image(per_position, layer.group.layout).cpu()
     return maps
+
+
+def as_image(values: Tensor, layout: tuple[int, ...]) -> Tensor:
+    """A function on a group (flat, row-major in ``layout``) as one (H, W) image: a line
+    (1, N), an image as it is, a stack (..., H, W) of images side by side (H, ... * W)."""
+    if len(layout) == 1:
+        return values.reshape(1, -1)
+    stack = values.reshape(-1, *layout[-2:])
+    return stack.permute(1, 0, 2).reshape(layout[-2], -1)
 
 
 def plot_relaxation(model: nn.Module, path: Path) -> bool:

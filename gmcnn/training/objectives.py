@@ -10,6 +10,10 @@
 ``sample_scores`` returns one number per sample (``step_scores``, dynamics only: one per sample and
 roll-out step), so that scores of many batches combine exactly (``finish`` turns their mean into
 the reported score).
+
+:data:`OBJECTIVES` (task name -> objective) is the one table of the tasks: the configuration's
+choices of ``task`` and ``trainer.monitor`` (``val_loss`` or ``val_<score>``) and the direction
+of a sweep over a monitor (:data:`MAXIMIZED`) are derived from it.
 """
 
 from __future__ import annotations
@@ -70,3 +74,6 @@ class Dynamics:
 
 
 OBJECTIVES = {"classification": Classification, "dynamics": Dynamics}
+# what trainer.monitor may name: the validation loss (minimised) and each task's validation score
+MONITORS = ("val_loss", *(f"val_{objective.score}" for objective in OBJECTIVES.values()))
+MAXIMIZED = frozenset(f"val_{objective.score}" for objective in OBJECTIVES.values() if objective.higher_is_better)

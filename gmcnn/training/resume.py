@@ -27,6 +27,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from gmcnn.report import override_key
 from gmcnn.training import checkpoint, targets
 from gmcnn.training.config import ConfigError
 from gmcnn.training.rundir import read_metrics
@@ -89,10 +90,6 @@ def run_dir_of(source: Path, default: Path) -> Path:
     if source.parent.name == "checkpoints" and (run / "checkpoints" / "last.pt").is_file():
         return run
     return default
-
-
-def override_key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def merge_overrides(saved: list[str], new: list[str]) -> list[str]:

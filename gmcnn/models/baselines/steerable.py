@@ -69,7 +69,7 @@ def ring_profiles(kernel_size: int) -> Tensor:
     return torch.stack(profiles)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _basis(field_in: str, field_out: str, kernel_size: int) -> Tensor:
     profiles = ring_profiles(kernel_size)
     c_out, c_in = FIELD_SIZES[field_out], FIELD_SIZES[field_in]
