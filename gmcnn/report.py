@@ -212,7 +212,7 @@ def summary_table(rows: list[Row], root: Path) -> list[str]:
 
 
 def _setting(row: Row) -> str:
-    return " ".join(o for o in str(row.get("swept", "")).split() if _key(o) not in REPEAT_KEYS)
+    return " ".join(o for o in str(row.get("swept", "")).split() if override_key(o) not in REPEAT_KEYS)
 
 
 def comparison(rows: list[Row]) -> list[Row]:
@@ -229,7 +229,7 @@ def comparison(rows: list[Row]) -> list[Row]:
         finished = [row for row in members if row["status"] == "finished"]
         params = sorted({int(p) for p in (_number(row.get("num_params")) for row in members) if p is not None})
         seeds = [o.split("=", 1)[1] for row in finished for o in str(row.get("swept", "")).split()
-                 if _key(o) in REPEAT_KEYS]
+                 if override_key(o) in REPEAT_KEYS]
         shown_params = (params[0] if len(params) == 1 else f"{params[0]}-{params[-1]}") if params else None
         entry: Row = {"experiment": experiment, "model": model, "setting": setting, "jobs": len(members),
                       "runs": len(finished), "seeds": " ".join(seeds), "num_params": shown_params}

@@ -12,8 +12,8 @@ from dataset.plume import WindowDataset
 from gmcnn import rollout as figure
 from gmcnn.equivariance import equivariance_error
 from gmcnn.models import GMDynamics
-from gmcnn.training.diagnostics import plot_step_scores
 from gmcnn.training import engine
+from gmcnn.training.diagnostics import plot_step_scores
 from gmcnn.training.engine import Trainer, build_model, window_stalled
 from gmcnn.training.objectives import Dynamics, rollout
 from tests.fakes import write_small_plume, write_translating_fields

@@ -93,8 +93,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dataset.plume import (MANIFEST, MANIFEST_FORMAT, PLUME_SHAPE, SMALL_SETS, SMALL_STEPS, TASK_SETS, Task,
-                           file_record, read_manifest, task_filename)
+from dataset.plume import (
+    MANIFEST,
+    MANIFEST_FORMAT,
+    PLUME_SHAPE,
+    SMALL_SETS,
+    SMALL_STEPS,
+    TASK_SETS,
+    Task,
+    file_record,
+    read_manifest,
+    task_filename,
+)
 from dataset.registry import DatasetError
 from gmcnn.io import atomic_write, atomic_write_text
 
