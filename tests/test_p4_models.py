@@ -7,7 +7,7 @@ import hydra
 import pytest
 import torch
 
-from gmcnn.equivariance import equivariance_error, image_transform_element
+from gmcnn.equivariance import assert_equivariant, equivariance_error, image_transform_element
 from gmcnn.models import GMCNN, GMDynamics
 from gmcnn.nn import GMLifting, GMPool
 from gmcnn.spaces import PixelGrid, VectorField
@@ -266,3 +266,36 @@ def test_training_benchmark_reference_row():
                                              "float32", "alone")
     assert [row[1] for row in rows] == ["ours", "rot-mnist-generated (reference)"]
     assert any("ours / rot-mnist-generated = " in line for line in targets)
+
+
+@pytest.mark.parametrize("kind", ["p4", "p4m"])
+def test_zero_boundary_classifier_is_invariant_to_rot90_and_flips_about_the_centre(kind):
+    """boundary="zero": logits exactly invariant (float32, 1e-5, through the equivariance tooling)
+    to every element of its declared space, the point group about the image centre (torch.rot90,
+    torch.flip); a translation by the coarsest grid's step, a symmetry of the circular model, is
+    not one of the patch model."""
+    model = image_classifier(kind, norm="batch", activation="relu", readout="max_mean",
+                             boundary="zero").float()
+    assert model.in_space.name == f"pixel grid of {kind}(16) under {'C4' if kind == 'p4' else 'D4'}"
+    x = model.example_input(4)
+    assert_equivariant(model, x, atol=1e-5)
+    with torch.no_grad():
+        logits = model(x)
+        torch.testing.assert_close(model(torch.rot90(x, 1, (-2, -1))), logits, rtol=0, atol=1e-5)
+        if kind == "p4m":
+            torch.testing.assert_close(model(torch.flip(x, (-2,))), logits, rtol=0, atol=1e-5)
+        assert (model(torch.roll(x, (4, 0), (-2, -1))) - logits).abs().max() > 1e-3
+    torus = image_classifier(kind, norm="batch", activation="relu", readout="max_mean").float()
+    torus.load_state_dict(model.state_dict())
+    assert (torus(x) - logits).abs().max() > 1e-3                   # the border differs
+
+
+def test_experiments_boundary_option():
+    """The p4 / p4m experiments default to the circular boundary; model.boundary=zero builds the
+    same parameters on a finite patch; per-axis groups refuse it in one line."""
+    for exp in ("rot-mnist-generated-p4", "rot-mnist-generated-p4m"):
+        assert compose_config(f"exp={exp}").model.boundary == "circular"
+        model = build_model(compose_config(f"exp={exp}", "model.boundary=zero"))
+        assert model.boundary == "zero" and num_params(model) == EXPERIMENTS[exp][3]
+    with pytest.raises(ValueError, match="boundary='zero' needs a wallpaper group"):
+        GMCNN(["C8", "C8"], 1, 4, t=1, channels=3, boundary="zero")

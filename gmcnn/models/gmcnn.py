@@ -30,6 +30,12 @@ logits are invariant: to G (per-axis groups), to torch.rot90 and (p4m) torch.fli
 and to the circular translations of the coarsest grid (wallpaper groups), exactly for rank 0;
 ``in_space`` is the input space acted on by that subgroup (:func:`gmcnn.models.grid.symmetry_space`).
 
+``boundary`` (wallpaper groups): "circular" (default) treats the image as the pixel torus, as
+above; "zero" as a finite patch with zeros outside (conv2d's zero padding, the conv backend): the
+logits are then exactly invariant to torch.rot90 (and, p4m, torch.flip) about the image centre,
+and to translations only approximately (away from the border); ``in_space`` is the pixel grid
+under the point group about the centre (docs/design.md §5).
+
 With per-axis groups, 2 blocks of 1 layer and C channels in shared mode the parameter count is
 2 (C K + C) + (C_in C + C) + 1 + (C classes + classes).
 
@@ -51,6 +57,7 @@ from torch import Tensor, nn
 from gmcnn.groups import WallpaperGroup
 from gmcnn.models.grid import model_group, symmetry_space
 from gmcnn.nn import EquivariantModule, GMConv, GMLifting, GMPool, PointwiseConv
+from gmcnn.nn.lifting import BOUNDARIES
 from gmcnn.nn.blocks import ConvNormAct, FusedFlag, GlobalMaxTail, ResidualBlock
 
 TAIL_BLOCKS = 2  # the blocks that the global max's kernels can take with it
@@ -108,7 +115,7 @@ class GMCNN(FusedFlag, EquivariantModule):
                  backend: str = "auto", fused: bool = True,
                  image_size: int | Sequence[int] | None = None, pool: bool | Sequence[int] = False,
                  norm: str = "layer", activation: str = "prelu", readout: str = "max",
-                 lifting_t: int | None = None):
+                 lifting_t: int | None = None, boundary: str = "circular"):
         super().__init__()
         for name, value, low in (("blocks", blocks, 1), ("layers_per_block", layers_per_block, 1),
                                  ("num_classes", num_classes, 2), ("in_channels", in_channels, 1)):
@@ -117,7 +124,7 @@ class GMCNN(FusedFlag, EquivariantModule):
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         for name, value, allowed in (("norm", norm, NORMS), ("activation", activation, ACTIVATIONS),
-                                     ("readout", readout, READOUTS)):
+                                     ("readout", readout, READOUTS), ("boundary", boundary, BOUNDARIES)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         self.group, self.image_shape = model_group(group, image_size)
@@ -125,9 +132,14 @@ class GMCNN(FusedFlag, EquivariantModule):
         if readout != "max" and not wallpaper:
             raise ValueError(f"readout={readout!r} needs a wallpaper group (p4 / p4m); per-axis "
                              "groups use readout='max'")
-        self.in_channels = in_channels
+        if boundary != "circular" and not wallpaper:
+            raise ValueError(f"boundary={boundary!r} needs a wallpaper group (p4 / p4m); per-axis "
+                             "groups act on the torus, boundary='circular'")
+        self.in_channels, self.boundary = in_channels, boundary
         self.out_space = None
         conv = dict(channel_mode=channel_mode, rank=rank, relaxation=relaxation, backend=backend)
+        if wallpaper:
+            conv["boundary"] = boundary
         shared_prelu = nn.PReLU()  # one slope shared by every layer
 
         def conv_norm_act(layer: nn.Module) -> ConvNormAct:
@@ -168,7 +180,8 @@ class GMCNN(FusedFlag, EquivariantModule):
         else:
             self.blocks = nn.Sequential(*stages)
             self.tail = PointMaxTranslationMean(group_now.acting.order)
-        self.in_space = symmetry_space(self.group, [m.subgroup for m in stages if isinstance(m, GMPool)])
+        self.in_space = symmetry_space(self.group, [m.subgroup for m in stages if isinstance(m, GMPool)],
+                                       boundary)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(width, num_classes)
         self.fused = fused
