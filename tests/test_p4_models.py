@@ -299,3 +299,42 @@ def test_experiments_boundary_option():
         assert model.boundary == "zero" and num_params(model) == EXPERIMENTS[exp][3]
     with pytest.raises(ValueError, match="boundary='zero' needs a wallpaper group"):
         GMCNN(["C8", "C8"], 1, 4, t=1, channels=3, boundary="zero")
+
+
+@pytest.mark.parametrize("boundary", ["zero", "circular"])
+def test_hand_written_gcnn_peer_matches_the_p4_experiment(boundary):
+    """benchmarks/gcnn_p4.py: the plain-PyTorch p4 G-CNN of the p4 experiment's architecture has
+    its 45,566 parameters and rot90-invariant logits (float64, trained batch-norm statistics), on
+    both boundaries; a circular shift by the coarsest grid's step is a symmetry on the torus only."""
+    from benchmarks import gcnn_p4
+
+    cfg = compose_config("exp=rot-mnist-generated-p4", f"model.boundary={boundary}")
+    torch.manual_seed(0)
+    peer = gcnn_p4.from_config(cfg.model, 1, 10).double()
+    assert num_params(peer) == EXPERIMENTS["rot-mnist-generated-p4"][3] and peer.boundary == boundary
+    x = torch.randn(3, 1, 28, 28, dtype=torch.float64)
+    peer(x)                                              # one training-mode pass: running statistics
+    peer.eval()
+    with torch.no_grad():
+        logits = peer(x)
+        for k in (1, 2, 3):
+            torch.testing.assert_close(peer(torch.rot90(x, k, (-2, -1))), logits, rtol=0, atol=1e-10)
+        shifted = (peer(torch.roll(x, (4, 0), (-2, -1))) - logits).abs().max()
+    assert (shifted < 1e-10) == (boundary == "circular")
+
+
+def test_training_benchmark_gcnn_peer_row():
+    """bench_training: the hand-written G-CNN timed beside ours on the p4 experiment, with its
+    ratio target; not offered for a model it does not mirror (p4m)."""
+    import argparse
+
+    from benchmarks import bench_training
+
+    args = argparse.Namespace(reference=None, variants="ours,gcnn", batch=4, naive_batch=None,
+                              overrides=["model.boundary=zero"], compile=False, warmup=0, steps=1,
+                              rounds=1, contended=None, profile=False)
+    rows, targets = bench_training.benchmark("rot-mnist-generated-p4", args, torch.device("cpu"),
+                                             "float32", "alone")
+    assert [row[1] for row in rows] == ["ours", "hand-written G-CNN (zero)"]
+    assert any("ours / hand-written G-CNN (zero) = " in line for line in targets)
+    assert not bench_training.has_gcnn_peer(compose_config("exp=rot-mnist-generated-p4m"))
