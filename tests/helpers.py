@@ -74,12 +74,14 @@ def recorded_fast_paths(module: torch.nn.Module):
 
 
 def assert_fast_path_matches_reference(module: torch.nn.Module, inputs, require_fast_path=True,
-                                       rtol: float = 1e-8, atol: float = 1e-10) -> set:
+                                       rtol: float = 1e-8, atol: float = 1e-10, training: bool = False) -> set:
     """``module(*inputs)`` with every block's fast path allowed equals it with every block on its
-    reference path (``fused`` False), in float64 and eval mode: the values and the gradients of
-    every input and every parameter. Returns the names of the fast paths taken, and fails if
-    none was (unless ``require_fast_path`` is False), since the comparison would then be vacuous."""
-    module = module.double().eval()
+    reference path (``fused`` False), in float64 and eval mode (``training``: train mode, for
+    batch statistics; the module must then be deterministic, e.g. without dropout): the values and
+    the gradients of every input and every parameter. Returns the names of the fast paths taken,
+    and fails if none was (unless ``require_fast_path`` is False), since the comparison would then
+    be vacuous."""
+    module = module.double().train(training)
     inputs = [x.detach().double().requires_grad_(True) for x in inputs]
     params = [p for p in module.parameters() if p.requires_grad]
     runs = []

@@ -13,7 +13,15 @@ from gmcnn.nn import GMLifting, GMPool
 from gmcnn.spaces import PixelGrid, VectorField
 from gmcnn.training.build import build_model, count_parameters
 from gmcnn.training.config import ConfigError, validate
-from tests.helpers import FAST, compose_config, metrics_of, runner
+from gmcnn.groups import make_group
+from tests.helpers import (
+    FAST,
+    assert_fast_path_matches_reference,
+    compose_config,
+    metrics_of,
+    recorded_fast_paths,
+    runner,
+)
 
 # exp -> (extra overrides, task, group, parameter count)
 EXPERIMENTS = {
@@ -338,3 +346,59 @@ def test_training_benchmark_gcnn_peer_row():
     assert [row[1] for row in rows] == ["ours", "hand-written G-CNN (zero)"]
     assert any("ours / hand-written G-CNN (zero) = " in line for line in targets)
     assert not bench_training.has_gcnn_peer(compose_config("exp=rot-mnist-generated-p4m"))
+
+
+def randomise_batch_norms(model):
+    """Running statistics and affine parameters away from their initial values (so that folding
+    them into the kernels in eval mode is tested with numbers that matter)."""
+    with torch.no_grad():
+        for norm in model.modules():
+            if isinstance(norm, torch.nn.BatchNorm1d):
+                norm.running_mean.normal_()
+                norm.running_var.uniform_(0.5, 2.0)
+                norm.weight.normal_()
+                norm.bias.normal_()
+
+
+@pytest.mark.parametrize("kind,boundary", [("p4", "zero"), ("p4", "circular"), ("p4m", "zero"),
+                                           ("p4m", "circular")])
+def test_image_grid_fast_path_matches_the_reference(kind, boundary):
+    """ImageGridStages' "image_grid" path (vendor conv2d on the image layout, max_pool2d, in-place
+    ReLU, batch norm folded in eval) = the composed modules: values and every gradient in float64,
+    in eval mode (the whole model) and in train mode (the stages, batch statistics)."""
+    torch.manual_seed(0)
+    model = image_classifier(kind, norm="batch", activation="relu", readout="max_mean", boundary=boundary)
+    randomise_batch_norms(model)
+    x = torch.randn(3, 1, 16, 16)
+    assert assert_fast_path_matches_reference(model, [x]) == {"image_grid"}
+    assert assert_fast_path_matches_reference(model.blocks, [x.flatten(2)], training=True) == {"image_grid"}
+    with pytest.raises(ValueError, match=r"expects input of shape \(batch, 1, 256\)"):
+        model.blocks(torch.randn(2, 2, 256, dtype=torch.float64))   # the reference's one-line error
+
+
+def test_image_grid_fast_path_structural_check():
+    """Stages the path does not compute take the reference: a LayerNorm, the gather backend,
+    a relaxation; float32 under CPU autocast (bfloat16) takes it and agrees with the reference."""
+    x = torch.randn(2, 1, 16, 16)
+    for options in (dict(), dict(channel_mode="shared"), dict(norm="batch", rank=1)):
+        model = image_classifier("p4", **options).float()
+        with recorded_fast_paths(model.blocks) as taken:
+            model.blocks(x.flatten(2))
+        assert taken[0] is None and "image_grid" not in taken, options
+    model = image_classifier("p4", norm="batch", activation="relu", readout="max_mean", boundary="zero").float()
+    randomise_batch_norms(model)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with recorded_fast_paths(model.blocks) as taken:
+            fast = model(x)
+        model.fused = False
+        reference = model(x)
+    assert taken == ["image_grid"] and fast.dtype == torch.bfloat16
+    torch.testing.assert_close(fast.float(), reference.float(), rtol=0.05, atol=0.05 * reference.abs().max().item())
+
+
+def test_pooling_windows_of_images():
+    """GMPool knows when its cosets are the 2 x 2 windows of every point-group image."""
+    group = make_group("p4(8)")
+    assert GMPool(group, "even").image_windows and GMPool("p4m(6)", "even").image_windows
+    assert not GMPool(group, group.translation_subgroup()).image_windows
+    assert not GMPool(["C8", "C8"], "even").image_windows

@@ -44,7 +44,9 @@ and pools, the last one or two residual blocks with the global max as a
 :class:`~gmcnn.nn.blocks.GlobalMaxTail`, then dropout and the linear layer. Each block owns its
 fast path (fused kernels for the exact shared-mode layers, the same numbers, once differentiable)
 and takes it where its structural check passes; ``fused=False`` runs every block's reference path
-(needed for higher-order gradients).
+(needed for higher-order gradients). On p4 / p4m the stages before the readout are an
+:class:`~gmcnn.nn.blocks.ImageGridStages`, whose fast path keeps the conv-backend layers, batch
+norms and 2 x 2 poolings in the image layout of the vendor convolution and pooling.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from gmcnn.groups import WallpaperGroup
 from gmcnn.models.grid import model_group, symmetry_space
 from gmcnn.nn import EquivariantModule, GMConv, GMLifting, GMPool, PointwiseConv
 from gmcnn.nn.lifting import BOUNDARIES
-from gmcnn.nn.blocks import ConvNormAct, FusedFlag, GlobalMaxTail, ResidualBlock
+from gmcnn.nn.blocks import ConvNormAct, FusedFlag, GlobalMaxTail, ImageGridStages, ResidualBlock
 
 TAIL_BLOCKS = 2  # the blocks that the global max's kernels can take with it
 NORMS = ("layer", "batch", "instance")
@@ -170,15 +172,16 @@ class GMCNN(FusedFlag, EquivariantModule):
             stages.append(ResidualBlock(layers, PointwiseConv(width, out) if width != out else None))
             width = out
             maybe_pool(i + wallpaper)
+        sequence = ImageGridStages if wallpaper else nn.Sequential
         if readout == "max":
             tail = 0
             while (tail < TAIL_BLOCKS and tail < len(stages)
                    and type(stages[len(stages) - 1 - tail]) is ResidualBlock):
                 tail += 1
-            self.blocks = nn.Sequential(*stages[:len(stages) - tail])
+            self.blocks = sequence(*stages[:len(stages) - tail])
             self.tail = GlobalMaxTail(stages[len(stages) - tail:])
         else:
-            self.blocks = nn.Sequential(*stages)
+            self.blocks = sequence(*stages)
             self.tail = PointMaxTranslationMean(group_now.acting.order)
         self.in_space = symmetry_space(self.group, [m.subgroup for m in stages if isinstance(m, GMPool)],
                                        boundary)

@@ -101,7 +101,7 @@ def lifting_kernel(weight: Tensor, index: Tensor, t: int) -> Tensor:
     """The dense lifting kernels (O |H|, C', k, k), K_h[L_h d_k] = w[k], from
     :func:`lifting_kernel_index` ``index`` (on the weight's device)."""
     k = 2 * t + 1
-    dense = weight[:, :, index]                                                   # (O, C', H, E)
+    dense = weight.index_select(-1, index.flatten()).unflatten(-1, index.shape)  # (O, C', H, E)
     return dense.permute(0, 2, 1, 3).reshape(-1, weight.shape[1], k, k)
 
 
@@ -109,7 +109,7 @@ def group_kernel(weight: Tensor, index: Tensor, t: int, points: int) -> Tensor:
     """The dense group-convolution kernels (O |H|, C' |H|, k, k) from :func:`group_kernel_index`
     ``index`` (on the weight's device)."""
     k = 2 * t + 1
-    dense = weight[:, :, index]                                                   # (O, C', H, S, E)
+    dense = weight.index_select(-1, index.flatten()).unflatten(-1, index.shape)  # (O, C', H, S, E)
     return dense.permute(0, 2, 1, 3, 4).reshape(weight.shape[0] * points, -1, k, k)
 
 
