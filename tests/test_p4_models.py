@@ -402,3 +402,15 @@ def test_pooling_windows_of_images():
     assert GMPool(group, "even").image_windows and GMPool("p4m(6)", "even").image_windows
     assert not GMPool(group, group.translation_subgroup()).image_windows
     assert not GMPool(["C8", "C8"], "even").image_windows
+
+
+def test_p4_model_benchmark_smoke(capsys):
+    """benchmarks/bench_p4_model.py: every (boundary, phase, variant) row and both target lines."""
+    from benchmarks import bench_p4_model
+
+    assert bench_p4_model.main(["--quick", "--boundaries", "zero"]) == 0
+    out = capsys.readouterr().out
+    for phase in ("training", "inference"):
+        for variant in ("ours", "reference", "gcnn"):
+            assert f"| zero | {phase} | {variant} |" in out
+        assert f"zero {phase}: ours / hand-written G-CNN = " in out
