@@ -38,7 +38,7 @@ MODELS_FOR_TASK = {"classification": "model=gmcnn or model=cnn",
                    "dynamics": "model=gm_dynamics or model=cnn_dynamics (the CNN baseline)"}
 TRAINER_KEYS = {"epochs", "batch_size", "device", "amp", "amp_dtype", "grad_clip",
                 "early_stopping_patience", "monitor", "relaxation_penalty", "resume", "num_workers",
-                "compile", "micro_batch_size", "bn_recalibration"}
+                "compile", "micro_batch_size", "bn_recalibration", "profile"}
 
 
 def validate(cfg: DictConfig) -> None:
@@ -77,8 +77,9 @@ def validate(cfg: DictConfig) -> None:
     micro = t.micro_batch_size
     if micro not in ("auto", None):
         _positive_int("trainer.micro_batch_size (or auto, or null)", micro)
-    if not isinstance(t.compile, bool):
-        raise ConfigError(f"trainer.compile must be true or false, got {t.compile!r}")
+    for key in ("compile", "profile"):
+        if not isinstance(t.get(key, False), bool):
+            raise ConfigError(f"trainer.{key} must be true or false, got {t.get(key)!r}")
     if not t.relaxation_penalty >= 0:
         raise ConfigError(f"trainer.relaxation_penalty must be >= 0, got {t.relaxation_penalty}")
     lr = OmegaConf.select(cfg, "optimizer.lr")
