@@ -414,3 +414,27 @@ def test_p4_model_benchmark_smoke(capsys):
         for variant in ("ours", "reference", "gcnn"):
             assert f"| zero | {phase} | {variant} |" in out
         assert f"zero {phase}: ours / hand-written G-CNN = " in out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.sh)")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_image_grid_fast_path_under_cuda_autocast(dtype):
+    """On CUDA under autocast the image-grid path runs (vendor ops in reduced precision) and agrees
+    with the reference under the same autocast; a training step's gradients are finite."""
+    model = image_classifier("p4", norm="batch", activation="relu", readout="max_mean",
+                             boundary="zero").float().cuda()
+    randomise_batch_norms(model)
+    x = torch.randn(8, 1, 16, 16, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
+        with recorded_fast_paths(model.blocks) as taken:
+            fast = model(x)
+        model.fused = False
+        reference = model(x)
+    model.fused = True
+    assert taken == ["image_grid"]
+    torch.testing.assert_close(fast.float(), reference.float(), rtol=0.05, atol=0.05 * reference.abs().max().item())
+    model.train()
+    with torch.autocast("cuda", dtype=dtype):
+        loss = model(x).float().logsumexp(1).mean()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
