@@ -372,6 +372,10 @@ def test_image_grid_fast_path_matches_the_reference(kind, boundary):
     x = torch.randn(3, 1, 16, 16)
     assert assert_fast_path_matches_reference(model, [x]) == {"image_grid"}
     assert assert_fast_path_matches_reference(model.blocks, [x.flatten(2)], training=True) == {"image_grid"}
+    with torch.no_grad():                               # without gradients: the strided-maximum pooling
+        fast = model(x.double())
+        model.fused = False
+        torch.testing.assert_close(fast, model(x.double()), rtol=1e-8, atol=1e-10)
     with pytest.raises(ValueError, match=r"expects input of shape \(batch, 1, 256\)"):
         model.blocks(torch.randn(2, 2, 256, dtype=torch.float64))   # the reference's one-line error
 
