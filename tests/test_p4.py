@@ -406,3 +406,11 @@ def test_zero_boundary_layers_keep_the_point_group_about_the_centre_only(spec):
 def test_bad_boundaries(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.parametrize("t", [1, 2])
+def test_circular_pad2d_and_its_backward_are_f_pad(t):
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    fast = GF.circular_pad2d(x, t)
+    torch.testing.assert_close(fast, F.pad(x, (t,) * 4, mode="circular"), rtol=0, atol=0)
+    torch.autograd.gradcheck(lambda v: GF.circular_pad2d(v, t), (x,))

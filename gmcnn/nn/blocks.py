@@ -46,7 +46,8 @@ reference path.
   identity or PointwiseConv shortcut): functions on G stay in the layout the vendor convolution
   reads, (B, C |H|, n, n) as a view; the dense kernels come from index buffers (no per-call index
   construction; an index_select, whose backward is an index_add); the boundary is conv2d's own
-  zero padding or one circular pad per convolution; the pooling is ``F.max_pool2d`` (without
+  zero padding or one circular pad per convolution (:func:`gmcnn.functional.circular_pad2d`,
+  whose backward adds the wrapped strips instead of autograd's whole-tensor rule); the pooling is ``F.max_pool2d`` (without
   gradients: the maximum of the four strided sub-images); a ReLU right before a pooling runs after
   it (max and ReLU commute: a quarter of the work), any other ReLU in place; and in eval mode the BatchNorm's running statistics are folded into the kernel
   and bias (one pass over the activations less). Vendor ops only, so it also runs under autocast
@@ -450,7 +451,7 @@ def grid_conv_norm_act(layer: ConvNormAct, x: Tensor, activate: bool = True) -> 
         shift = -norm.running_mean * scale if bias is None else (bias - norm.running_mean) * scale
         bias = shift if norm.bias is None else shift + norm.bias
         kernel = kernel * scale.repeat_interleave(points)[:, None, None, None]
-    h = conv2d_on_grid(x, kernel, conv.group.n, t, bias, points, conv.boundary)
+    h = conv2d_on_grid(x, kernel, conv.group.n, t, bias, points, conv.boundary, fast_pad=True)
     if norm is not None and not folded:
         h = norm(h)
     if not activate:

@@ -84,16 +84,17 @@ BOUNDARIES = ("circular", "zero")
 
 
 def conv2d_on_grid(x: Tensor, kernel: Tensor, n: int, t: int, bias: Tensor | None,
-                   points: int, boundary: str = "circular") -> Tensor:
+                   points: int, boundary: str = "circular", fast_pad: bool = False) -> Tensor:
     """x (B, C', n^2) -> cross-correlation with ``kernel`` (O |H|, C', k, k) -> (B, O, |H| n^2),
-    on the n x n torus (``boundary`` "circular": one circular pad) or on the n x n patch with
+    on the n x n torus (``boundary`` "circular": one circular pad; ``fast_pad``: by
+    :func:`gmcnn.functional.circular_pad2d`, once differentiable) or on the n x n patch with
     zeros outside ("zero": conv2d's own padding, no copy)."""
     image = x.reshape(x.shape[0], -1, n, n)
     if bias is not None:
         bias = bias.repeat_interleave(points)
     if boundary == "zero":
         return F.conv2d(image, kernel, bias, padding=t).reshape(x.shape[0], kernel.shape[0] // points, -1)
-    image = F.pad(image, (t,) * 4, mode="circular")
+    image = GF.circular_pad2d(image, t) if fast_pad else F.pad(image, (t,) * 4, mode="circular")
     return F.conv2d(image, kernel, bias).reshape(x.shape[0], kernel.shape[0] // points, -1)
 
 
