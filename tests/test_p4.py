@@ -414,3 +414,19 @@ def test_circular_pad2d_and_its_backward_are_f_pad(t):
     fast = GF.circular_pad2d(x, t)
     torch.testing.assert_close(fast, F.pad(x, (t,) * 4, mode="circular"), rtol=0, atol=0)
     torch.autograd.gradcheck(lambda v: GF.circular_pad2d(v, t), (x,))
+
+
+def test_max_pool2x2_is_max_pool2d_values_and_gradient():
+    """Values, the gradient (gradcheck, no ties) and the tie rule (first entry in row-major order)
+    of F.max_pool2d; without a gradient the same values."""
+    x = torch.randn(2, 3, 6, 8, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(GF.max_pool2x2(x), F.max_pool2d(x, 2), rtol=0, atol=0)
+    torch.autograd.gradcheck(GF.max_pool2x2, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(GF.max_pool2x2(x), F.max_pool2d(x, 2), rtol=0, atol=0)
+    ties = torch.tensor([[[[1.0, 1.0, 0.0, 2.0], [1.0, 0.0, 2.0, 2.0]]]], dtype=torch.float64, requires_grad=True)
+    reference = ties.detach().clone().requires_grad_(True)
+    grad = torch.tensor([[[[3.0, 5.0]]]], dtype=torch.float64)
+    GF.max_pool2x2(ties).backward(grad)
+    F.max_pool2d(reference, 2).backward(grad)
+    torch.testing.assert_close(ties.grad, reference.grad, rtol=0, atol=0)

@@ -47,14 +47,16 @@ reference path.
   reads, (B, C |H|, n, n) as a view; the dense kernels come from index buffers (no per-call index
   construction; an index_select, whose backward is an index_add); the boundary is conv2d's own
   zero padding or one circular pad per convolution (:func:`gmcnn.functional.circular_pad2d`,
-  whose backward adds the wrapped strips instead of autograd's whole-tensor rule); the pooling is ``F.max_pool2d`` (without
-  gradients: the maximum of the four strided sub-images); a ReLU right before a pooling runs after
+  whose backward adds the wrapped strips instead of autograd's whole-tensor rule); the pooling is :func:`gmcnn.functional.max_pool2x2`
+  (F.max_pool2d's values from the four strided sub-images, the argmax kept as three quarter-size
+  comparisons instead of int64 indices); a ReLU right before a pooling runs after
   it (max and ReLU commute: a quarter of the work), any other ReLU in place; and in eval mode the BatchNorm's running statistics are folded into the kernel
   and bias (one pass over the activations less). Vendor ops only, so it also runs under autocast
   (float16 / bfloat16), where the reference would too. max_pool2d sends a window's gradient to
   one of its tied maxima where amax splits it among them: the same function, and the same
   gradients wherever a window's maximum is unique (after a ReLU, ties at zero get no gradient
-  either way).
+  either way). The circular pad and the pooling are once-differentiable Functions (``fused=False``
+  for a double backward).
 
 A layer is anything with the GroupMatrixLayer interface: ``in_channels``, ``out_channels``,
 ``weight``, ``bias``, ``in_space``, ``out_space`` and ``forward`` (B, C, N_in) -> (B, O, N_out);
@@ -70,6 +72,7 @@ from torch import Tensor, nn
 
 import torch.nn.functional as F
 
+from gmcnn import functional as GF
 from gmcnn import fused as kernels
 from gmcnn.groups import WallpaperGroup
 from gmcnn.nn.base import num_positions
@@ -417,16 +420,10 @@ class ImageGridStages(FastPathModule, nn.Sequential):
 
 
 def max_pool_images(x: Tensor, n: int) -> Tensor:
-    """2 x 2 max pooling of every (channel, point) n x n image of x (B, C, |H| n^2): F.max_pool2d
-    where a gradient is needed, the maximum of the four strided sub-images (the same values, no
-    argmax kept: several times faster on CPU) where none is."""
-    images = x.view(x.shape[0], -1, n, n)
-    if torch.is_grad_enabled() and x.requires_grad:
-        pooled = F.max_pool2d(images, 2)
-    else:
-        pooled = torch.maximum(torch.maximum(images[..., 0::2, 0::2], images[..., 0::2, 1::2]),
-                               torch.maximum(images[..., 1::2, 0::2], images[..., 1::2, 1::2]))
-    return pooled.reshape(*x.shape[:2], -1)
+    """2 x 2 max pooling of every (channel, point) n x n image of x (B, C, |H| n^2), as
+    :func:`gmcnn.functional.max_pool2x2` (F.max_pool2d's values; its argmax as three
+    quarter-size comparisons)."""
+    return GF.max_pool2x2(x.view(x.shape[0], -1, n, n)).reshape(*x.shape[:2], -1)
 
 
 def grid_conv_norm_act(layer: ConvNormAct, x: Tensor, activate: bool = True) -> Tensor:
