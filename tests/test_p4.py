@@ -424,7 +424,8 @@ def test_max_pool2x2_is_max_pool2d_values_and_gradient():
     torch.autograd.gradcheck(GF.max_pool2x2, (x,))
     with torch.no_grad():
         torch.testing.assert_close(GF.max_pool2x2(x), F.max_pool2d(x, 2), rtol=0, atol=0)
-    ties = torch.tensor([[[[1.0, 1.0, 0.0, 2.0], [1.0, 0.0, 2.0, 2.0]]]], dtype=torch.float64, requires_grad=True)
+    ties = torch.tensor([[[[1.0, 1.0, 0.0, 2.0], [1.0, 0.0, 2.0, 2.0]]]], dtype=torch.float64,
+                        requires_grad=True)
     reference = ties.detach().clone().requires_grad_(True)
     grad = torch.tensor([[[[3.0, 5.0]]]], dtype=torch.float64)
     GF.max_pool2x2(ties).backward(grad)

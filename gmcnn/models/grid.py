@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gmcnn.groups import FiniteGroup, IndexArray, Subgroup, WallpaperGroup, axis_sizes, make_group
+from gmcnn.groups import FiniteGroup, Subgroup, WallpaperGroup, axis_sizes, make_group
 from gmcnn.spaces import PixelGrid, SubgroupPixelGrid
 
 

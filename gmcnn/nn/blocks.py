@@ -44,19 +44,19 @@ reference path.
   or no norm; a GMPool whose cosets are the 2 x 2 windows of every (channel, point) image
   (:func:`gmcnn.nn.pool.windows_of_images`) in max mode; a ResidualBlock of such layers with an
   identity or PointwiseConv shortcut): functions on G stay in the layout the vendor convolution
-  reads, (B, C |H|, n, n) as a view; the dense kernels come from index buffers (no per-call index
-  construction; an index_select, whose backward is an index_add); the boundary is conv2d's own
-  zero padding or one circular pad per convolution (:func:`gmcnn.functional.circular_pad2d`,
-  whose backward adds the wrapped strips instead of autograd's whole-tensor rule); the pooling is :func:`gmcnn.functional.max_pool2x2`
-  (F.max_pool2d's values from the four strided sub-images, the argmax kept as three quarter-size
-  comparisons instead of int64 indices); a ReLU right before a pooling runs after
-  it (max and ReLU commute: a quarter of the work), any other ReLU in place; and in eval mode the BatchNorm's running statistics are folded into the kernel
-  and bias (one pass over the activations less). Vendor ops only, so it also runs under autocast
-  (float16 / bfloat16), where the reference would too. max_pool2d sends a window's gradient to
-  one of its tied maxima where amax splits it among them: the same function, and the same
-  gradients wherever a window's maximum is unique (after a ReLU, ties at zero get no gradient
-  either way). The circular pad and the pooling are once-differentiable Functions (``fused=False``
-  for a double backward).
+  reads, (B, C |H|, n, n) as a view; the dense kernels come from index buffers (an index_select,
+  whose backward is an index_add); the boundary is conv2d's own zero padding or one circular pad
+  per convolution (:func:`gmcnn.functional.circular_pad2d`, whose backward adds the wrapped
+  strips); the pooling is :func:`gmcnn.functional.max_pool2x2` (F.max_pool2d's values and
+  gradient from the four strided sub-images); a ReLU right before a pooling runs after it (max
+  and ReLU commute: a quarter of the work), any other ReLU in place; and in eval mode the
+  BatchNorm's running statistics are folded into the kernel and bias (one pass over the
+  activations less). Plain torch ops, so it also runs under autocast (float16 / bfloat16), where
+  the reference would too. The pooling sends a window's gradient to the first of tied maxima
+  where the reference's amax splits it among them: the same function, and the same gradients
+  wherever a window's maximum is unique (after a ReLU, ties at zero get no gradient either way).
+  The circular pad and the pooling are once-differentiable Functions (``fused=False`` for a
+  double backward).
 
 A layer is anything with the GroupMatrixLayer interface: ``in_channels``, ``out_channels``,
 ``weight``, ``bias``, ``in_space``, ``out_space`` and ``forward`` (B, C, N_in) -> (B, O, N_out);
@@ -69,8 +69,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-
-import torch.nn.functional as F
 
 from gmcnn import functional as GF
 from gmcnn import fused as kernels
