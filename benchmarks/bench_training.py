@@ -17,6 +17,10 @@ what ``python runner.py exp=...`` gets per step without data loading. Variants:
               their published widths (docs/design.md §3.3): convnet, e2cnn, rgroup,
               rgroup_translation, rsteer, rpp, lift; on CPU timed on the small batch like the CNN,
               e.g. ``--exp plume-rotation --variants ours,baselines``;
+* gcnn      - p4 classifiers (exp=rot-mnist-generated-p4 and others on ``symmetry.group=p4``): the
+              hand-written conv2d p4 G-CNN of benchmarks/gcnn_p4.py, the peer a researcher would
+              use instead, with the same architecture, parameter count and ``model.boundary``
+              (target: ours >= 1.2x it);
 * --reference EXP adds the model of another experiment (its ``ours``, the same overrides, the
               same batch), e.g. the p4 model against the paper's D14 x D14 one:
               ``--exp rot-mnist-generated-p4 --reference rot-mnist-generated`` (target: ours at
@@ -62,6 +66,7 @@ from omegaconf import DictConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from benchmarks import gcnn_p4  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     OtherProcessesLoad,
     Stopwatch,
@@ -118,9 +123,9 @@ class Variant:
     """One model, its trainer and a fixed random batch; ``step()`` is one training step."""
 
     def __init__(self, label: str, cfg: DictConfig, batch: int, device: torch.device,
-                 naive: bool = False, slow: bool = False):
+                 naive: bool = False, slow: bool = False, model: torch.nn.Module | None = None):
         torch.manual_seed(0)
-        model = build_model(cfg)
+        model = build_model(cfg) if model is None else model
         self.label, self.cfg, self.batch_size, self.slow = label, cfg, batch, slow
         self.trainer = Trainer(cfg, make_naive(model) if naive else model, device)
         self.trainer.model.train()
@@ -135,8 +140,19 @@ class Variant:
         self.wall_seconds += time.perf_counter() - wall
 
 
-VARIANTS = ("ours", "composed", "cnn", "naive")
+VARIANTS = ("ours", "composed", "gcnn", "cnn", "naive")
 DYNAMICS_BASELINES = ("convnet", "e2cnn", "rgroup", "rgroup_translation", "rsteer", "rpp", "lift")
+GCNN_TARGET = 1.2  # ours / the hand-written G-CNN, training step and inference
+
+
+def has_gcnn_peer(cfg: DictConfig) -> bool:
+    """Whether the experiment's model is a p4 GM-CNN that benchmarks/gcnn_p4.py mirrors."""
+    model = cfg.model
+    return (cfg.task == "classification" and model._target_ == "gmcnn.models.GMCNN"
+            and str(model.group).startswith("p4") and not str(model.group).startswith("p4m")
+            and model.get("readout") == "max_mean" and model.get("pool") is True
+            and model.get("norm") == "batch" and model.get("activation") == "relu"
+            and model.get("channel_mode") == "full" and not model.get("rank"))
 
 
 def build_variants(exp: str, args: argparse.Namespace, device: torch.device,
@@ -161,6 +177,10 @@ def build_variants(exp: str, args: argparse.Namespace, device: torch.device,
         variants.append(Variant("ours", cfg, batch, device))
     if "composed" in wanted and has_fused:
         variants.append(Variant("composed", composed, batch, device))
+    if "gcnn" in wanted and has_gcnn_peer(cfg):
+        torch.manual_seed(0)
+        peer = gcnn_p4.from_config(cfg.model, cfg.data.in_channels, cfg.data.num_classes)
+        variants.append(Variant(f"hand-written G-CNN ({peer.boundary})", cfg, batch, device, model=peer))
     if "cnn" in wanted:
         variants.append(Variant("cnn", cnn, small if cfg.task == "dynamics" else batch, device,
                                 slow=cfg.task == "dynamics"))
@@ -282,6 +302,10 @@ def benchmark(exp: str, args: argparse.Namespace, device: torch.device, precisio
     if ours and "cnn" in rates:
         targets.append(f"{exp} ({precision}, {condition}): cnn baseline {rate_text(rates['cnn'])} samples / s "
                        f"= {rates['cnn'] / ours:.2f}x ours (a reference, not a target)")
+    peer = next((label for label in rates if label.startswith("hand-written G-CNN")), None)
+    if ours and peer:
+        targets.append(f"{exp} ({precision}, {condition}): ours / {peer} = {ours / rates[peer]:.2f}x, "
+                       f"target >= {GCNN_TARGET}: {'met' if ours >= GCNN_TARGET * rates[peer] else 'MISSED'}")
     reference = rates.get(f"{args.reference} (reference)")
     if ours and reference:
         targets.append(f"{exp} ({precision}, {condition}): ours / {args.reference} = "

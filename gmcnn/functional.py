@@ -208,6 +208,78 @@ def cyclic_axes(group: FiniteGroup) -> tuple[int, ...] | None:
     return None
 
 
+class _CircularPad2d(torch.autograd.Function):
+    """Circular padding of the last two axes by t, with the adjoint as its backward: the interior
+    of the gradient plus its 2t wrapped rows, then columns, added onto the opposite edges (strips
+    of width t, where autograd's generic rule for F.pad writes whole zero tensors)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, t: int) -> Tensor:
+        ctx.t = t
+        return F.pad(x, (t,) * 4, mode="circular")
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        t = ctx.t
+        rows = grad[..., t:-t, :].clone()
+        rows[..., :t, :] += grad[..., -t:, :]
+        rows[..., -t:, :] += grad[..., :t, :]
+        out = rows[..., t:-t].clone()
+        out[..., :t] += rows[..., -t:]
+        out[..., -t:] += rows[..., :t]
+        return out, None
+
+
+def circular_pad2d(x: Tensor, t: int) -> Tensor:
+    """``F.pad(x, (t,) * 4, mode="circular")`` (t <= the last two sizes) with a cheaper backward
+    (once differentiable)."""
+    return _CircularPad2d.apply(x, t)
+
+
+def _quarters(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The four strided sub-images of the 2 x 2 windows: (top left, top right, bottom left,
+    bottom right)."""
+    return x[..., 0::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 0::2], x[..., 1::2, 1::2]
+
+
+class _MaxPool2x2(torch.autograd.Function):
+    """2 x 2 stride-2 max pooling of the last two axes (even sizes) from the four strided
+    sub-images; the argmax (ties to the first entry in row-major order, as F.max_pool2d) from
+    three quarter-size comparisons, in F.max_pool2d's index format, so that its backward kernel
+    applies."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        top_left, top_right, bottom_left, bottom_right = _quarters(x)
+        right_top, right_bottom = top_right > top_left, bottom_right > bottom_left
+        top, bottom = torch.maximum(top_left, top_right), torch.maximum(bottom_left, bottom_right)
+        lower = bottom > top
+        height, width = x.shape[-2:]
+        rows = torch.arange(0, height, 2, device=x.device)[:, None] * width
+        corner = rows + torch.arange(0, width, 2, device=x.device)                 # (H/2, W/2)
+        index = torch.where(lower, right_bottom, right_top).long() + lower.long() * width + corner
+        ctx.save_for_backward(x, index)
+        return torch.maximum(top, bottom)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, index = ctx.saved_tensors
+        return torch.ops.aten.max_pool2d_with_indices_backward(grad, x, [2, 2], [2, 2], [0, 0], [1, 1],
+                                                               False, index)
+
+
+def max_pool2x2(x: Tensor) -> Tensor:
+    """``F.max_pool2d(x, 2)`` for even sizes: the same values and gradient, from the four strided
+    sub-images (several times faster on CPU; once differentiable, :class:`_MaxPool2x2`); without a
+    gradient just their maximum."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _MaxPool2x2.apply(x)
+    top_left, top_right, bottom_left, bottom_right = _quarters(x)
+    return torch.maximum(torch.maximum(top_left, top_right), torch.maximum(bottom_left, bottom_right))
+
+
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 

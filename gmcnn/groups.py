@@ -451,6 +451,19 @@ class WallpaperGroup(SemidirectProduct):
                         embedding=self.combine((rows % self.n) * self.n + cols % self.n, h),
                         coset_representatives=np.array([0, 1, self.n, self.n + 1]))
 
+    def centre_point_group(self) -> Subgroup:
+        """The point group H acting about the image centre c = ((n - 1) / 2, (n - 1) / 2): h is
+        the element x -> c + L_h (x - c) = ((I - L_h) c, h), which maps the n x n image onto itself
+        without wrapping (torch.rot90, and torch.flip for p4m). These are the symmetries that a
+        finite image patch keeps (zero boundary, docs/design.md §5); (I - L_h) (1, 1) is even, so
+        the translation is integral. Coset representatives: the translations."""
+        h = np.arange(self.acting.order)
+        ones = np.ones(2, dtype=np.int64)
+        shift = (ones - self.linear @ ones) // 2 * (self.n - 1)                  # (|H|, 2)
+        return Subgroup(parent=self, group=self.acting,
+                        embedding=self.combine((shift[:, 0] % self.n) * self.n + shift[:, 1] % self.n, h),
+                        coset_representatives=self.combine(np.arange(self.n ** 2), self.acting.identity))
+
     def translation_subgroup(self) -> Subgroup:
         """C_n x C_n (the translations), with the point group H as coset representatives: pooling
         over it is the max (or mean) over h of a function on the group, a function on the grid."""

@@ -68,6 +68,28 @@ class PixelGrid:
         return hash((type(self).__name__, self.group.name))
 
 
+class SubgroupPixelGrid(PixelGrid):
+    """The pixel grid of a wallpaper group G acted on by a subgroup H only: h moves pixels as
+    ``embedding[h]`` of G does. ``group`` is H (a wallpaper group of a coarser grid after
+    pooling, or the point group about the image centre of a zero-boundary model)."""
+
+    def __init__(self, grid: PixelGrid, group: FiniteGroup, embedding: IndexArray):
+        self.grid, self.group, self.n = grid, group, grid.n
+        self.embedding = np.asarray(embedding)
+        self.name = f"{grid.name} under {group.name}"
+
+    def move(self, g, x) -> IndexArray:
+        return self.grid.move(self.embedding[np.asarray(g)], x)
+
+    def __eq__(self, other: object) -> bool:
+        return (type(other) is type(self) and other.grid == self.grid and other.group == self.group
+                and np.array_equal(other.embedding, self.embedding))
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.grid.group.name, self.group.name))
+
+
+
 class VectorField(PixelGrid):
     """Fields of 2-vectors (v_x, v_y) on the pixel torus: channels in pairs, rotated with the grid."""
 
@@ -92,4 +114,4 @@ def make_space(group: FiniteGroup | str, field: str = "scalar") -> PixelGrid:
 
 FIELDS = {"scalar": PixelGrid, "vector": VectorField}
 
-__all__ = ["PixelGrid", "VectorField", "make_space", "FIELDS"]
+__all__ = ["PixelGrid", "SubgroupPixelGrid", "VectorField", "make_space", "FIELDS"]

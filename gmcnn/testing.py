@@ -85,13 +85,14 @@ def recorded_fast_paths(module: nn.Module) -> Iterator[list[str | None]]:
 
 
 def assert_fast_path_matches_reference(module: nn.Module, inputs: Sequence[Tensor], require_fast_path: bool = True,
-                                       rtol: float = 1e-8, atol: float = 1e-10) -> set[str]:
+                                       rtol: float = 1e-8, atol: float = 1e-10, training: bool = False) -> set[str]:
     """``module(*inputs)`` with every block's fast path allowed equals it with every block on its
-    reference path (``fused`` False), in float64 and eval mode: the values and the gradients of
-    every input and every parameter. Returns the names of the fast paths taken; AssertionError if
-    none was (unless ``require_fast_path`` is False), since the comparison would then be vacuous.
-    ``module`` is left in float64 and eval mode, with its fast paths allowed."""
-    module = module.double().eval()
+    reference path (``fused`` False), in float64 and eval mode (``training``: train mode, for batch
+    statistics; the module must then be deterministic, e.g. without dropout): the values and the
+    gradients of every input and every parameter. Returns the names of the fast paths taken;
+    AssertionError if none was (unless ``require_fast_path`` is False), since the comparison would
+    then be vacuous. ``module`` is left in float64, with its fast paths allowed."""
+    module = module.double().train(training)
     inputs = [x.detach().double().requires_grad_(True) for x in inputs]
     params = [p for p in module.parameters() if p.requires_grad]
     runs = []

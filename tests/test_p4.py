@@ -341,3 +341,94 @@ def test_benchmark_smoke(capsys):
     assert bench_p4.main(["--quick"]) == 0
     table = capsys.readouterr().out
     assert table.count("| p4(8), 8 x 8 |") == 6 and "conv2d" in table
+
+
+def zero_embedded(f, n, m):
+    """(..., |H| n^2) functions on p4(n) -> (..., |H| m^2) on p4(m), the n x n patch at the
+    top left, zeros elsewhere."""
+    image = f.unflatten(-1, (-1, n, n))
+    return F.pad(image, (0, m - n, 0, m - n)).flatten(-3)
+
+
+def cropped(f, n, m):
+    return f.unflatten(-1, (-1, m, m))[..., :n, :n].flatten(-3)
+
+
+@pytest.mark.parametrize("spec,n", [("p4", 6), ("p4m", 5)])
+@pytest.mark.parametrize("channel_mode", ["shared", "full"])
+def test_zero_boundary_is_the_torus_layer_on_a_zero_embedded_patch(spec, n, channel_mode):
+    """A zero-boundary layer on the n x n patch = the circular (gather backend) layer on the
+    (n + 2t) torus of the patch with zeros around, cropped: only zeros wrap round."""
+    t_lift, t = 2, 1
+    lift = GMLifting(f"{spec}({n})", 2, 3, t=t_lift, channel_mode=channel_mode, boundary="zero").double()
+    torus_lift = GMLifting(f"{spec}({n + 2 * t_lift})", 2, 3, t=t_lift, channel_mode=channel_mode,
+                           backend="gather").double()
+    torus_lift.load_state_dict(lift.state_dict())
+    x = lift.example_input(2)
+    assert lift.backend == "conv"
+    torch.testing.assert_close(lift(x), cropped(torus_lift(zero_embedded(x, n, n + 2 * t_lift)), n, n + 2 * t_lift))
+    conv = GMConv(f"{spec}({n})", 3, 2, t=t, channel_mode=channel_mode, boundary="zero").double()
+    torus = GMConv(f"{spec}({n + 2 * t})", 3, 2, t=t, channel_mode=channel_mode, backend="gather").double()
+    torus.load_state_dict(conv.state_dict())
+    f = conv.example_input(2)
+    torch.testing.assert_close(conv(f), cropped(torus(zero_embedded(f, n, n + 2 * t)), n, n + 2 * t))
+
+
+@pytest.mark.parametrize("spec", ["p4(6)", "p4m(7)"])
+def test_zero_boundary_layers_keep_the_point_group_about_the_centre_only(spec):
+    """The declared spaces are the point group about the image centre (torch.rot90 / torch.flip),
+    exact; a translation of the patch is not a symmetry any more."""
+    group = make_group(spec)
+    centre = group.centre_point_group()
+    rotations = [image_transform_element(group, r) for r in range(4)]
+    flips = [image_transform_element(group, r, flip=True) for r in range(4)] if group.kind == "p4m" else []
+    assert sorted(centre.embedding.tolist()) == sorted(rotations + flips)
+    lift = GMLifting(spec, 1, 3, t=2, channel_mode="full", boundary="zero").double()
+    conv = GMConv(spec, 3, 3, t=1, channel_mode="full", boundary="zero").double()
+    assert lift.in_space.name == f"pixel grid of {spec} under {centre.group.name}"
+    assert conv.in_space is conv.out_space and conv.in_space.group == centre.group
+    x = lift.example_input(2)
+    assert_equivariant(lift, x, atol=1e-12)
+    assert_equivariant(conv, conv.example_input(2), atol=1e-12)
+    shift = [group.element((1, 0))]
+    assert equivariance_error(lift, x, PixelGrid(group), group, elements=shift) > 1e-2
+    torus = GMLifting(spec, 1, 3, t=2, channel_mode="full").double()
+    assert equivariance_error(torus, x, PixelGrid(group), group, elements=shift) < 1e-12
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: GMConv("C8xC8", 1, 1, boundary="zero"), "needs a wallpaper group"),
+    (lambda: GMConv("p4(8)", 1, 1, boundary="zero", backend="gather"), "runs the conv backend"),
+    (lambda: GMConv("p4(8)", 1, 1, boundary="zero", rank=1), "rank 0"),
+    (lambda: GMConv("p4(8)", 1, 1, boundary="reflect"), "boundary must be one of"),
+    (lambda: GMLifting("p4(8)", 2, 1, field="vector", boundary="zero"), "scalar fields"),
+    (lambda: GMLifting("p4(8)", 1, 1, boundary="reflect"), "boundary must be one of"),
+])
+def test_bad_boundaries(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+@pytest.mark.parametrize("t", [1, 2])
+def test_circular_pad2d_and_its_backward_are_f_pad(t):
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    fast = GF.circular_pad2d(x, t)
+    torch.testing.assert_close(fast, F.pad(x, (t,) * 4, mode="circular"), rtol=0, atol=0)
+    torch.autograd.gradcheck(lambda v: GF.circular_pad2d(v, t), (x,))
+
+
+def test_max_pool2x2_is_max_pool2d_values_and_gradient():
+    """Values, the gradient (gradcheck, no ties) and the tie rule (first entry in row-major order)
+    of F.max_pool2d; without a gradient the same values."""
+    x = torch.randn(2, 3, 6, 8, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(GF.max_pool2x2(x), F.max_pool2d(x, 2), rtol=0, atol=0)
+    torch.autograd.gradcheck(GF.max_pool2x2, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(GF.max_pool2x2(x), F.max_pool2d(x, 2), rtol=0, atol=0)
+    ties = torch.tensor([[[[1.0, 1.0, 0.0, 2.0], [1.0, 0.0, 2.0, 2.0]]]], dtype=torch.float64,
+                        requires_grad=True)
+    reference = ties.detach().clone().requires_grad_(True)
+    grad = torch.tensor([[[[3.0, 5.0]]]], dtype=torch.float64)
+    GF.max_pool2x2(ties).backward(grad)
+    F.max_pool2d(reference, 2).backward(grad)
+    torch.testing.assert_close(ties.grad, reference.grad, rtol=0, atol=0)

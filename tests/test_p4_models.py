@@ -8,12 +8,21 @@ import pytest
 import torch
 
 from gmcnn.equivariance import equivariance_error, image_transform_element
+from gmcnn.groups import make_group
 from gmcnn.models import GMCNN, GMDynamics
 from gmcnn.nn import GMLifting, GMPool
 from gmcnn.spaces import PixelGrid, VectorField
+from gmcnn.testing import assert_equivariant
 from gmcnn.training.build import build_model, count_parameters
 from gmcnn.training.config import ConfigError, validate
-from tests.helpers import FAST, compose_config, metrics_of, runner
+from tests.helpers import (
+    FAST,
+    assert_fast_path_matches_reference,
+    compose_config,
+    metrics_of,
+    recorded_fast_paths,
+    runner,
+)
 
 # exp -> (extra overrides, task, group, parameter count)
 EXPERIMENTS = {
@@ -267,3 +276,171 @@ def test_training_benchmark_reference_row():
                                              "float32", "alone")
     assert [row[1] for row in rows] == ["ours", "rot-mnist-generated (reference)"]
     assert any("ours / rot-mnist-generated = " in line for line in targets)
+
+
+@pytest.mark.parametrize("kind", ["p4", "p4m"])
+def test_zero_boundary_classifier_is_invariant_to_rot90_and_flips_about_the_centre(kind):
+    """boundary="zero": logits exactly invariant (float32, 1e-5, through the equivariance tooling)
+    to every element of its declared space, the point group about the image centre (torch.rot90,
+    torch.flip); a translation by the coarsest grid's step, a symmetry of the circular model, is
+    not one of the patch model."""
+    model = image_classifier(kind, norm="batch", activation="relu", readout="max_mean",
+                             boundary="zero").float()
+    assert model.in_space.name == f"pixel grid of {kind}(16) under {'C4' if kind == 'p4' else 'D4'}"
+    x = model.example_input(4)
+    assert_equivariant(model, x, atol=1e-5)
+    with torch.no_grad():
+        logits = model(x)
+        torch.testing.assert_close(model(torch.rot90(x, 1, (-2, -1))), logits, rtol=0, atol=1e-5)
+        if kind == "p4m":
+            torch.testing.assert_close(model(torch.flip(x, (-2,))), logits, rtol=0, atol=1e-5)
+        assert (model(torch.roll(x, (4, 0), (-2, -1))) - logits).abs().max() > 1e-3
+    torus = image_classifier(kind, norm="batch", activation="relu", readout="max_mean").float()
+    torus.load_state_dict(model.state_dict())
+    assert (torus(x) - logits).abs().max() > 1e-3                   # the border differs
+
+
+def test_experiments_boundary_option():
+    """The p4 / p4m experiments default to the circular boundary; model.boundary=zero builds the
+    same parameters on a finite patch; per-axis groups refuse it in one line."""
+    for exp in ("rot-mnist-generated-p4", "rot-mnist-generated-p4m"):
+        assert compose_config(f"exp={exp}").model.boundary == "circular"
+        model = build_model(compose_config(f"exp={exp}", "model.boundary=zero"))
+        assert model.boundary == "zero" and num_params(model) == EXPERIMENTS[exp][3]
+    with pytest.raises(ValueError, match="boundary='zero' needs a wallpaper group"):
+        GMCNN(["C8", "C8"], 1, 4, t=1, channels=3, boundary="zero")
+
+
+@pytest.mark.parametrize("boundary", ["zero", "circular"])
+def test_hand_written_gcnn_peer_matches_the_p4_experiment(boundary):
+    """benchmarks/gcnn_p4.py: the plain-PyTorch p4 G-CNN of the p4 experiment's architecture has
+    its 45,566 parameters and rot90-invariant logits (float64, trained batch-norm statistics), on
+    both boundaries; a circular shift by the coarsest grid's step is a symmetry on the torus only."""
+    from benchmarks import gcnn_p4
+
+    cfg = compose_config("exp=rot-mnist-generated-p4", f"model.boundary={boundary}")
+    torch.manual_seed(0)
+    peer = gcnn_p4.from_config(cfg.model, 1, 10).double()
+    assert num_params(peer) == EXPERIMENTS["rot-mnist-generated-p4"][3] and peer.boundary == boundary
+    x = torch.randn(3, 1, 28, 28, dtype=torch.float64)
+    peer(x)                                              # one training-mode pass: running statistics
+    peer.eval()
+    with torch.no_grad():
+        logits = peer(x)
+        for k in (1, 2, 3):
+            torch.testing.assert_close(peer(torch.rot90(x, k, (-2, -1))), logits, rtol=0, atol=1e-10)
+        shifted = (peer(torch.roll(x, (4, 0), (-2, -1))) - logits).abs().max()
+    assert (shifted < 1e-10) == (boundary == "circular")
+
+
+def test_training_benchmark_gcnn_peer_row():
+    """bench_training: the hand-written G-CNN timed beside ours on the p4 experiment, with its
+    ratio target; not offered for a model it does not mirror (p4m)."""
+    import argparse
+
+    from benchmarks import bench_training
+
+    args = argparse.Namespace(reference=None, variants="ours,gcnn", batch=4, naive_batch=None,
+                              overrides=["model.boundary=zero"], compile=False, warmup=0, steps=1,
+                              rounds=1, contended=None, profile=False)
+    rows, targets = bench_training.benchmark("rot-mnist-generated-p4", args, torch.device("cpu"),
+                                             "float32", "alone")
+    assert [row[1] for row in rows] == ["ours", "hand-written G-CNN (zero)"]
+    assert any("ours / hand-written G-CNN (zero) = " in line for line in targets)
+    assert not bench_training.has_gcnn_peer(compose_config("exp=rot-mnist-generated-p4m"))
+
+
+def randomise_batch_norms(model):
+    """Running statistics and affine parameters away from their initial values (so that folding
+    them into the kernels in eval mode is tested with numbers that matter)."""
+    with torch.no_grad():
+        for norm in model.modules():
+            if isinstance(norm, torch.nn.BatchNorm1d):
+                norm.running_mean.normal_()
+                norm.running_var.uniform_(0.5, 2.0)
+                norm.weight.normal_()
+                norm.bias.normal_()
+
+
+@pytest.mark.parametrize("kind,boundary", [("p4", "zero"), ("p4", "circular"), ("p4m", "zero"),
+                                           ("p4m", "circular")])
+def test_image_grid_fast_path_matches_the_reference(kind, boundary):
+    """ImageGridStages' "image_grid" path (vendor conv2d on the image layout, max_pool2d, in-place
+    ReLU, batch norm folded in eval) = the composed modules: values and every gradient in float64,
+    in eval mode (the whole model) and in train mode (the stages, batch statistics)."""
+    torch.manual_seed(0)
+    model = image_classifier(kind, norm="batch", activation="relu", readout="max_mean", boundary=boundary)
+    randomise_batch_norms(model)
+    x = torch.randn(3, 1, 16, 16)
+    assert assert_fast_path_matches_reference(model, [x]) == {"image_grid"}
+    assert assert_fast_path_matches_reference(model.blocks, [x.flatten(2)], training=True) == {"image_grid"}
+    with torch.no_grad():                               # without gradients: the strided-maximum pooling
+        fast = model(x.double())
+        model.fused = False
+        torch.testing.assert_close(fast, model(x.double()), rtol=1e-8, atol=1e-10)
+    with pytest.raises(ValueError, match=r"expects input of shape \(batch, 1, 256\)"):
+        model.blocks(torch.randn(2, 2, 256, dtype=torch.float64))   # the reference's one-line error
+
+
+def test_image_grid_fast_path_structural_check():
+    """Stages the path does not compute take the reference: a LayerNorm, the gather backend,
+    a relaxation; float32 under CPU autocast (bfloat16) takes it and agrees with the reference."""
+    x = torch.randn(2, 1, 16, 16)
+    for options in (dict(), dict(channel_mode="shared"), dict(norm="batch", rank=1)):
+        model = image_classifier("p4", **options).float()
+        with recorded_fast_paths(model.blocks) as taken:
+            model.blocks(x.flatten(2))
+        assert taken[0] is None and "image_grid" not in taken, options
+    model = image_classifier("p4", norm="batch", activation="relu", readout="max_mean", boundary="zero").float()
+    randomise_batch_norms(model)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with recorded_fast_paths(model.blocks) as taken:
+            fast = model(x)
+        model.fused = False
+        reference = model(x)
+    assert taken == ["image_grid"] and fast.dtype == torch.bfloat16
+    torch.testing.assert_close(fast.float(), reference.float(), rtol=0.05, atol=0.05 * reference.abs().max().item())
+
+
+def test_pooling_windows_of_images():
+    """GMPool knows when its cosets are the 2 x 2 windows of every point-group image."""
+    group = make_group("p4(8)")
+    assert GMPool(group, "even").image_windows and GMPool("p4m(6)", "even").image_windows
+    assert not GMPool(group, group.translation_subgroup()).image_windows
+    assert not GMPool(["C8", "C8"], "even").image_windows
+
+
+def test_p4_model_benchmark_smoke(capsys):
+    """benchmarks/bench_p4_model.py: every (boundary, phase, variant) row and both target lines."""
+    from benchmarks import bench_p4_model
+
+    assert bench_p4_model.main(["--quick", "--boundaries", "zero"]) == 0
+    out = capsys.readouterr().out
+    for phase in ("training", "inference"):
+        for variant in ("ours", "reference", "gcnn"):
+            assert f"| zero | {phase} | {variant} |" in out
+        assert f"zero {phase}: ours / hand-written G-CNN = " in out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.sh)")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_image_grid_fast_path_under_cuda_autocast(dtype):
+    """On CUDA under autocast the image-grid path runs (vendor ops in reduced precision) and agrees
+    with the reference under the same autocast; a training step's gradients are finite."""
+    model = image_classifier("p4", norm="batch", activation="relu", readout="max_mean",
+                             boundary="zero").float().cuda()
+    randomise_batch_norms(model)
+    x = torch.randn(8, 1, 16, 16, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
+        with recorded_fast_paths(model.blocks) as taken:
+            fast = model(x)
+        model.fused = False
+        reference = model(x)
+    model.fused = True
+    assert taken == ["image_grid"]
+    torch.testing.assert_close(fast.float(), reference.float(), rtol=0.05, atol=0.05 * reference.abs().max().item())
+    model.train()
+    with torch.autocast("cuda", dtype=dtype):
+        loss = model(x).float().logsumexp(1).mean()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -383,3 +383,19 @@ def test_best_checkpoint_holds_recalibrated_batch_norm_statistics(tmp_path):
     assert valid["acc"] == metrics["best_val_acc"]
     assert test["acc"] == metrics["test_acc"]
     assert test["loss"] == pytest.approx(metrics["test_loss"], rel=1e-6)
+
+
+def test_batch_norm_recalibration_keeps_the_variance_of_inputs_far_from_zero():
+    """Per-batch var_mean combined in float64: the population variance of float32 inputs with a
+    large mean (1000 + N(0, 1)) in unequal batches, to 1e-5, where float32 sums of x^2 would
+    lose it entirely."""
+    from gmcnn.training import precise_bn
+
+    torch.manual_seed(0)
+    norm = torch.nn.BatchNorm1d(3)
+    data = torch.randn(70, 3, 50, dtype=torch.float64) + 1000
+    batches = [(x.float(), x) for x in data.split(32)]                       # 32, 32, 6
+    assert precise_bn.recalibrate(norm, batches, lambda x, _: norm(x), torch.device("cpu")) == 70
+    flat = data.float().double().transpose(0, 1).flatten(1)
+    torch.testing.assert_close(norm.running_mean.double(), flat.mean(1), rtol=1e-7, atol=0)
+    torch.testing.assert_close(norm.running_var.double(), flat.var(1), rtol=1e-5, atol=0)

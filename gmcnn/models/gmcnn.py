@@ -30,6 +30,12 @@ logits are invariant: to G (per-axis groups), to torch.rot90 and (p4m) torch.fli
 and to the circular translations of the coarsest grid (wallpaper groups), exactly for rank 0;
 ``in_space`` is the input space acted on by that subgroup (:func:`gmcnn.models.grid.symmetry_space`).
 
+``boundary`` (wallpaper groups): "circular" (default) treats the image as the pixel torus, as
+above; "zero" as a finite patch with zeros outside (conv2d's zero padding, the conv backend): the
+logits are then exactly invariant to torch.rot90 (and, p4m, torch.flip) about the image centre,
+and to translations only approximately (away from the border); ``in_space`` is the pixel grid
+under the point group about the centre (docs/design.md §5).
+
 With per-axis groups, 2 blocks of 1 layer and C channels in shared mode the parameter count is
 2 (C K + C) + (C_in C + C) + 1 + (C classes + classes).
 
@@ -38,7 +44,9 @@ and pools, the last one or two residual blocks with the global max as a
 :class:`~gmcnn.nn.blocks.GlobalMaxTail`, then dropout and the linear layer. Each block owns its
 fast path (fused kernels for the exact shared-mode layers, the same numbers, once differentiable)
 and takes it where its structural check passes; ``fused=False`` runs every block's reference path
-(needed for higher-order gradients).
+(needed for higher-order gradients). On p4 / p4m the stages before the readout are an
+:class:`~gmcnn.nn.blocks.ImageGridStages`, whose fast path keeps the conv-backend layers, batch
+norms and 2 x 2 poolings in the image layout of the vendor convolution and pooling.
 """
 
 from __future__ import annotations
@@ -51,7 +59,8 @@ from torch import Tensor, nn
 from gmcnn.groups import WallpaperGroup
 from gmcnn.models.grid import model_group, symmetry_space
 from gmcnn.nn import EquivariantModule, GMConv, GMLifting, GMPool, PointwiseConv
-from gmcnn.nn.blocks import ConvNormAct, FusedFlag, GlobalMaxTail, ResidualBlock
+from gmcnn.nn.blocks import ConvNormAct, FusedFlag, GlobalMaxTail, ImageGridStages, ResidualBlock
+from gmcnn.nn.lifting import BOUNDARIES
 
 TAIL_BLOCKS = 2  # the blocks that the global max's kernels can take with it
 NORMS = ("layer", "batch", "instance")
@@ -110,7 +119,7 @@ class GMCNN(FusedFlag, EquivariantModule):
                  backend: str = "auto", fused: bool = True,
                  image_size: int | Sequence[int] | None = None, pool: bool | Sequence[int] = False,
                  norm: str = "layer", activation: str = "prelu", readout: str = "max",
-                 lifting_t: int | None = None):
+                 lifting_t: int | None = None, boundary: str = "circular"):
         super().__init__()
         for name, value, low in (("blocks", blocks, 1), ("layers_per_block", layers_per_block, 1),
                                  ("num_classes", num_classes, 2), ("in_channels", in_channels, 1)):
@@ -119,7 +128,7 @@ class GMCNN(FusedFlag, EquivariantModule):
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         for name, value, allowed in (("norm", norm, NORMS), ("activation", activation, ACTIVATIONS),
-                                     ("readout", readout, READOUTS)):
+                                     ("readout", readout, READOUTS), ("boundary", boundary, BOUNDARIES)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         self.group, self.image_shape = model_group(group, image_size)
@@ -127,9 +136,14 @@ class GMCNN(FusedFlag, EquivariantModule):
         if readout != "max" and not wallpaper:
             raise ValueError(f"readout={readout!r} needs a wallpaper group (p4 / p4m); per-axis "
                              "groups use readout='max'")
-        self.in_channels = in_channels
+        if boundary != "circular" and not wallpaper:
+            raise ValueError(f"boundary={boundary!r} needs a wallpaper group (p4 / p4m); per-axis "
+                             "groups act on the torus, boundary='circular'")
+        self.in_channels, self.boundary = in_channels, boundary
         self.out_space = None
         conv = dict(channel_mode=channel_mode, rank=rank, relaxation=relaxation, backend=backend)
+        if wallpaper:
+            conv["boundary"] = boundary
         shared_prelu = nn.PReLU()  # one slope shared by every layer
 
         def conv_norm_act(layer: nn.Module) -> ConvNormAct:
@@ -160,17 +174,19 @@ class GMCNN(FusedFlag, EquivariantModule):
             stages.append(ResidualBlock(layers, PointwiseConv(width, out) if width != out else None))
             width = out
             maybe_pool(i + wallpaper)
+        sequence = ImageGridStages if wallpaper else nn.Sequential
         if readout == "max":
             tail = 0
             while (tail < TAIL_BLOCKS and tail < len(stages)
                    and type(stages[len(stages) - 1 - tail]) is ResidualBlock):
                 tail += 1
-            self.blocks = nn.Sequential(*stages[:len(stages) - tail])
+            self.blocks = sequence(*stages[:len(stages) - tail])
             self.tail = GlobalMaxTail(stages[len(stages) - tail:])
         else:
-            self.blocks = nn.Sequential(*stages)
+            self.blocks = sequence(*stages)
             self.tail = PointMaxTranslationMean(group_now.acting.order)
-        self.in_space = symmetry_space(self.group, [m.subgroup for m in stages if isinstance(m, GMPool)])
+        self.in_space = symmetry_space(self.group, [m.subgroup for m in stages if isinstance(m, GMPool)],
+                                       boundary)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(width, num_classes)
         self.fused = fused

@@ -9,6 +9,7 @@ GM pooling over the "even" subgroup keeps only the symmetries of a subgroup H < 
 translations of the coarser grid, with the rotations about the image centre), so a pooled model
 declares its input space as acted on by H (:func:`symmetry_space`): tooling that draws group
 elements from ``model.in_space`` (the runner's equivariance diagnostic) then draws elements of H.
+A zero-boundary model (a finite image patch) keeps only the point group about the image centre.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gmcnn.groups import FiniteGroup, IndexArray, Subgroup, WallpaperGroup, axis_sizes, is_wallpaper_spec, make_group
-from gmcnn.spaces import PixelGrid
+from gmcnn.groups import FiniteGroup, Subgroup, WallpaperGroup, axis_sizes, is_wallpaper_spec, make_group
+from gmcnn.spaces import PixelGrid, SubgroupPixelGrid
 
 
 def model_group(spec: str | Sequence[str] | FiniteGroup,
@@ -38,31 +39,16 @@ def model_group(spec: str | Sequence[str] | FiniteGroup,
     return group, axis_sizes(group)
 
 
-class SubgroupPixelGrid(PixelGrid):
-    """The pixel grid of a wallpaper group G acted on by a subgroup H only: h moves pixels as
-    ``embedding[h]`` of G does. ``group`` is H (a wallpaper group of a coarser grid)."""
-
-    def __init__(self, grid: PixelGrid, group: WallpaperGroup, embedding: IndexArray):
-        self.grid, self.group, self.n = grid, group, grid.n
-        self.embedding = np.asarray(embedding)
-        self.name = f"{grid.name} under {group.name}"
-
-    def move(self, g, x) -> IndexArray:
-        return self.grid.move(self.embedding[np.asarray(g)], x)
-
-    def __eq__(self, other: object) -> bool:
-        return (type(other) is type(self) and other.grid == self.grid and other.group == self.group
-                and np.array_equal(other.embedding, self.embedding))
-
-    def __hash__(self) -> int:
-        return hash((type(self).__name__, self.grid.group.name, self.group.name))
-
-
-def symmetry_space(group: FiniteGroup, subgroups: Sequence[Subgroup]):
+def symmetry_space(group: FiniteGroup, subgroups: Sequence[Subgroup], boundary: str = "circular"):
     """The input space of a model on ``group`` (the pixel grid of a wallpaper group, else the group
     itself) acted on by what a chain of poolings over ``subgroups`` keeps (each a subgroup of the
-    previous one's group): the space itself without pooling."""
+    previous one's group): the space itself without pooling. With ``boundary`` "zero" (a finite
+    image patch), the pixel grid under the point group about the image centre, which every layer
+    and the 2 x 2 poolings keep."""
     base = PixelGrid(group) if isinstance(group, WallpaperGroup) else group
+    if boundary == "zero":
+        kept = group.centre_point_group()
+        return SubgroupPixelGrid(base, kept.group, kept.embedding)
     if not subgroups:
         return base
     embedding = np.arange(group.order)

@@ -38,6 +38,26 @@ reference path.
   1x1 shortcut then an identity: :func:`gmcnn.fused.gm_two_blocks_max`) and ``"block_max"`` (the
   last such block with an identity shortcut: :func:`gmcnn.fused.gm_residual_block_max`).
 
+* :class:`ImageGridStages` ``(*stages)``: the stages of a GM-CNN on p4 / p4m before its readout,
+  applied in sequence, (B, C, |G|) -> (B, C', |G'|). Fast path ``"image_grid"`` (every stage a
+  ConvNormAct of a conv-backend GMLifting / GMConv on a wallpaper group, exact, with a BatchNorm1d
+  or no norm; a GMPool whose cosets are the 2 x 2 windows of every (channel, point) image
+  (:func:`gmcnn.nn.pool.windows_of_images`) in max mode; a ResidualBlock of such layers with an
+  identity or PointwiseConv shortcut): functions on G stay in the layout the vendor convolution
+  reads, (B, C |H|, n, n) as a view; the dense kernels come from index buffers (an index_select,
+  whose backward is an index_add); the boundary is conv2d's own zero padding or one circular pad
+  per convolution (:func:`gmcnn.functional.circular_pad2d`, whose backward adds the wrapped
+  strips); the pooling is :func:`gmcnn.functional.max_pool2x2` (F.max_pool2d's values and
+  gradient from the four strided sub-images); a ReLU right before a pooling runs after it (max
+  and ReLU commute: a quarter of the work), any other ReLU in place; and in eval mode the
+  BatchNorm's running statistics are folded into the kernel and bias (one pass over the
+  activations less). Plain torch ops, so it also runs under autocast (float16 / bfloat16), where
+  the reference would too. The pooling sends a window's gradient to the first of tied maxima
+  where the reference's amax splits it among them: the same function, and the same gradients
+  wherever a window's maximum is unique (after a ReLU, ties at zero get no gradient either way).
+  The circular pad and the pooling are once-differentiable Functions (``fused=False`` for a
+  double backward).
+
 A layer is anything with the GroupMatrixLayer interface: ``in_channels``, ``out_channels``,
 ``weight``, ``bias``, ``in_space``, ``out_space`` and ``forward`` (B, C, N_in) -> (B, O, N_out);
 only GMConv and GMLifting themselves (``type(layer) is GMConv``, not a subclass) have fast paths.
@@ -50,11 +70,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from gmcnn import functional as GF
 from gmcnn import fused as kernels
+from gmcnn.groups import WallpaperGroup
 from gmcnn.nn.base import num_positions
 from gmcnn.nn.conv import GMConv
-from gmcnn.nn.lifting import GMLifting
+from gmcnn.nn.lifting import GMLifting, conv2d_on_grid, group_kernel, lifting_kernel
 from gmcnn.nn.pointwise import PointwiseConv
+from gmcnn.nn.pool import GMPool
 
 KERNEL_DTYPES = (torch.float32, torch.float64)
 
@@ -325,3 +348,109 @@ class GlobalMaxTail(FastPathModule):
                                                  conv.inverse_index, last.norm.eps,
                                                  conv.gram_plan)
         return self.blocks[-1](x).max(-1).values
+
+
+class ImageGridStages(FastPathModule, nn.Sequential):
+    """Stages applied in sequence (an nn.Sequential: the same state-dict keys), with the fast path
+    ``"image_grid"`` of the module docstring."""
+
+    def __init__(self, *stages: nn.Module, fused: bool = True):
+        super().__init__(*stages)
+        self.fused = fused
+
+    @staticmethod
+    def _grid_layer(layer: nn.Module) -> bool:
+        """A ConvNormAct that the image-grid path computes: conv-backend scalar lifting or group
+        convolution on a wallpaper group, exact, a BatchNorm1d (or no norm), any activation."""
+        if type(layer) is not ConvNormAct:
+            return False
+        conv, norm = layer.conv, layer.norm
+        return (type(conv) in (GMLifting, GMConv) and isinstance(conv.group, WallpaperGroup)
+                and conv.backend == "conv" and conv.relaxation is None
+                and getattr(conv, "field", "scalar") == "scalar"
+                and (norm is None or type(norm) is nn.BatchNorm1d))
+
+    def _grid_stage(self, stage: nn.Module) -> bool:
+        if type(stage) is GMPool:
+            return stage.mode == "max" and stage.image_windows
+        if type(stage) is ResidualBlock:
+            return (all(self._grid_layer(layer) for layer in stage.layers)
+                    and type(stage.shortcut) in (nn.Identity, PointwiseConv))
+        return self._grid_layer(stage)
+
+    def fast_path(self, x: Tensor) -> str | None:
+        if not (self.fused and len(self) and x.dim() == 3
+                and (runtime_allows_fast_path(x, list(self.parameters()))
+                     or (torch.is_autocast_enabled(x.device.type) and not torch.compiler.is_compiling()))):
+            return None
+        first = self[0]
+        layer = first.layers[0] if type(first) is ResidualBlock else first
+        if not all(self._grid_stage(stage) for stage in self):
+            return None
+        if type(layer) is ConvNormAct and x.shape[1:] != (layer.conv.in_channels,
+                                                          num_positions(layer.conv.in_space)):
+            return None            # a wrong shape: the reference path raises the layer's error
+        return "image_grid"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.fast_path(x) != "image_grid":
+            for stage in self:
+                x = stage(x)
+            return x
+        stages, i = list(self), 0
+        while i < len(stages):
+            stage = stages[i]
+            if type(stage) is GMPool:
+                x = max_pool_images(x, stage.group.n)
+            elif type(stage) is ResidualBlock:
+                out = x
+                for layer in stage.layers:
+                    out = grid_conv_norm_act(layer, out)
+                x = out + stage.shortcut(x)
+            elif (type(stage.activation) is nn.ReLU and i + 1 < len(stages)
+                    and type(stages[i + 1]) is GMPool):   # max(relu) = relu(max): a quarter of the ReLU
+                x = torch.relu_(max_pool_images(grid_conv_norm_act(stage, x, activate=False), stages[i + 1].group.n))
+                i += 1
+            else:
+                x = grid_conv_norm_act(stage, x)
+            i += 1
+        return x
+
+
+def max_pool_images(x: Tensor, n: int) -> Tensor:
+    """2 x 2 max pooling of every (channel, point) n x n image of x (B, C, |H| n^2), as
+    :func:`gmcnn.functional.max_pool2x2` (F.max_pool2d's values; its argmax as three
+    quarter-size comparisons)."""
+    return GF.max_pool2x2(x.view(x.shape[0], -1, n, n)).reshape(*x.shape[:2], -1)
+
+
+def grid_conv_norm_act(layer: ConvNormAct, x: Tensor, activate: bool = True) -> Tensor:
+    """activation(norm(conv(x))) of an image-grid layer (:class:`ImageGridStages`) on
+    (B, C, |G|) (``activate`` False: norm(conv(x))): one conv2d on the (B, C' |H|, n, n) view with
+    the dense kernels from the layer's index buffer; in eval mode the BatchNorm's running
+    statistics folded into kernel and bias."""
+    conv, norm, activation = layer.conv, layer.norm, layer.activation
+    points, t = conv.group.acting.order, conv.t
+    if conv.weight.shape[1] == 1:
+        x = x.sum(1, keepdim=True)
+    if type(conv) is GMLifting:
+        kernel = lifting_kernel(conv.weight, conv.dense_index, t)
+    else:
+        kernel = group_kernel(conv.weight, conv.dense_index, t, points)
+    bias = conv.bias
+    folded = norm is not None and not norm.training and norm.running_mean is not None
+    if folded:      # y = (conv(x) + b - mean) s + beta, s = gamma / sqrt(var + eps)
+        scale = torch.rsqrt(norm.running_var + norm.eps)
+        if norm.weight is not None:
+            scale = scale * norm.weight
+        shift = -norm.running_mean * scale if bias is None else (bias - norm.running_mean) * scale
+        bias = shift if norm.bias is None else shift + norm.bias
+        kernel = kernel * scale.repeat_interleave(points)[:, None, None, None]
+    h = conv2d_on_grid(x, kernel, conv.group.n, t, bias, points, conv.boundary, fast_pad=True)
+    if norm is not None and not folded:
+        h = norm(h)
+    if not activate:
+        return h
+    if type(activation) is nn.ReLU:
+        return torch.relu_(h)
+    return activation(h)

@@ -15,6 +15,12 @@ the standard neighbourhood, and p4(n) / p4m(n) as one conv2d with |H| transforme
 :func:`gmcnn.nn.lifting.group_conv2d`). "auto" takes "conv" for full mode on cyclic products, where the
 vendor convolution avoids materialising the C K-times larger gathered input, and "gather"
 otherwise (in shared mode the gather is the faster of the two on CPU; see benchmarks/).
+
+Boundary (p4(n) / p4m(n)): "circular" (default) is the group convolution on the pixel torus, exact
+for all of G; "zero" treats the n x n image as a finite patch with zeros outside (conv2d's own
+padding, conv backend): exact for the point group about the image centre only
+(:meth:`~gmcnn.groups.WallpaperGroup.centre_point_group`, which is then the layer's in and out
+space), translations hold away from the border (docs/design.md §5).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from torch import Tensor
 from gmcnn import functional as GF
 from gmcnn.groups import FiniteGroup, WallpaperGroup, make_group
 from gmcnn.nn.base import GroupMatrixLayer, check_input
-from gmcnn.nn.lifting import group_conv2d
+from gmcnn.nn.lifting import BOUNDARIES, boundary_spaces, group_conv2d, group_kernel_index
 
 BACKENDS = ("auto", "gather", "conv")
 
@@ -38,7 +44,7 @@ class GMConv(GroupMatrixLayer):
     def __init__(self, group: FiniteGroup | str | Sequence[str], in_channels: int,
                  out_channels: int, t: int = 1, *, neighbourhood: Sequence[int] | None = None,
                  channel_mode: str = "shared", bias: bool = True, rank: int = 0,
-                 relaxation: str = "additive", backend: str = "auto"):
+                 relaxation: str = "additive", backend: str = "auto", boundary: str = "circular"):
         group = make_group(group)
         support = group.neighbourhood(t) if neighbourhood is None else np.asarray(neighbourhood)
         if neighbourhood is not None and (support.ndim != 1 or len(support) == 0
@@ -49,7 +55,30 @@ class GMConv(GroupMatrixLayer):
                          rank, relaxation)
         self.t = t if neighbourhood is None else None
         self.register_index(support)
-        self.backend = self._resolve_backend(backend)
+        self.boundary = boundary
+        kept = self._boundary_subgroup(boundary, backend)
+        self.backend = self._resolve_backend("conv" if kept is not None else backend)
+        if kept is not None:
+            self.in_space = self.out_space = kept
+        if self.backend == "conv" and isinstance(self.group, WallpaperGroup):
+            self.register_buffer("dense_index", group_kernel_index(self.group, self.t), persistent=False)
+
+    def _boundary_subgroup(self, boundary: str, backend: str):
+        """None for the circular boundary; for "zero" (wallpaper groups, conv backend, rank 0,
+        the standard neighbourhood) the point group about the image centre that the layer keeps."""
+        if boundary not in BOUNDARIES:
+            raise ValueError(f"GMConv: boundary must be one of {BOUNDARIES}, got {boundary!r}")
+        if boundary == "circular":
+            return None
+        if not isinstance(self.group, WallpaperGroup):
+            raise ValueError(f"boundary must be 'circular' on {self.group.name}; boundary='zero' "
+                             "(a finite image patch) needs a wallpaper group p4(n) / p4m(n)")
+        kept = boundary_spaces(self.group, boundary, "GMConv")
+        if backend == "gather" or self.rank or self.t is None:
+            raise ValueError("GMConv with boundary='zero' runs the conv backend with rank 0 and the "
+                             "standard radius-t neighbourhood; use boundary='circular' for the gather "
+                             "backend, a relaxation or a custom neighbourhood")
+        return kept
 
     def _resolve_backend(self, backend: str) -> str:
         if backend not in BACKENDS:
@@ -66,7 +95,7 @@ class GMConv(GroupMatrixLayer):
 
     def group_matrix_product(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if self.backend == "conv" and isinstance(self.group, WallpaperGroup):
-            return group_conv2d(x, weight, self.group, self.t, bias)
+            return group_conv2d(x, weight, self.group, self.t, bias, self.boundary)
         if self.backend == "conv":
             return GF.circular_gm_conv(x, weight, GF.cyclic_axes(self.group), self.t, bias)
         return GF.gm_conv(x, weight, self.index, self.inverse_index, bias)
@@ -82,4 +111,5 @@ class GMConv(GroupMatrixLayer):
 
     def extra_repr(self) -> str:
         radius = "custom neighbourhood" if self.t is None else f"t={self.t}"
-        return f"{super().extra_repr()}, {radius}, rank={self.rank}, backend={self.backend}"
+        return (f"{super().extra_repr()}, {radius}, rank={self.rank}, backend={self.backend}, "
+                f"boundary={self.boundary}")

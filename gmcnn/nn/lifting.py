@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gmcnn import functional as GF
-from gmcnn.groups import WallpaperGroup, make_group
+from gmcnn.groups import Subgroup, WallpaperGroup, make_group
 from gmcnn.nn.base import EquivariantModule, GroupMatrixLayer, check_input
-from gmcnn.spaces import FIELDS, VectorField, make_space
+from gmcnn.spaces import FIELDS, SubgroupPixelGrid, VectorField, make_space
 
 LIFTING_BACKENDS = ("auto", "gather", "conv")
 PROJECTION_MODES = ("max", "mean")
@@ -80,37 +80,70 @@ def group_kernel_index(group: WallpaperGroup, t: int) -> Tensor:
     return torch.as_tensor(q[:, :, None] * len(e) + _tap_of_offset(d, t)[None])
 
 
-def _circular_conv2d(x: Tensor, kernel: Tensor, n: int, t: int, bias: Tensor | None,
-                     points: int) -> Tensor:
-    """x (B, C', n^2) -> cross-correlation with ``kernel`` (O |H|, C', k, k) -> (B, O, |H| n^2)."""
-    image = F.pad(x.reshape(x.shape[0], -1, n, n), (t,) * 4, mode="circular")
+BOUNDARIES = ("circular", "zero")
+
+
+def conv2d_on_grid(x: Tensor, kernel: Tensor, n: int, t: int, bias: Tensor | None,
+                   points: int, boundary: str = "circular", fast_pad: bool = False) -> Tensor:
+    """x (B, C', n^2) -> cross-correlation with ``kernel`` (O |H|, C', k, k) -> (B, O, |H| n^2),
+    on the n x n torus (``boundary`` "circular": one circular pad; ``fast_pad``: by
+    :func:`gmcnn.functional.circular_pad2d`, once differentiable) or on the n x n patch with
+    zeros outside ("zero": conv2d's own padding, no copy)."""
+    image = x.reshape(x.shape[0], -1, n, n)
     if bias is not None:
         bias = bias.repeat_interleave(points)
+    if boundary == "zero":
+        return F.conv2d(image, kernel, bias, padding=t).reshape(x.shape[0], kernel.shape[0] // points, -1)
+    image = GF.circular_pad2d(image, t) if fast_pad else F.pad(image, (t,) * 4, mode="circular")
     return F.conv2d(image, kernel, bias).reshape(x.shape[0], kernel.shape[0] // points, -1)
 
 
+def lifting_kernel(weight: Tensor, index: Tensor, t: int) -> Tensor:
+    """The dense lifting kernels (O |H|, C', k, k), K_h[L_h d_k] = w[k], from
+    :func:`lifting_kernel_index` ``index`` (on the weight's device)."""
+    k = 2 * t + 1
+    dense = weight.index_select(-1, index.flatten()).unflatten(-1, index.shape)  # (O, C', H, E)
+    return dense.permute(0, 2, 1, 3).reshape(-1, weight.shape[1], k, k)
+
+
+def group_kernel(weight: Tensor, index: Tensor, t: int, points: int) -> Tensor:
+    """The dense group-convolution kernels (O |H|, C' |H|, k, k) from :func:`group_kernel_index`
+    ``index`` (on the weight's device)."""
+    k = 2 * t + 1
+    dense = weight.index_select(-1, index.flatten()).unflatten(-1, index.shape)  # (O, C', H, S, E)
+    return dense.permute(0, 2, 1, 3, 4).reshape(weight.shape[0] * points, -1, k, k)
+
+
 def lifting_conv2d(x: Tensor, weight: Tensor, group: WallpaperGroup, t: int,
-                   bias: Tensor | None = None) -> Tensor:
-    """The scalar lifting as one circular F.conv2d with the |H| transformed kernels
-    K_h[L_h d_k] = w[k]: x (B, C, n^2), weight (O, C', K) -> (B, O, |G|)."""
+                   bias: Tensor | None = None, boundary: str = "circular") -> Tensor:
+    """The scalar lifting as one F.conv2d with the |H| transformed kernels
+    K_h[L_h d_k] = w[k]: x (B, C, n^2), weight (O, C', K) -> (B, O, |G|); ``boundary`` as in
+    :func:`conv2d_on_grid`."""
     if weight.shape[1] == 1:
         x = x.sum(1, keepdim=True)
-    k = 2 * t + 1
-    dense = weight[:, :, lifting_kernel_index(group, t).to(weight.device)]       # (O, C', H, E)
-    dense = dense.permute(0, 2, 1, 3).reshape(-1, weight.shape[1], k, k)
-    return _circular_conv2d(x, dense, group.n, t, bias, group.acting.order)
+    dense = lifting_kernel(weight, lifting_kernel_index(group, t).to(weight.device), t)
+    return conv2d_on_grid(x, dense, group.n, t, bias, group.acting.order, boundary)
 
 
 def group_conv2d(x: Tensor, weight: Tensor, group: WallpaperGroup, t: int,
-                 bias: Tensor | None = None) -> Tensor:
-    """``GMConv(group, ..., t=t)`` as one circular F.conv2d over (C' |H|) input channels:
-    x (B, C, |G|), weight (O, C', |H| (2t+1)^2) -> (B, O, |G|)."""
+                 bias: Tensor | None = None, boundary: str = "circular") -> Tensor:
+    """``GMConv(group, ..., t=t)`` as one F.conv2d over (C' |H|) input channels:
+    x (B, C, |G|), weight (O, C', |H| (2t+1)^2) -> (B, O, |G|); ``boundary`` as in
+    :func:`conv2d_on_grid`."""
     if weight.shape[1] == 1:
         x = x.sum(1, keepdim=True)
-    k, points = 2 * t + 1, group.acting.order
-    dense = weight[:, :, group_kernel_index(group, t).to(weight.device)]         # (O, C', H, S, E)
-    dense = dense.permute(0, 2, 1, 3, 4).reshape(weight.shape[0] * points, -1, k, k)
-    return _circular_conv2d(x, dense, group.n, t, bias, points)
+    points = group.acting.order
+    dense = group_kernel(weight, group_kernel_index(group, t).to(weight.device), t, points)
+    return conv2d_on_grid(x, dense, group.n, t, bias, points, boundary)
+
+
+def boundary_spaces(group: WallpaperGroup, boundary: str, layer: str) -> Subgroup | None:
+    """None for ``boundary`` "circular" (the layer commutes with all of G); for "zero" the point
+    group about the image centre (:meth:`~gmcnn.groups.WallpaperGroup.centre_point_group`), the
+    symmetries of a finite patch that the layer keeps."""
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"{layer}: boundary must be one of {BOUNDARIES}, got {boundary!r}")
+    return None if boundary == "circular" else group.centre_point_group()
 
 
 class GMLifting(GroupMatrixLayer):
@@ -118,14 +151,22 @@ class GMLifting(GroupMatrixLayer):
 
     ``field="vector"``: the C input channels are C / 2 vector fields (v_x, v_y). Backends:
     "gather" (permutation gather + matmul, any field) and "conv" (:func:`lifting_conv2d`, scalar
-    fields); "auto" takes "conv" for scalar full mode and "gather" otherwise.
+    fields); "auto" takes "conv" for scalar full mode or a zero boundary and "gather" otherwise.
+    ``boundary`` "circular" (the pixel torus: equivariant to all of G) or "zero" (a finite patch,
+    zeros outside: equivariant to the point group about the image centre, conv backend, scalar
+    fields, rank 0).
     """
 
     def __init__(self, group: WallpaperGroup | str, in_channels: int, out_channels: int,
                  t: int = 1, *, field: str = "scalar", channel_mode: str = "shared",
                  bias: bool = True, rank: int = 0, relaxation: str = "additive",
-                 backend: str = "auto"):
+                 backend: str = "auto", boundary: str = "circular"):
         group = wallpaper_group(group, "GMLifting")
+        kept = boundary_spaces(group, boundary, "GMLifting")
+        if kept is not None and (field != "scalar" or backend == "gather" or rank):
+            raise ValueError("GMLifting with boundary='zero' lifts scalar fields with the conv backend "
+                             "and rank 0; use boundary='circular' for vector fields, the gather "
+                             "backend or a relaxation")
         space = make_space(group, field)
         if in_channels % space.components:
             raise ValueError(f"a vector-field lifting needs an even number of input channels "
@@ -146,8 +187,13 @@ class GMLifting(GroupMatrixLayer):
             raise ValueError("backend='conv' lifts scalar fields only; use backend='gather' for "
                              "vector fields")
         if backend == "auto":
-            backend = "conv" if field == "scalar" and channel_mode == "full" else "gather"
-        self.backend = backend
+            backend = "conv" if field == "scalar" and (channel_mode == "full" or kept) else "gather"
+        self.backend, self.boundary = backend, boundary
+        if kept is not None:
+            self.in_space = SubgroupPixelGrid(space, kept.group, kept.embedding)
+            self.out_space = kept
+        if backend == "conv":
+            self.register_buffer("dense_index", lifting_kernel_index(group, t), persistent=False)
 
     def pullback(self, x: Tensor) -> Tensor:
         """(B, C, n^2) on the grid -> (B, C, |G|), z(t, h) = L_h^-1 x(t)."""
@@ -160,14 +206,14 @@ class GMLifting(GroupMatrixLayer):
 
     def group_matrix_product(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if self.backend == "conv":
-            return lifting_conv2d(x, weight, self.group, self.t, bias)
+            return lifting_conv2d(x, weight, self.group, self.t, bias, self.boundary)
         if self.channel_mode == "shared":
             x = x.sum(1, keepdim=True) if self.field == "scalar" else x.unflatten(1, (-1, 2)).sum(1)
         return GF.gm_conv(self.pullback(x), weight, self.index, self.inverse_index, bias)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, field={self.field}, t={self.t}, rank={self.rank}, "
-                f"backend={self.backend}")
+                f"backend={self.backend}, boundary={self.boundary}")
 
 
 class GMProjection(EquivariantModule):

@@ -16,11 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from gmcnn import functional as GF
-from gmcnn.groups import FiniteGroup, Subgroup, make_group
+from gmcnn.groups import FiniteGroup, Subgroup, WallpaperGroup, make_group
 from gmcnn.nn.base import EquivariantModule, check_input
 
 POOL_MODES = ("max", "mean")
@@ -53,6 +54,22 @@ class _CosetLayer(EquivariantModule):
                              persistent=False)
 
 
+def windows_of_images(subgroup: Subgroup) -> bool:
+    """Whether pooling over ``subgroup`` is 2 x 2 stride-2 pooling of every (channel, point) image:
+    the parent a wallpaper group p4(n) / p4m(n) (functions (|H|, n, n)), the subgroup laid out on
+    (|H|, n/2, n/2), and the coset of its element (h, a, b) the window
+    {(h, 2a + i, 2b + j) : i, j in {0, 1}} (the even subgroup, in any coset order). Then
+    ``F.max_pool2d(x.view(B, C |H|, n, n), 2)`` computes the max pooling (gmcnn.nn.blocks)."""
+    parent, group = subgroup.parent, subgroup.group
+    if not (isinstance(parent, WallpaperGroup) and isinstance(group, WallpaperGroup)
+            and parent.kind == group.kind and 2 * group.n == parent.n):
+        return False
+    h, a, b = np.unravel_index(np.arange(group.order), (group.acting.order, group.n, group.n))
+    i, j = np.divmod(np.arange(4), 2)
+    windows = h * parent.n ** 2 + (2 * a + i[:, None]) * parent.n + 2 * b + j[:, None]   # (4, |H'|)
+    return bool(np.array_equal(np.sort(subgroup.pooling_index, 0), np.sort(windows, 0)))
+
+
 class GMPool(_CosetLayer):
     """Max or mean over the right cosets of a subgroup: (B, C, |G|) -> (B, C, |H|)."""
 
@@ -63,6 +80,7 @@ class GMPool(_CosetLayer):
         super().__init__(group, subgroup)
         self.mode = mode
         self.in_space, self.out_space = self.subgroup, self.subgroup.group
+        self.image_windows = windows_of_images(self.subgroup)
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(x, self.group.order, None, "GMPool", self.group.name)

@@ -34,7 +34,7 @@ CHOICES = {
 TRAINER_KEYS = {"epochs", "batch_size", "device", "amp", "amp_dtype", "grad_clip",
                 "early_stopping_patience", "monitor", "relaxation_penalty", "resume", "num_workers",
                 "compile", "micro_batch_size", "bn_recalibration", "early_stopping_window",
-                "early_stopping_after", "memory_check"}
+                "early_stopping_after", "memory_check", "profile"}
 
 
 def validate(cfg: DictConfig) -> None:
@@ -77,9 +77,9 @@ def validate(cfg: DictConfig) -> None:
     micro = t.micro_batch_size
     if micro not in ("auto", None):
         _positive_int("trainer.micro_batch_size (or auto, or null)", micro)
-    for key in ("compile", "memory_check"):
+    for key in ("compile", "memory_check", "profile"):
         if not isinstance(t.get(key, False), bool):
-            raise ConfigError(f"trainer.{key} must be true or false, got {t[key]!r}")
+            raise ConfigError(f"trainer.{key} must be true or false, got {t.get(key)!r}")
     if not t.relaxation_penalty >= 0:
         raise ConfigError(f"trainer.relaxation_penalty must be >= 0, got {t.relaxation_penalty}")
     lr = OmegaConf.select(cfg, "optimizer.lr")

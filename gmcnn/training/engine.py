@@ -41,6 +41,7 @@ from gmcnn.training.config import instantiate, monitor_sign, resolve_device, val
 from gmcnn.training.data import fixed_subset, load_data, make_loader
 from gmcnn.training.diagnostics import equivariance_metric, plot_relaxation, plot_step_scores
 from gmcnn.training.objectives import OBJECTIVES
+from gmcnn.training.profiling import TRAIN_LOOP, TRAIN_STEPS, PhaseTimes
 from gmcnn.training.resume import Plan
 from gmcnn.training.signals import RunInterrupted, StopSignals
 from gmcnn.training.tracking import RunTracker
@@ -90,6 +91,7 @@ class Trainer:
         self.micro_batch_size = resolve_micro_batch_size(cfg.trainer.micro_batch_size, model, device)
         self.bn_recalibration = cfg.trainer.get("bn_recalibration", 0)  # absent in older runs' configs
         self.recalibrated = False
+        self.times = PhaseTimes(cfg.trainer.get("profile", False), device)   # trainer.profile
 
     def _batches(self, loader: DataLoader, desc: str):
         for inputs, targets in tqdm(loader, desc=desc, leave=False, disable=None):
@@ -155,7 +157,8 @@ class Trainer:
         stopped = False
         for inputs, targets in self._batches(loader, f"train {epoch}"):
             try:
-                loss_sum, score_sum = self.train_step(inputs, targets)
+                with self.times.phase(TRAIN_STEPS):
+                    loss_sum, score_sum = self.train_step(inputs, targets)
             except TrainingDiverged as error:
                 raise TrainingDiverged(f"{error} at epoch {epoch}, step {progress.step}") from None
             progress.loss_sum += loss_sum
@@ -165,6 +168,7 @@ class Trainer:
             if distributed.any_rank(stop.requested, self.device):
                 stopped = True
                 break
+        self.times.add(TRAIN_LOOP, time.perf_counter() - start)
         progress.epoch_seconds += time.perf_counter() - start
         progress.loss_sum, progress.score_sum, progress.seen = distributed.all_sum(
             [progress.loss_sum, progress.score_sum, progress.seen], self.device)
@@ -307,26 +311,32 @@ def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits: Splits, 
                 save_last()
                 raise RunInterrupted(f"stopped by {stop.received} in epoch {epoch} after step "
                                      f"{progress.step}; the checkpoint is written")
-            start = time.perf_counter()
-            trainer.recalibrate_batch_norm(splits.train)
-            val = trainer.evaluate(valid_loader, f"valid {epoch}")
+            start, phase = time.perf_counter(), trainer.times.phase
+            with phase("batch-norm recalibration"):
+                trainer.recalibrate_batch_norm(splits.train)
+            with phase("validation"):
+                val = trainer.evaluate(valid_loader, f"valid {epoch}")
             row = {"epoch": epoch, **train, "val_loss": val["loss"], f"val_{score}": val[score],
                    "lr": trainer.optimizer.param_groups[0]["lr"]}
-            trainer.step_scheduler(val["loss"])
+            with phase("scheduler"):
+                trainer.step_scheduler(val["loss"])
             seconds = progress.epoch_seconds + time.perf_counter() - start
             progress.train_seconds += seconds
             if progress.best is None or sign * (row[monitor] - progress.best) > 0:
                 progress.best, progress.best_epoch, progress.bad_epochs = row[monitor], epoch, 0
                 if distributed.is_main():
-                    checkpoint.save(ckpt_dir / "best.pt",
-                                    {"model": trainer.model.state_dict(), "epoch": epoch})
+                    with phase("checkpoint best.pt"):
+                        checkpoint.save(ckpt_dir / "best.pt",
+                                        {"model": trainer.model.state_dict(), "epoch": epoch})
             else:
                 progress.bad_epochs += 1
             progress.epoch = epoch
             progress.start_epoch()
             progress.history.append(row)
-            save_last()
-            tracker.log_epoch(row)
+            with phase("checkpoint last.pt"):
+                save_last()
+            with phase("metrics files and logger"):
+                tracker.log_epoch(row)
             log.info("epoch %d/%d  train loss %.4g %s %.4g  val loss %.4g %s %.4g  (%.1fs)",
                      epoch, cfg.trainer.epochs, row["train_loss"], score, row[f"train_{score}"],
                      row["val_loss"], score, row[f"val_{score}"], seconds)
@@ -407,7 +417,11 @@ def _run(plan: Plan, run_dir: Path, device: torch.device) -> dict[str, Any]:
                "train_seconds": round(progress.train_seconds, 3), "device": str(device)}
     if progress.changes:
         metrics["config_changes"] = progress.changes
-    metrics.update(test_metrics(cfg, trainer, splits))
+    with trainer.times.phase("test and equivariance metric (once)"):
+        metrics.update(test_metrics(cfg, trainer, splits))
+    if trainer.times.enabled:
+        metrics["profile"] = trainer.times.summary()
+        log.info("time per phase (trainer.profile):\n%s", trainer.times.table())
     if main and plot_relaxation(model, run_dir / "relaxation.png"):
         log.info("symmetry-breaking maps of the relaxed layers: %s", run_dir / "relaxation.png")
     if main and plot_step_scores(metrics, run_dir / "rollout_rmse.png"):
