@@ -10,7 +10,8 @@ status.
    with ``+`` that nothing reads (``+no_such_key=1``; ``model``, ``optimizer``, ``scheduler`` and
    ``data.options`` keys are checked against their constructors when the run starts, ``hydra.*``
    by Hydra's schema), a launcher or sweeper whose plugin is not installed (names the pip extra),
-   an Optuna direction that does not match ``trainer.monitor``. Flags (``--help``, ``--cfg``,
+   an Optuna direction that does not match ``trainer.monitor``, an output directory that cannot
+   be created (read-only, unwritable: before Hydra creates it). Flags (``--help``, ``--cfg``,
    ``-m``, ...) pass through unchanged.
 2. the task (``runner.main``, decorated by ``hydra.main``) runs.
 3. after a multirun, :func:`summarise` logs one row per job of this sweep (overrides, status,
@@ -89,10 +90,30 @@ def preflight(argv: list[str], config_dir: Path) -> None:
     if args.config_path:
         config_dir = Path(args.config_path) if Path(args.config_path).is_absolute() \
             else Path.cwd() / args.config_path
-    _check_overrides(args.overrides, config_dir, args.config_name or "config")
+    cfg = _check_overrides(args.overrides, config_dir, args.config_name or "config")
+    _check_output_dir(cfg, bool(args.multirun))
 
 
-def _check_overrides(overrides: list[str], config_dir: Path, config_name: str) -> None:
+def _check_output_dir(cfg: DictConfig, multirun: bool) -> None:
+    """The directory Hydra is about to create (``hydra.run.dir``, or ``hydra.sweep.dir`` for -m)
+    must be creatable; records which of its ancestors exist (gmcnn.training.rundir)."""
+    from gmcnn.training.rundir import record_existing, unwritable
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        target = Path(str(OmegaConf.select(cfg, key)))
+    except Exception:  # noqa: BLE001  (an interpolation only Hydra's job can resolve: Hydra checks)
+        return
+    blocked = unwritable(target)
+    if blocked is not None:
+        raise CommandLineError(f"cannot create the output directory {target}: {blocked} is not writable "
+                               "(a read-only file system or its permissions); choose another with "
+                               "paths.output_dir=DIR" + (" or paths.multirun_dir=DIR" if multirun else
+                                                         " or hydra.run.dir=DIR"))
+    record_existing(target)
+
+
+def _check_overrides(overrides: list[str], config_dir: Path, config_name: str) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -134,6 +155,7 @@ def _check_overrides(overrides: list[str], config_dir: Path, config_name: str) -
         if error is not None:
             raise error
     _check_direction(cfg)
+    return cfg
 
 
 def _group_lookup(loader: Any) -> Callable[[str], bool]:

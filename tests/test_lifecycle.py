@@ -4,21 +4,27 @@ configuration, signals, a full disk, one-line errors, resumed sweeps."""
 import errno
 import json
 import os
+import shlex
 import signal
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.types import RunMode
 
 from gmcnn.io import atomic_write_bytes
-from gmcnn.training import ConfigError, checkpoint, run
+from gmcnn.training import ConfigError, checkpoint, engine, precise_bn, run
+from gmcnn.training import command as command_module
 from gmcnn.training.checkpoint import CheckpointError, Progress
 from gmcnn.training.config import validate
 from gmcnn.training.data import load_data
 from gmcnn.training.resume import plan, reconcile
 from gmcnn.training.rundir import RunDirectoryBusy, RunLock, read_metrics
-from gmcnn.training.signals import RunInterrupted, StopSignals
-from tests.helpers import FAST, TINY, compose_config, metrics_of, runner, start_runner
+from gmcnn.training.command import run_command
+from gmcnn.training.signals import STOP_SIGNALS, RunInterrupted, StopSignals
+from tests.helpers import FAST, ROOT, TINY, compose_config, metrics_of, runner, start_runner
 
 
 class Payload:
@@ -327,3 +333,116 @@ def test_preempted_submitit_job_is_requeued_and_resumes_by_itself(tmp_path):
     assert "stopped by SIGUSR2" in log and "resumed from" in log
     metrics = metrics_of(job)
     assert metrics["status"] == "finished" and metrics["epochs_completed"] == 2
+
+
+# --- a stop signal at every point of a run, in this process ----------------------------------
+
+# cnn: batch norm, so that the recalibrations before validation and the final test run too;
+# 4 steps an epoch
+POINT_ARGS = [*FAST, "model=cnn", "model.width=4", "data.options.train_size=128", "data.options.valid_size=64",
+              "data.options.test_size=64", "trainer.batch_size=32", "trainer.bn_recalibration=64",
+              "trainer.epochs=2"]
+
+
+@pytest.fixture
+def restored_signals():
+    """run_command leaves the stop signals ignored after an interruption (its process is ending)."""
+    saved = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def command(run_dir, *overrides, multirun_dir=None):
+    """``python runner.py *overrides hydra.run.dir=run_dir`` (or ``-m ... hydra.sweep.dir``) as
+    runner.main runs it once Hydra has composed it: run_command, in this process; its exit status
+    (a sweep job's: 0 or 1)."""
+    mode = RunMode.MULTIRUN if multirun_dir else RunMode.RUN
+    hydra_cfg = SimpleNamespace(
+        runtime=SimpleNamespace(output_dir=str(run_dir)), mode=mode, sweep=SimpleNamespace(dir=str(multirun_dir)),
+        overrides=SimpleNamespace(hydra=[] if multirun_dir else [f"hydra.run.dir={run_dir}"], task=list(overrides)))
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+        try:
+            value = run_command(cfg, hydra_cfg)
+        except SystemExit as exit_:
+            return exit_.code
+    return 1 if multirun_dir and value is None else 0
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("reference")
+    assert command(run_dir, *POINT_ARGS) == 0
+    return metrics_of(run_dir), (run_dir / "metrics.csv").read_text()
+
+
+def deliver(signum, times=1):
+    for _ in range(times):
+        os.kill(os.getpid(), signum)
+
+
+def at_call(monkeypatch, owner, name, call, signum, times=1, when=lambda *a, **k: True):
+    """Patch ``owner.name`` to deliver ``signum`` (``times`` times) before its ``call``-th call
+    (counting calls for which ``when(*args)`` holds)."""
+    real, calls = getattr(owner, name), []
+
+    def patched(*args, **kwargs):
+        if when(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == call:
+                deliver(signum, times)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, patched)
+
+
+POINTS = {  # name -> (where the signal arrives, what the interruption says)
+    "planning": (lambda mp, s, n: at_call(mp, command_module, "plan", 1, s, n), "before training"),
+    "data loading": (lambda mp, s, n: at_call(mp, engine, "load_data", 1, s, n), "before training"),
+    "training step": (lambda mp, s, n: at_call(mp, engine.Trainer, "train_step", 6, s, n),
+                      "in epoch 2 after step 2"),
+    "recalibration": (lambda mp, s, n: at_call(mp, precise_bn, "recalibrate", 1, s, n), "after epoch 1"),
+    "validation": (lambda mp, s, n: at_call(mp, engine.Trainer, "evaluate", 1, s, n,
+                                            when=lambda self, loader, desc: desc.startswith("valid")),
+                   "after epoch 1"),
+    "checkpoint": (lambda mp, s, n: at_call(mp, checkpoint, "save", 1, s, n,
+                                            when=lambda path, state: path.name == "last.pt"), "after epoch 1"),
+    "final recalibration": (lambda mp, s, n: at_call(mp, precise_bn, "recalibrate", 3, s, n),
+                            "during the final test"),
+    "final test": (lambda mp, s, n: at_call(mp, engine, "test_metrics", 1, s, n), "during the final test"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point,signum,times", [
+    ("planning", signal.SIGTERM, 1), ("data loading", signal.SIGINT, 1), ("training step", signal.SIGUSR1, 2),
+    ("recalibration", signal.SIGTERM, 1), ("validation", signal.SIGINT, 2), ("checkpoint", signal.SIGTERM, 2),
+    ("final recalibration", signal.SIGUSR1, 1), ("final test", signal.SIGINT, 1)])
+def test_a_signal_at_any_point_interrupts_and_the_resume_ends_as_uninterrupted(
+        tmp_path, monkeypatch, restored_signals, reference, point, signum, times):
+    """A signal at ``point`` (``times`` 2: twice, the second while the run finishes its step or
+    epoch), then SIGTERM while the run writes its status: exit 3, status interrupted with the
+    run's model and overrides, a resume command for the shell that gives the uninterrupted run's
+    metrics and leaves no other directory."""
+    run_dir = tmp_path / "my runs, 1" / "run"  # a space and a comma: quoted for the shell and Hydra
+    arrange, says = POINTS[point]
+    arrange(monkeypatch, signum, times)
+    at_call(monkeypatch, command_module, "write_status", 1, signal.SIGTERM,
+            when=lambda where, status, **fields: status == "interrupted")
+    assert command(run_dir, *POINT_ARGS) == 3
+    metrics = metrics_of(run_dir)
+    assert metrics["status"] == "interrupted" and metrics["model"] == "gmcnn.models.CNN"
+    assert metrics["overrides"] == POINT_ARGS
+    assert f"stopped by {signal.Signals(signum).name} {says}" in metrics["message"]
+    resume = metrics["message"].split("resume with: ")[1]
+    assert shlex.split(resume) == ["python", "runner.py", f"trainer.resume='{run_dir}'"]  # Hydra's quotes
+    monkeypatch.undo()
+    assert command(tmp_path / "resume", *shlex.split(resume)[2:]) == 0
+    again = metrics_of(run_dir)
+    assert again["status"] == "finished", again
+    for key in ("test_acc", "test_loss", "best_epoch", "best_val_acc", "epochs_completed", "model", "overrides"):
+        assert again[key] == reference[0][key], key
+    rows = lambda text: [r.split(",")[:5] for r in text.splitlines()]  # noqa: E731
+    assert rows((run_dir / "metrics.csv").read_text()) == rows(reference[1])
+    assert not (tmp_path / "resume").exists()

@@ -35,7 +35,9 @@ class Progress:
     """Where a run stands. ``epoch`` epochs are complete; ``step`` batches of epoch ``epoch + 1``
     are done (non-zero only in a checkpoint written when a signal stopped the run mid-epoch), with
     that epoch's running sums ``loss_sum``, ``score_sum`` over ``seen`` samples and its seconds
-    ``epoch_seconds``. ``changes``: the configuration changes made on resumes."""
+    ``epoch_seconds``, in batches of ``batch_size`` (a resume that changes trainer.batch_size
+    mid-epoch finishes the epoch with these). ``changes``: the configuration changes made on
+    resumes."""
 
     epoch: int = 0
     step: int = 0
@@ -43,6 +45,7 @@ class Progress:
     score_sum: float = 0.0
     seen: int = 0
     epoch_seconds: float = 0.0
+    batch_size: int | None = None
     best: float | None = None
     best_epoch: int | None = None
     bad_epochs: int = 0
