@@ -106,10 +106,10 @@ def _check_output_dir(cfg: DictConfig, multirun: bool) -> None:
         return
     blocked = unwritable(target)
     if blocked is not None:
+        options = "paths.multirun_dir=DIR (or hydra.sweep.dir=DIR)" if multirun else \
+            "paths.output_dir=DIR (or hydra.run.dir=DIR)"
         raise CommandLineError(f"cannot create the output directory {target}: {blocked} is not writable "
-                               "(a read-only file system or its permissions); choose another with "
-                               "paths.output_dir=DIR" + (" or paths.multirun_dir=DIR" if multirun else
-                                                         " or hydra.run.dir=DIR"))
+                               f"(a read-only file system or its permissions); choose another with {options}")
     record_existing(target)
 
 

@@ -31,7 +31,7 @@ from gmcnn.training.checkpoint import CheckpointError
 from gmcnn.training.config import ConfigError, resolve_device, validate
 from gmcnn.training.engine import TrainingDiverged, run
 from gmcnn.training.memory import retain_freed_memory
-from gmcnn.training.resume import merge_overrides, plan, resume_argument
+from gmcnn.training.resume import Plan, merge_overrides, plan, resume_argument
 from gmcnn.training.rundir import (
     RunDirectoryBusy,
     RunLock,
@@ -82,15 +82,15 @@ def run_command(cfg: DictConfig, hydra_cfg: DictConfig) -> float | None:
                 cleanup.enter_context(RunLock(job.run_dir))
             if job.finished:
                 if writer:
-                    record_config(job.run_dir, job.cfg, job.overrides)
+                    record_run(job)
                 log.info("run %s is already finished (%s epochs); nothing to do", job.run_dir,
                          read_metrics(job.run_dir).get("epochs_completed"))
                 return read_metrics(job.run_dir).get(f"best_{job.cfg.trainer.monitor}")
             if writer and job.saved is not None:
-                record_config(job.run_dir, job.cfg, job.overrides)
+                record_run(job)
             metrics = run(job.cfg, job.run_dir, plan=job, stop=stop)
             if writer:  # again: a refused second writer may have overwritten it meanwhile
-                record_config(job.run_dir, job.cfg, job.overrides)
+                record_run(job)
         except RunInterrupted as interruption:
             where = job.run_dir if job else run_dir
             command = (f"python runner.py -m <the same sweep> trainer.resume=true "
@@ -139,6 +139,18 @@ def run_command(cfg: DictConfig, hydra_cfg: DictConfig) -> float | None:
 def compose(overrides: list[str], hydra_config: bool = False) -> DictConfig:
     """The configuration Hydra composes from ``overrides`` (with its ``hydra`` node if asked)."""
     return hydra.compose(config_name="config", overrides=overrides, return_hydra_config=hydra_config)
+
+
+def record_run(job: Plan) -> None:
+    """record_config for the planned run, with its own config-group choices if it continues a
+    run (this command's Hydra recorded the command's: its default model, not the run's)."""
+    choices = None
+    if job.source is not None:
+        try:
+            choices = OmegaConf.to_container(compose(job.overrides, hydra_config=True).hydra.runtime.choices)
+        except Exception:  # noqa: BLE001  (options renamed since the run started: keep Hydra's record)
+            choices = None
+    record_config(job.run_dir, job.cfg, job.overrides, choices)
 
 
 def identity(cfg: DictConfig, overrides: Any) -> dict[str, Any]:

@@ -286,7 +286,7 @@ def plan(cfg: DictConfig, run_dir: Path, overrides: list[str], *, search_sibling
             raise ConfigError(f"cannot restart run {source} with {' '.join(merged)}: "
                               f"{str(error).splitlines()[0]}") from None
         OmegaConf.update(fresh, "trainer.resume", False)
-        return Plan(fresh, source, merged)
+        return Plan(fresh, source, merged, source=source)
     saved = checkpoint.load(source)
     if "config" not in saved or "progress" not in saved:
         raise checkpoint.CheckpointError(f"checkpoint {source} is not a gmcnn training checkpoint "

@@ -204,10 +204,18 @@ def redirect_log_files(old_dir: Path, new_dir: Path | None) -> None:
             root.addHandler(moved)
 
 
-def record_config(run_dir: Path, cfg: Any, overrides: list[str]) -> None:
+def record_config(run_dir: Path, cfg: Any, overrides: list[str], choices: dict[str, Any] | None = None) -> None:
     """Write the run's effective configuration and overrides to ``.hydra/`` (where Hydra and
-    ``python -m gmcnn.report`` read them), replacing what the resume command composed."""
+    ``python -m gmcnn.report`` read them), replacing what the resume command composed; with
+    ``choices`` (the run's config-group options) also in ``hydra.yaml``, so that the report names
+    the run's model, not the resume command's default."""
     from omegaconf import OmegaConf
 
     atomic_write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
     atomic_write_text(run_dir / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
+    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
+    if choices and hydra_yaml.is_file():
+        recorded = OmegaConf.load(hydra_yaml)
+        OmegaConf.update(recorded, "hydra.runtime.choices", choices, merge=False)
+        OmegaConf.update(recorded, "hydra.overrides.task", list(overrides), merge=False)
+        atomic_write_text(hydra_yaml, OmegaConf.to_yaml(recorded))
