@@ -1,6 +1,7 @@
 """The run lifecycle: safe checkpoints, one writer per run directory, resume with the run's own
 configuration, signals, a full disk, one-line errors, resumed sweeps."""
 
+import contextlib
 import errno
 import json
 import os
@@ -200,7 +201,7 @@ def uninterrupted(tmp_path_factory):
 
 def interrupt(run_dir, signum, *extra):
     """Start a run, send ``signum`` a moment after epoch 1's checkpoint exists (in epoch 2's
-    steps, unless the machine is very fast or slow); (process, output)."""
+    steps, unless the machine is very fast or slow), and again while it stops; (process, output)."""
     process = start_runner(*SIGNAL_ARGS, *extra, f"hydra.run.dir={run_dir}")
     deadline = time.time() + 240
     while not (run_dir / "checkpoints" / "last.pt").exists() and time.time() < deadline:
@@ -208,6 +209,9 @@ def interrupt(run_dir, signum, *extra):
         time.sleep(0.02)
     time.sleep(0.5)
     process.send_signal(signum)
+    time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):  # it may have ended already
+        process.send_signal(signum)
     output = process.communicate(timeout=240)[0]
     return process, output
 
@@ -478,22 +482,18 @@ def test_resume_true_continues_the_latest_unfinished_run_of_the_same_model(tmp_p
     older = fake_run(experiment / "0-older", FAST, status="interrupted", age=60)
     cnn = fake_run(experiment / "2-cnn", [*FAST, "model=cnn"], status="interrupted", age=40)
     fake_run(experiment / "3-finished", FAST, status="finished", age=30)
-    running = fake_run(experiment / "4-running", FAST, age=20)
-    own = experiment / "5-this-command"
+    own = experiment / "4-this-command"
     own.mkdir()
-    with RunLock(running):  # a live process writes there
-        caplog.set_level("INFO", logger="gmcnn.training.resume")
-        job = plan(compose_config(*FAST, "trainer.resume=true"), own, ["trainer.resume=true"],
-                   search_siblings=True, under_requeue=False, compose=hydra_compose)
-        assert job.run_dir == killed and job.saved is not None
-        assert (f"continuing {killed}, the latest unfinished run of model gmcnn.models.GMCNN (killed); "
-                "skipped newer runs: 4-running (running), 3-finished (finished), 2-cnn (model "
-                "gmcnn.models.CNN)") in caplog.text
-        job = plan(compose_config(*FAST, "model=cnn", "trainer.resume=true"), own,
-                   ["model=cnn", "trainer.resume=true"], search_siblings=True, under_requeue=False,
-                   compose=hydra_compose)
-        assert job.run_dir == cnn
-    for run_dir in (killed, older, running):
+    caplog.set_level("INFO", logger="gmcnn.training.resume")
+    job = plan(compose_config(*FAST, "trainer.resume=true"), own, ["trainer.resume=true"],
+               search_siblings=True, under_requeue=False, compose=hydra_compose)
+    assert job.run_dir == killed and job.saved is not None
+    assert (f"continuing {killed}, the latest unfinished run of model gmcnn.models.GMCNN (killed); "
+            "skipped newer runs: 3-finished (finished), 2-cnn (model gmcnn.models.CNN)") in caplog.text
+    job = plan(compose_config(*FAST, "model=cnn", "trainer.resume=true"), own, ["model=cnn", "trainer.resume=true"],
+               search_siblings=True, under_requeue=False, compose=hydra_compose)
+    assert job.run_dir == cnn
+    for run_dir in (killed, older):
         (run_dir / "metrics.json").write_text(json.dumps({"status": "finished"}))
     with pytest.raises(ConfigError, match=f"no unfinished run of model gmcnn.models.GMCNN is under {experiment} "
                                           r"\(skipped: .*2-cnn \(model gmcnn.models.CNN\).*\); pass a run "):

@@ -5,9 +5,11 @@ config, set the process-wide memory setting, lock the run directory, plan the ru
 or the run that ``trainer.resume`` continues, in its own directory: :mod:`gmcnn.training.resume`),
 train it (:func:`gmcnn.training.run`) and record its status. Exit status: 0 done (or already
 finished), 1 an error the user can fix (one line, no traceback), 3 interrupted by a signal and
-resumable (the line says the command). Every run directory left behind has a status in its
-metrics.json ("finished", "failed" with the error, "interrupted" with how to resume); a single
-run that fails before training, or ``summary_only=true``, leaves no directory. In a sweep
+resumable (the line says the command, quoted for the shell). The stop signals are handled for
+the whole command (signals.py): a signal at any point, once or twice, ends with exit status 3.
+Every run directory left behind has a status in its metrics.json ("finished", "failed" with the
+error, "interrupted" with how to resume), the model target and the run's overrides; a single run
+that fails before training, or ``summary_only=true``, leaves no directory it created. In a sweep
 (``-m``) a failed job does not stop the others: its error goes to its metrics.json (read by
 ``python -m gmcnn.report``), and the sweep goes on; finished jobs of a resumed sweep are skipped.
 """

@@ -419,7 +419,7 @@ def restore(plan: Plan, trainer: Trainer, ckpt_dir: Path) -> Progress:
             checkpoint.save(ckpt_dir / "best.pt", {"model": trainer.model.state_dict(),
                                                    "epoch": progress.epoch})
     where = f"epoch {progress.epoch}" + (f", step {progress.step}" if progress.step else "")
-    log.info("resumed from %s after %s", plan.source, where)
+    log.info("resumed from %s after %s (model %s)", plan.source, where, plan.cfg.model._target_)
     return progress
 
 

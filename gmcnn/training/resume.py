@@ -16,12 +16,13 @@ finishing with its own batches) and the run records them.
 
 ``trainer.resume``: ``true`` continues this run directory (given ``hydra.run.dir``, or a sweep
 job's), else the latest *unfinished* run of the experiment with the same model (``model._target_``)
-in ``outputs/<name>/``: newer finished runs, runs of other models and runs that a live process
-holds are skipped, and the log says which run continues and which were skipped. A run directory
-or a checkpoint file in its ``checkpoints/`` continues that run; any other ``.pt`` file continues
-from that file in this command's directory. A run stopped before its first checkpoint (status
-``interrupted``, no checkpoint) continues from its start: afresh in its own directory with its
-recorded overrides (``.hydra/overrides.yaml``) and the new ones.
+in ``outputs/<name>/``: newer finished runs and runs of other models are skipped, and the log
+says which run continues and which were skipped (a run that a live process holds is chosen and
+refused by its lock, naming the process). A run directory or a checkpoint file in its
+``checkpoints/`` continues that run; any other ``.pt`` file continues from that file in this
+command's directory. A run stopped before its first checkpoint (status ``interrupted``, no
+checkpoint) continues from its start: afresh in its own directory with its recorded overrides
+(metrics.json, else ``.hydra/overrides.yaml``) and the new ones, refused as above.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gmcnn.training import checkpoint
 from gmcnn.training.config import ConfigError
-from gmcnn.training.rundir import is_locked, read_metrics
+from gmcnn.training.rundir import read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +117,7 @@ def latest_unfinished(experiment_dir: Path, model: str, own: Path) -> Path:
             skipped.append(f"{run.name} (finished)")
         elif run_model is not None and run_model != model:
             skipped.append(f"{run.name} (model {run_model})")
-        elif is_locked(run):
-            skipped.append(f"{run.name} (running)")
-        else:
+        else:  # a run a live process holds is refused by its lock, naming the process
             log.info("trainer.resume=true: continuing %s, the latest unfinished run of model %s (%s)%s",
                      run, model, status, f"; skipped newer runs: {', '.join(skipped)}" if skipped else "")
             return run
@@ -278,13 +277,17 @@ def plan(cfg: DictConfig, run_dir: Path, overrides: list[str], *, search_sibling
             log.info("trainer.resume: nothing to continue in %s; starting afresh", run_dir)
         return Plan(cfg, run_dir, list(overrides))
     if source.is_dir():  # stopped before its first checkpoint: its start again, in its directory
-        merged = merge_overrides(recorded_overrides(source), list(overrides))
+        recorded = recorded_overrides(source)
+        merged = merge_overrides(recorded, list(overrides))
         log.info("trainer.resume: %s stopped before its first checkpoint; starting it again", source)
+        check_group_choices(recorded, list(overrides), compose, source)
         try:
-            fresh = compose(merged)
+            before, fresh = compose(merge_overrides(recorded, [])), compose(merged)
         except HydraException as error:
             raise ConfigError(f"cannot restart run {source} with {' '.join(merged)}: "
                               f"{str(error).splitlines()[0]}") from None
+        old, new = (_flatten(OmegaConf.to_container(c, resolve=True)) for c in (before, fresh))
+        check_continuable({k: (old.get(k), new.get(k)) for k in {*old, *new} if old.get(k) != new.get(k)}, source)
         OmegaConf.update(fresh, "trainer.resume", False)
         return Plan(fresh, source, merged, source=source)
     saved = checkpoint.load(source)

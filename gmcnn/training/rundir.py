@@ -106,23 +106,6 @@ def write_status(run_dir: Path, status: str, **fields: Any) -> None:
     write_json(run_dir / "metrics.json", {**fields, "status": status})
 
 
-def is_locked(run_dir: Path) -> bool:
-    """True if a live process holds ``run_dir``'s lock (RunLock), without taking or creating it."""
-    try:
-        fd = os.open(run_dir / LOCK_NAME, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)  # closing releases a lock taken here
-    return False
-
-
 _existed: dict[Path, bool] = {}  # directory -> whether it existed before Hydra ran (record_existing)
 
 
