@@ -561,8 +561,14 @@ def test_batch_size_changed_mid_epoch_applies_from_the_next_epoch(tmp_path, monk
     at_call(monkeypatch, engine.Trainer, "train_step", 2, signal.SIGTERM)  # epoch 1, after step 2 of 4
     assert command(tmp_path / "run", *POINT_ARGS) == 3
     monkeypatch.undo()
+    # that resume stopped before training: its command says the new batch size again
+    at_call(monkeypatch, engine, "load_data", 1, signal.SIGINT)
+    assert command(tmp_path / "resume", f"trainer.resume={tmp_path / 'run'}", "trainer.batch_size=16") == 3
+    monkeypatch.undo()
+    resume = metrics_of(tmp_path / "run")["message"].split("resume with: ")[1]
+    assert resume == f"python runner.py trainer.resume={tmp_path / 'run'} trainer.batch_size=16"
     caplog.set_level("INFO", logger="gmcnn.training.engine")
-    assert command(tmp_path / "resume", f"trainer.resume={tmp_path / 'run'}", "trainer.batch_size=16") == 0
+    assert command(tmp_path / "resume", *shlex.split(resume)[2:]) == 0
     assert "trainer.batch_size changes from epoch 2: epoch 1 finishes with its batches of 32" in caplog.text
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     expected = reference[1].splitlines()

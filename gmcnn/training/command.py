@@ -95,9 +95,12 @@ def run_command(cfg: DictConfig, hydra_cfg: DictConfig) -> float | None:
                 record_run(job)
         except RunInterrupted as interruption:
             where = job.run_dir if job else run_dir
+            # a resumed run's new overrides again: its checkpoint may predate them (applying them
+            # twice changes nothing)
+            again = merge_overrides(list(hydra_cfg.overrides.task), []) if job and job.saved else []
             command = (f"python runner.py -m <the same sweep> trainer.resume=true "
                        f"{shlex.quote(f'hydra.sweep.dir={hydra_cfg.sweep.dir}')}" if sweeping
-                       else f"python runner.py {resume_argument(where)}")
+                       else " ".join(["python runner.py", resume_argument(where), *map(shlex.quote, again)]))
             message = f"{interruption}; resume with: {command}"
             log.warning("%s", message)
             if writer:
