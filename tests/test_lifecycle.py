@@ -528,6 +528,27 @@ def test_resuming_a_run_on_a_read_only_mount_is_one_line_and_leaves_nothing(tmp_
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
+def test_a_resume_of_a_run_in_use_is_refused_without_touching_it(tmp_path, restored_signals):
+    """Its lock is taken before this command's log moves there: the refusal stays out of the
+    run's log, and this command's own directory goes."""
+    import logging
+
+    run_dir = fake_run(tmp_path / "run", TINY, status="interrupted")
+    (run_dir / "runner.log").write_text("the run's log\n")
+    own = tmp_path / "new"
+    own.mkdir()
+    handler = logging.FileHandler(own / "runner.log")  # as Hydra opens it
+    logging.getLogger().addHandler(handler)
+    try:
+        with RunLock(run_dir):
+            assert command(own, f"trainer.resume={run_dir}") == 1
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    assert (run_dir / "runner.log").read_text() == "the run's log\n"
+    assert not own.exists() and metrics_of(run_dir)["status"] == "interrupted"
+
+
 def test_resume_records_the_runs_own_model_choice_for_the_report(tmp_path, restored_signals):
     """A resume command in the run's own directory (hydra.run.dir) gets Hydra's record of this
     command (the default model); the run's record is put back, so the report names its model."""

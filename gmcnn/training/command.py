@@ -78,10 +78,10 @@ def run_command(cfg: DictConfig, hydra_cfg: DictConfig) -> float | None:
                                   "directory somewhere writable and resume from the copy")
             job = planned
             if elsewhere and writer:
+                cleanup.close()
+                cleanup.enter_context(RunLock(job.run_dir))  # first: a refused command logs nothing there
                 redirect_log_files(run_dir, job.run_dir)
-                cleanup.close()  # this command's own directory is not used: remove it
-                remove_fresh(run_dir)
-                cleanup.enter_context(RunLock(job.run_dir))
+                remove_fresh(run_dir)  # this command's own directory is not used
             if job.finished:
                 if writer:
                     record_run(job)
@@ -116,6 +116,9 @@ def run_command(cfg: DictConfig, hydra_cfg: DictConfig) -> float | None:
             message = one_line(error)
             log.error("%s", message)
             where = job.run_dir if job else run_dir
+            if writer and where.resolve() != run_dir.resolve():
+                cleanup.close()
+                remove_fresh(run_dir)  # this command's own directory, unused
             untouched = job is None and not is_fresh(run_dir)  # refused: a run there stays as it is
             if writer and (untouched or isinstance(error, RunDirectoryBusy)):
                 restore_config_record(run_dir)
