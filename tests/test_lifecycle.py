@@ -564,7 +564,7 @@ def test_resume_records_the_runs_own_model_choice_for_the_report(tmp_path, resto
     assert read_job(run_dir, tmp_path, set())["model"] == "cnn"
 
 
-@pytest.mark.parametrize("path", ["/runs/plain", "/my runs/a,b", "/x/[1]/{y}", "/it's here", "/q\"uo'te", "/$HOME x"])
+@pytest.mark.parametrize("path", ["/runs/plain", "/my  runs/x", "/my runs/a,b", "/x/[1]/{y}", "/it's here", "/q\"uo'te", "/$HOME x"])
 def test_resume_argument_is_one_shell_word_that_hydra_reads_as_the_path(path):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -572,6 +572,8 @@ def test_resume_argument_is_one_shell_word_that_hydra_reads_as_the_path(path):
 
     words = shlex.split(resume_argument(path))
     assert len(words) == 1
+    if "runs/" in path and "," not in path:  # spaces alone need no Hydra quotes
+        assert words[0] == f"trainer.resume={path}"
     override = OverridesParser.create().parse_overrides(words)[0]
     assert override.key_or_group == "trainer.resume" and override.value() == path
 

@@ -76,7 +76,7 @@ def resume_argument(run_dir: Path) -> str:
     in Hydra's quotes if it holds characters its override grammar reads otherwise: a comma makes
     a sweep, brackets a list, ...)."""
     path = str(run_dir)
-    if not re.fullmatch(r"[\w./~@+:%-]+", path):
+    if not re.fullmatch(r"[\w./~@+:%-]+(?:[ \t]+[\w./~@+:%-]+)*", path):  # Hydra keeps inner spaces
         path = f"'{path}'" if "'" not in path else '"' + path.replace('"', '\\"') + '"'
     return shlex.quote(f"trainer.resume={path}")
 
