@@ -564,7 +564,8 @@ def test_resume_records_the_runs_own_model_choice_for_the_report(tmp_path, resto
     assert read_job(run_dir, tmp_path, set())["model"] == "cnn"
 
 
-@pytest.mark.parametrize("path", ["/runs/plain", "/my  runs/x", "/my runs/a,b", "/x/[1]/{y}", "/it's here", "/q\"uo'te", "/$HOME x"])
+@pytest.mark.parametrize("path", ["/runs/plain", "/my  runs/x", "/my runs/a,b", "/x/[1]/{y}", "/it's here",
+                                  "/q\"uo'te", "/$HOME x"])
 def test_resume_argument_is_one_shell_word_that_hydra_reads_as_the_path(path):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 

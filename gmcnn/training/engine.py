@@ -7,7 +7,9 @@
 One training step (:meth:`Trainer.train_step`): forward and loss per micro-batch, backward, the
 gradients summed over micro-batches and (torchrun) processes, clipping, the optimizer update.
 Every epoch ends with a checkpoint of everything needed to continue bit-for-bit (checkpoint.py);
-a stop signal (signals.py) ends the run after the current step with a mid-epoch checkpoint.
+a stop signal (signals.py) ends the run after the current step with a mid-epoch checkpoint
+(during an epoch's validation: after its checkpoint), and at once before training (model, data:
+nothing to save) and in the final test (the last checkpoint holds the whole training).
 Shuffling draws from a generator seeded by (seed, epoch), so a resumed run on CPU reproduces the
 uninterrupted one exactly. Before every evaluation the running statistics of batch-norm layers are
 recomputed from a fixed set of ``trainer.bn_recalibration`` training samples (precise_bn.py), so that
@@ -263,7 +265,7 @@ def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits: Splits, 
             if train is None:
                 save_last()
                 raise stop.interruption(f"stopped by {stop.received} in epoch {epoch} after step "
-                                     f"{progress.step}; the checkpoint is written")
+                                        f"{progress.step}; the checkpoint is written")
             start = time.perf_counter()
             trainer.recalibrate_batch_norm(splits.train)
             val = trainer.evaluate(valid_loader, f"valid {epoch}")
@@ -289,7 +291,7 @@ def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits: Splits, 
                      row["val_loss"], score, row[f"val_{score}"], seconds)
             if distributed.any_rank(stop.requested, trainer.device):
                 raise stop.interruption(f"stopped by {stop.received} after epoch {epoch}; the "
-                                     "checkpoint is written")
+                                        "checkpoint is written")
 
 
 def run(cfg: DictConfig, run_dir: Path, plan: Plan | None = None,
@@ -322,7 +324,8 @@ def _run(plan: Plan, run_dir: Path, device: torch.device, stop: StopSignals) -> 
             log.info("model %s on %s\n%s", cfg.model._target_, device, model_summary(model))
             log.info("parameters: %s", f"{num_params:,}")
             if cfg.summary_only:
-                return {"name": cfg.name, "num_params": num_params, "summary_only": True}
+                return {"name": cfg.name, "model": cfg.model._target_, "overrides": merge_overrides(plan.overrides, []),
+                        "num_params": num_params, "summary_only": True}
             splits = load_data(cfg)
             trainer = Trainer(cfg, model, device)
             ckpt_dir = run_dir / "checkpoints"
