@@ -11,7 +11,8 @@ status.
    ``data.options`` keys are checked against their constructors when the run starts, ``hydra.*``
    by Hydra's schema), a launcher or sweeper whose plugin is not installed (names the pip extra),
    an Optuna direction that does not match ``trainer.monitor``, an Optuna storage with a
-   SQLAlchemy that optuna 2 cannot use. Flags (``--help``, ``--cfg``,
+   SQLAlchemy that optuna 2 cannot use, an output directory that cannot be created (read-only,
+   unwritable: before Hydra creates it). Flags (``--help``, ``--cfg``,
    ``-m``, ...) pass through unchanged.
 2. the task (``runner.main``, decorated by ``hydra.main``) runs.
 3. after a multirun, :func:`summarise` logs one row per job of this sweep (overrides, status,
@@ -118,11 +119,31 @@ def preflight(argv: list[str], config_dir: Path) -> None:
     extra_dir = Path(args.config_dir).resolve() if args.config_dir else None
     if extra_dir is not None and not extra_dir.is_dir():
         raise CommandLineError(f"--config-dir {args.config_dir}: no such directory")
-    _check_overrides(args.overrides, config_dir, args.config_name or "config", extra_dir)
+    cfg = _check_overrides(args.overrides, config_dir, args.config_name or "config", extra_dir)
+    _check_output_dir(cfg, bool(args.multirun))
+
+
+def _check_output_dir(cfg: DictConfig, multirun: bool) -> None:
+    """The directory Hydra is about to create (``hydra.run.dir``, or ``hydra.sweep.dir`` for -m)
+    must be creatable; records which of its ancestors exist (gmcnn.training.rundir)."""
+    from gmcnn.training.rundir import record_existing, unwritable
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        target = Path(str(OmegaConf.select(cfg, key)))
+    except Exception:  # noqa: BLE001  (an interpolation only Hydra's job can resolve: Hydra checks)
+        return
+    blocked = unwritable(target)
+    if blocked is not None:
+        options = "paths.multirun_dir=DIR (or hydra.sweep.dir=DIR)" if multirun else \
+            "paths.output_dir=DIR (or hydra.run.dir=DIR)"
+        raise CommandLineError(f"cannot create the output directory {target}: {blocked} is not writable "
+                               f"(a read-only file system or its permissions); choose another with {options}")
+    record_existing(target)
 
 
 def _check_overrides(overrides: list[str], config_dir: Path, config_name: str,
-                     extra_dir: Path | None = None) -> None:
+                     extra_dir: Path | None = None) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -168,6 +189,7 @@ def _check_overrides(overrides: list[str], config_dir: Path, config_name: str,
     _check_direction(cfg)
     _check_storage(cfg)
     check_instantiated(cfg)
+    return cfg
 
 
 def _add_config_dir(loader: Any, directory: Path) -> None:

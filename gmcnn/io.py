@@ -39,7 +39,7 @@ def fsync_directory(directory: Path) -> None:
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Call ``write(handle)`` on a temporary binary file, then durably replace ``path`` by it.
     On any error (a full disk: OSError ENOSPC) the temporary file is removed, ``path`` is
-    untouched and the error propagates."""
+    untouched and the error propagates (an OSError naming ``path`` as its filename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
@@ -49,8 +49,10 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename in (None, str(tmp)):  # name the file
+            raise type(error)(error.errno, error.strerror or str(error), str(path)) from error
         raise
     fsync_directory(path.parent)
 

@@ -119,7 +119,7 @@ def read_job(job: Path, root: Path, swept: set[str], missing: str = "incomplete"
     if metrics is None:
         row.update(status=missing, error="no metrics.json (running, killed or crashed)")
         return row
-    row.update({k: v for k, v in metrics.items() if k not in row and k != "name"})
+    row.update({k: v for k, v in metrics.items() if k not in row and k not in ("name", "overrides")})
     if metrics.get("summary_only"):  # a summary_only sweep job: parameter count, no training
         row["status"] = "summary"
     else:

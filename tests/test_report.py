@@ -46,8 +46,9 @@ def sweeps(tmp_path_factory):
 def test_a_failed_job_is_recorded_and_the_sweep_goes_on(sweeps):
     root, output = sweeps
     for job in ("0", "2"):
-        assert metrics_of(root / "basic" / job) == {"name": "quickstart", "status": "failed",
-                                                 "error": BAD_LR}
+        metrics = metrics_of(root / "basic" / job)  # with the run's model and overrides
+        assert metrics.pop("model") == "gmcnn.models.GMCNN" and "optimizer.lr=-1" in metrics.pop("overrides")
+        assert metrics == {"name": "quickstart", "status": "failed", "error": BAD_LR}
     sizes = [metrics_of(root / "basic" / job)["num_params"] for job in ("1", "3")]
     assert sizes[0] < sizes[1]
     assert all(0 <= metrics_of(root / "basic" / job)["test_acc"] <= 1 for job in ("1", "3"))
@@ -80,7 +81,8 @@ def test_an_unexpected_error_is_recorded_and_the_other_jobs_still_run(tmp_path):
     assert result.returncode != 0  # Hydra's own report, after every job ran
     assert "simulated crash" in result.stderr
     assert metrics_of(tmp_path / "0") == {"name": "quickstart", "status": "failed",
-                                       "error": "RuntimeError: simulated crash"}
+                                       "error": "RuntimeError: simulated crash", "model": "gmcnn.models.GMCNN",
+                                       "overrides": ["logger=none", "summary_only=True", "model.channels=4"]}
     assert metrics_of(tmp_path / "1")["num_params"] > 0
 
 

@@ -39,7 +39,9 @@ class Progress:
     """Where a run stands. ``epoch`` epochs are complete; ``step`` batches of epoch ``epoch + 1``
     are done (non-zero only in a checkpoint written when a signal stopped the run mid-epoch), with
     that epoch's running sums ``loss_sum``, ``score_sum`` over ``seen`` samples and its seconds
-    ``epoch_seconds``. ``changes``: the configuration changes made on resumes."""
+    ``epoch_seconds``, in batches of ``batch_size`` (a resume that changes trainer.batch_size
+    mid-epoch finishes the epoch with these). ``changes``: the configuration changes made on
+    resumes."""
 
     epoch: int = 0
     step: int = 0
@@ -47,6 +49,7 @@ class Progress:
     score_sum: float = 0.0
     seen: int = 0
     epoch_seconds: float = 0.0
+    batch_size: int | None = None
     best: float | None = None
     best_epoch: int | None = None
     bad_epochs: int = 0
@@ -99,9 +102,10 @@ RNG = Record({"torch": torch.Tensor,
               "python": Record({"version": int, "internal": ListOf(int), "gauss_next": Maybe(NUMBER)}),
               "cuda": ListOf(torch.Tensor)}, optional=frozenset({"cuda"}))
 PROGRESS = Record({"epoch": int, "step": int, "loss_sum": NUMBER, "score_sum": NUMBER, "seen": int,
-                   "epoch_seconds": NUMBER, "best": Maybe(NUMBER), "best_epoch": Maybe(int),
-                   "bad_epochs": int, "train_seconds": NUMBER, "history": ListOf(MapOf(str, PLAIN)),
-                   "changes": ListOf(MapOf(str, PLAIN))})
+                   "epoch_seconds": NUMBER, "batch_size": Maybe(int), "best": Maybe(NUMBER),
+                   "best_epoch": Maybe(int), "bad_epochs": int, "train_seconds": NUMBER,
+                   "history": ListOf(MapOf(str, PLAIN)), "changes": ListOf(MapOf(str, PLAIN))},
+                  optional=frozenset({"batch_size"}))  # absent in checkpoints of older versions
 OPTIMIZER = Record({"state": MapOf(int, MapOf(str, (torch.Tensor, *NUMBER))),
                     "param_groups": ListOf(MapOf(str, PLAIN))})
 LAST = Record({"trainer": Record({"model": TENSORS, "optimizer": OPTIMIZER,

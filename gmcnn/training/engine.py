@@ -8,8 +8,10 @@
 One training step (:meth:`Trainer.train_step`): forward and loss per micro-batch, backward, the
 gradients summed over micro-batches and (torchrun) processes, clipping, the optimizer update.
 Every epoch ends with a checkpoint of everything needed to continue bit-for-bit (checkpoint.py);
-a stop signal (signals.py) ends the run after the current step with a mid-epoch checkpoint, an
-out-of-memory error with one line (memory.OutOfMemory) and the last checkpoint kept.
+a stop signal (signals.py) ends the run after the current step with a mid-epoch checkpoint
+(during an epoch's validation: after its checkpoint), and at once before training (model, data:
+nothing to save) and in the final test (the last checkpoint holds the whole training); an
+out-of-memory error ends it with one line (memory.OutOfMemory) and the last checkpoint kept.
 Shuffling draws from a generator seeded by (seed, epoch), so a resumed run on CPU reproduces the
 uninterrupted one exactly. Before every evaluation the running statistics of batch-norm layers are
 recomputed from a fixed set of ``trainer.bn_recalibration`` training samples (precise_bn.py), so that
@@ -18,6 +20,7 @@ best.pt holds the statistics its validation and test metrics were computed with.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shutil
@@ -42,8 +45,8 @@ from gmcnn.training.data import fixed_subset, load_data, make_loader
 from gmcnn.training.diagnostics import equivariance_metric, plot_relaxation, plot_step_scores
 from gmcnn.training.objectives import OBJECTIVES
 from gmcnn.training.profiling import TRAIN_LOOP, TRAIN_STEPS, PhaseTimes
-from gmcnn.training.resume import Plan
-from gmcnn.training.signals import RunInterrupted, StopSignals
+from gmcnn.training.resume import Plan, merge_overrides, resume_argument
+from gmcnn.training.signals import StopSignals
 from gmcnn.training.tracking import RunTracker
 
 if TYPE_CHECKING:
@@ -303,14 +306,16 @@ def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits: Splits, 
                 log.info("early stopping: the mean %s of the last %d epochs is no better than that of "
                          "the %d before", monitor, window, window)
                 break
-            loader = make_loader(splits.train, cfg.trainer.batch_size, True,
+            if not progress.step or progress.batch_size is None:  # an epoch keeps its batches
+                progress.batch_size = cfg.trainer.batch_size
+            loader = make_loader(splits.train, progress.batch_size, True,
                                  cfg.seed * 100_003 + epoch, cfg, trainer.device,
                                  skip_batches=progress.step)
             train = trainer.train_epoch(loader, epoch, progress, stop)
             if train is None:
                 save_last()
-                raise RunInterrupted(f"stopped by {stop.received} in epoch {epoch} after step "
-                                     f"{progress.step}; the checkpoint is written")
+                raise stop.interruption(f"stopped by {stop.received} in epoch {epoch} after step "
+                                        f"{progress.step}; the checkpoint is written")
             start, phase = time.perf_counter(), trainer.times.phase
             with phase("batch-norm recalibration"):
                 trainer.recalibrate_batch_norm(splits.train)
@@ -341,78 +346,100 @@ def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits: Splits, 
                      epoch, cfg.trainer.epochs, row["train_loss"], score, row[f"train_{score}"],
                      row["val_loss"], score, row[f"val_{score}"], seconds)
             if distributed.any_rank(stop.requested, trainer.device):
-                raise RunInterrupted(f"stopped by {stop.received} after epoch {epoch}; the "
-                                     "checkpoint is written")
+                raise stop.interruption(f"stopped by {stop.received} after epoch {epoch}; the "
+                                        "checkpoint is written")
 
 
-def run(cfg: DictConfig, run_dir: Path, plan: Plan | None = None) -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: Path, plan: Plan | None = None,
+        stop: StopSignals | None = None) -> dict[str, Any]:
     """Train, validate and test one experiment in ``run_dir``; ``plan`` (resume.py): the
     checkpoint it continues and this resume's config changes (``cfg`` and ``run_dir`` are the
-    plan's). Returns the metrics written to metrics.json."""
+    plan's); ``stop``: the command's active stop signals (else the run installs its own). Returns
+    the metrics written to metrics.json; RunInterrupted if a stop signal ended it."""
     plan = plan or Plan(cfg, run_dir, [])
     validate(cfg)
     device = distributed.setup(resolve_device(cfg.trainer.device))
     try:
-        return _run(plan, distributed.broadcast(run_dir), device)
+        with contextlib.ExitStack() as stack:
+            stop = stop or stack.enter_context(StopSignals())
+            return _run(plan, distributed.broadcast(run_dir), device, stop)
     finally:
         distributed.teardown()
 
 
-def _run(plan: Plan, run_dir: Path, device: torch.device) -> dict[str, Any]:
+def _run(plan: Plan, run_dir: Path, device: torch.device, stop: StopSignals) -> dict[str, Any]:
     cfg, main = plan.cfg, distributed.is_main()
-    checkpoint.seed_everything(cfg.seed)
-    model = build_model(cfg)
-    num_params = count_parameters(model)
-    log.info("model %s on %s\n%s", cfg.model._target_, device, model_summary(model))
-    log.info("parameters: %s", f"{num_params:,}")
-    if cfg.summary_only:
-        return {"name": cfg.name, "num_params": num_params, "summary_only": True}
-
-    splits = load_data(cfg)
-    trainer = Trainer(cfg, model, device)
-    if cfg.trainer.get("memory_check", True):  # absent in older runs' configs
-        trainer.check_memory(splits.train)
-    ckpt_dir = run_dir / "checkpoints"
-    progress, wandb_id = Progress(), uuid.uuid4().hex[:12]
-    if plan.saved is not None:
-        progress, wandb_id = restore(plan, trainer, ckpt_dir), plan.saved.get("wandb_id", wandb_id)
-    tracker = RunTracker(run_dir, OmegaConf.to_container(cfg, resolve=True), cfg.logger.wandb,
-                         cfg.name, enabled=main, run_id=wandb_id)
-    tracker.restore(progress.history)
-    config = OmegaConf.to_container(cfg, resolve=False)
-
-    def save_last() -> None:
-        if main:
-            checkpoint.save(ckpt_dir / "last.pt", {
-                "trainer": trainer.state_dict(), "rng": checkpoint.rng_state(),
-                "progress": progress.to_dict(), "config": config, "overrides": plan.overrides,
-                "wandb_id": wandb_id})
-
+    tracker = trainer = None
+    progress = Progress()
     try:
-        with StopSignals() as stop:
-            fit(cfg, trainer, tracker, splits, progress, save_last, stop)
+        # nothing to save before the first checkpoint: a stop signal ends these phases at once
+        # (the resume starts the run afresh in its directory, resume.py)
+        with stop.immediately("before training (nothing to save yet)"):
+            checkpoint.seed_everything(cfg.seed)
+            model = build_model(cfg)
+            num_params = count_parameters(model)
+            log.info("model %s on %s\n%s", cfg.model._target_, device, model_summary(model))
+            log.info("parameters: %s", f"{num_params:,}")
+            if cfg.summary_only:
+                return {"name": cfg.name, "model": cfg.model._target_, "overrides": merge_overrides(plan.overrides, []),
+                        "num_params": num_params, "summary_only": True}
+            splits = load_data(cfg)
+            trainer = Trainer(cfg, model, device)
+            if cfg.trainer.get("memory_check", True):  # absent in older runs' configs
+                trainer.check_memory(splits.train)
+            ckpt_dir = run_dir / "checkpoints"
+            progress, wandb_id = Progress(), uuid.uuid4().hex[:12]
+            if plan.saved is not None:
+                progress, wandb_id = restore(plan, trainer, ckpt_dir), plan.saved.get("wandb_id", wandb_id)
+            tracker = RunTracker(run_dir, OmegaConf.to_container(cfg, resolve=True), cfg.logger.wandb,
+                                 cfg.name, enabled=main, run_id=wandb_id)
+            tracker.restore(progress.history)
+        config = OmegaConf.to_container(cfg, resolve=False)
+
+        def save_last() -> None:
+            if main:
+                checkpoint.save(ckpt_dir / "last.pt", {
+                    "trainer": trainer.state_dict(), "rng": checkpoint.rng_state(),
+                    "progress": progress.to_dict(), "config": config, "overrides": plan.overrides,
+                    "wandb_id": wandb_id})
+
+        fit(cfg, trainer, tracker, splits, progress, save_last, stop)
+        # last.pt holds the whole training: a stop signal ends the test at once (the resume tests)
+        with stop.immediately(f"during the final test, after epoch {progress.epoch} (the "
+                              "checkpoint is written; the resume only tests)"):
+            return _test(plan, run_dir, trainer, tracker, splits, progress, num_params, device)
     except TrainingDiverged as error:
         tracker.close()
-        last = ckpt_dir / "last.pt"
+        last = run_dir / "checkpoints" / "last.pt"
         if last.is_file():
             advice = (f"the last good checkpoint is {last}. Resume from it with a lower learning "
-                      f"rate or gradient clipping: python runner.py trainer.resume={run_dir} "
-                      f"optimizer.lr={cfg.optimizer.lr / 10:g} (or trainer.grad_clip=1.0)")
+                      f"rate or gradient clipping: python runner.py "
+                      f"{resume_argument(run_dir)} optimizer.lr={cfg.optimizer.lr / 10:g} "
+                      "(or trainer.grad_clip=1.0)")
         else:
             advice = "no epoch completed. Start again with a lower optimizer.lr or trainer.grad_clip=1.0"
         raise TrainingDiverged(f"{error}; {advice}") from None
     except BaseException as error:
-        tracker.close()
-        if memory.is_out_of_memory(error):
+        if tracker is not None:
+            tracker.close()
+        if memory.is_out_of_memory(error) and trainer is not None:  # in training (before: a plain error)
             raise memory.OutOfMemory(out_of_memory_advice(error, progress, trainer, run_dir)) from None
         raise
 
+
+def _test(plan: Plan, run_dir: Path, trainer: Trainer, tracker: RunTracker, splits: Splits,
+          progress: Progress, num_params: int, device: torch.device) -> dict[str, Any]:
+    """The best-validation weights (best.pt, batch norm recalibrated) on every test set;
+    metrics.json (status finished), curves and the relaxation plot."""
+    cfg, main, model = plan.cfg, distributed.is_main(), trainer.model
+    ckpt_dir = run_dir / "checkpoints"
     distributed.barrier()  # rank 0 has written best.pt
     best = checkpoint.load(ckpt_dir / "best.pt", checkpoint.BEST)
     model.load_state_dict(best["model"])
     if trainer.recalibrate_batch_norm(splits.train) and main:  # best.pt: the statistics tested
         checkpoint.save(ckpt_dir / "best.pt", {"model": model.state_dict(), "epoch": best["epoch"]})
-    metrics = {"name": cfg.name, "num_params": num_params, "best_epoch": progress.best_epoch,
+    metrics = {"name": cfg.name, "model": cfg.model._target_, "overrides": merge_overrides(plan.overrides, []),
+               "num_params": num_params, "best_epoch": progress.best_epoch,
                f"best_{cfg.trainer.monitor}": progress.best, "epochs_completed": progress.epoch,
                "train_seconds": round(progress.train_seconds, 3), "device": str(device)}
     if progress.changes:
@@ -453,6 +480,11 @@ def restore(plan: Plan, trainer: Trainer, ckpt_dir: Path) -> Progress:
     trainer.load_state_dict(saved["trainer"], plan.changes)
     checkpoint.set_rng_state(saved["rng"])
     progress = Progress.from_dict(saved["progress"])
+    if progress.step and progress.batch_size is None:  # written before batch_size was recorded
+        progress.batch_size = saved["config"]["trainer"]["batch_size"]
+    if progress.step and "trainer.batch_size" in plan.changes:
+        log.info("trainer.batch_size changes from epoch %d: epoch %d finishes with its batches of %d",
+                 progress.epoch + 2, progress.epoch + 1, progress.batch_size)
     if not distributed.is_main():  # rank 0 carries the running sums of a mid-epoch checkpoint
         progress.loss_sum, progress.score_sum, progress.seen = 0.0, 0.0, 0
     if plan.changes:
@@ -470,7 +502,7 @@ def restore(plan: Plan, trainer: Trainer, ckpt_dir: Path) -> Progress:
             checkpoint.save(ckpt_dir / "best.pt", {"model": trainer.model.state_dict(),
                                                    "epoch": progress.epoch})
     where = f"epoch {progress.epoch}" + (f", step {progress.step}" if progress.step else "")
-    log.info("resumed from %s after %s", plan.source, where)
+    log.info("resumed from %s after %s (model %s)", plan.source, where, plan.cfg.model._target_)
     return progress
 
 

@@ -7,24 +7,34 @@ not with today's defaults. Overrides given on the resume command are applied on 
 
 i.e. the keys the new overrides change (a config group such as ``optimizer=sgd`` changes all of
 its keys) are set in the saved config; everything else stays as the run had it. Changes that
-cannot continue the run (the model, the data, the symmetry, the task, the seed) are refused with
-the key and both values; the others are returned so that the trainer applies them (a new
-``optimizer.lr`` is the learning rate of the following epochs; a new optimizer class starts with
-fresh optimizer state) and the run records them.
+cannot continue the run (the model, the data, the symmetry, the task, the seed; also another
+choice of the ``model`` or ``data`` group) are refused with the key and both values; the others
+are returned so that the trainer applies them (a new ``optimizer.lr`` is the learning rate of the
+following epochs; a new optimizer class starts with fresh optimizer state; a new
+``trainer.batch_size`` in a run stopped mid-epoch applies from the next epoch, the stopped epoch
+finishing with its own batches) and the run records them.
 
-``trainer.resume``: ``true`` continues this run directory, else (single runs without an explicit
-``hydra.run.dir``) the newest run of the experiment; a run directory or a checkpoint file in its
+``trainer.resume``: ``true`` continues this run directory (given ``hydra.run.dir``, or a sweep
+job's), else the latest *unfinished* run of the experiment with the same model (``model._target_``)
+in ``outputs/<name>/``: newer finished runs and runs of other models are skipped, and the log
+says which run continues and which were skipped (a run that a live process holds is chosen and
+refused by its lock, naming the process). A run directory or a checkpoint file in its
 ``checkpoints/`` continues that run; any other ``.pt`` file continues from that file in this
-command's directory.
+command's directory. A run stopped before its first checkpoint (status ``interrupted``, no
+checkpoint) continues from its start: afresh in its own directory with its recorded overrides
+(metrics.json, else ``.hydra/overrides.yaml``) and the new ones, refused as above.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from gmcnn.report import override_key
@@ -62,20 +72,89 @@ class Plan:
         return early_stopped or self.cfg.trainer.epochs <= progress.epoch
 
 
-def resume_source(resume: Any, run_dir: Path, search_siblings: bool) -> Path | None:
-    """The checkpoint ``trainer.resume`` selects (None: start afresh)."""
+def resume_argument(run_dir: Path) -> str:
+    """``trainer.resume=<run_dir>`` as one shell word that Hydra reads back as that path (the path
+    in Hydra's quotes if it holds characters its override grammar reads otherwise: a comma makes
+    a sweep, brackets a list, ...)."""
+    path = str(run_dir)
+    if not re.fullmatch(r"[\w./~@+:%-]+(?:[ \t]+[\w./~@+:%-]+)*", path):  # Hydra keeps inner spaces
+        path = f"'{path}'" if "'" not in path else '"' + path.replace('"', '\\"') + '"'
+    return shlex.quote(f"trainer.resume={path}")
+
+
+def _model_of(run: Path) -> str | None:
+    """The model (``model._target_``) a run directory trained: its metrics.json, else its
+    recorded config."""
+    model = read_metrics(run).get("model")
+    if model is None:
+        try:
+            model = OmegaConf.select(OmegaConf.load(run / ".hydra" / "config.yaml"), "model._target_")
+        except Exception:  # noqa: BLE001  (no or a broken config: unknown)
+            return None
+    return None if model is None else str(model)
+
+
+def _activity(run: Path) -> float:
+    """When a run last wrote its checkpoint or status (its recency among its siblings)."""
+    return max((p.stat().st_mtime for p in (run / "checkpoints" / "last.pt", run / "metrics.json")
+                if p.is_file()), default=0.0)
+
+
+def _has_checkpoint_or_stopped(run: Path) -> bool:
+    return (run / "checkpoints" / "last.pt").is_file() or read_metrics(run).get("status") == "interrupted"
+
+
+def latest_unfinished(experiment_dir: Path, model: str, own: Path) -> Path:
+    """The latest unfinished run of ``model`` in ``experiment_dir`` (see the module docstring);
+    logs which it is and which newer runs were skipped; ConfigError if there is none."""
+    runs = sorted((p for p in experiment_dir.iterdir() if p.is_dir() and p.resolve() != own.resolve()
+                   and _has_checkpoint_or_stopped(p)), key=_activity, reverse=True) \
+        if experiment_dir.is_dir() else []
+    skipped = []
+    for run in runs:
+        status = read_metrics(run).get("status") or "killed"
+        run_model = _model_of(run)
+        if status == "finished":
+            skipped.append(f"{run.name} (finished)")
+        elif run_model is not None and run_model != model:
+            skipped.append(f"{run.name} (model {run_model})")
+        else:  # a run a live process holds is refused by its lock, naming the process
+            log.info("trainer.resume=true: continuing %s, the latest unfinished run of model %s (%s)%s",
+                     run, model, status, f"; skipped newer runs: {', '.join(skipped)}" if skipped else "")
+            return run
+    raise ConfigError(f"trainer.resume=true but no unfinished run of model {model} is under "
+                      f"{experiment_dir}" + (f" (skipped: {', '.join(skipped)})" if skipped else "")
+                      + "; pass a run directory (trainer.resume=DIR) or start a new run")
+
+
+def recorded_overrides(run: Path) -> list[str]:
+    """The overrides a run was started with: its metrics.json (written when it stopped), else
+    its ``.hydra/overrides.yaml``."""
+    recorded = read_metrics(run).get("overrides")
+    if recorded is None and (run / ".hydra" / "overrides.yaml").is_file():
+        recorded = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "overrides.yaml"))
+    return [str(o) for o in recorded or []]
+
+
+def resume_source(resume: Any, run_dir: Path, search_siblings: bool, model: str = "") -> Path | None:
+    """What ``trainer.resume`` selects: a checkpoint file, a run directory stopped before its
+    first checkpoint, or None (start afresh)."""
     if resume is False or resume is None:
         return None
     if resume is True:
         own = run_dir / "checkpoints" / "last.pt"
-        if own.is_file() or not search_siblings:
-            return own if own.is_file() else None
-        siblings = sorted(run_dir.parent.glob("*/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime)
-        if not siblings:
-            raise ConfigError(f"trainer.resume=true but no earlier run of this experiment has a "
-                              f"checkpoint under {run_dir.parent}; pass a run directory instead")
-        return siblings[-1]
+        if own.is_file():
+            return own
+        if read_metrics(run_dir).get("status") == "interrupted":
+            return run_dir  # stopped before its first checkpoint
+        if not search_siblings:
+            return None
+        run = latest_unfinished(run_dir.parent, model, run_dir)
+        return run / "checkpoints" / "last.pt" if (run / "checkpoints" / "last.pt").is_file() else run
     path = Path(str(resume)).expanduser().resolve()
+    if path.is_dir() and not (path / "checkpoints" / "last.pt").is_file() \
+            and read_metrics(path).get("status") == "interrupted":
+        return path  # stopped before its first checkpoint
     if path.is_dir():
         path = path / "checkpoints" / "last.pt"
     if not path.is_file():
@@ -149,14 +228,32 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def refusal(run_dir: Path, key: str, old: Any, new: Any) -> ConfigError:
+    return ConfigError(f"cannot continue run {run_dir} with {key}={new!r}: it was trained with "
+                       f"{key}={old!r}; resume without that override, or start a new run "
+                       "(trainer.resume=false) to change it")
+
+
 def check_continuable(changes: dict[str, tuple[Any, Any]], run_dir: Path) -> None:
     """Refuse a change of the model, data, symmetry, task or seed (ConfigError)."""
     for key, (old, new) in changes.items():
         fixed = any(key == f or key.startswith(f"{f}.") for f in FIXED)
         if fixed and key not in ADJUSTABLE:
-            raise ConfigError(f"cannot continue run {run_dir} with {key}={new!r}: it was trained "
-                              f"with {key}={old!r}; resume without that override, or start a new "
-                              "run (trainer.resume=false) to change it")
+            raise refusal(run_dir, key, old, new)
+
+
+def check_group_choices(saved_overrides: list[str], new_overrides: list[str], compose: Any,
+                        run_dir: Path) -> None:
+    """Refuse another option of a fixed config group (``model=cnn`` for a GM run), before
+    composing it with the run's own keys (which that option may not have)."""
+    groups = {override_key(o): o.split("=", 1)[1] for o in new_overrides
+              if "=" in o and not o.startswith("~") and override_key(o) in FIXED}
+    if not groups:
+        return
+    choices = compose(saved_overrides, hydra_config=True).hydra.runtime.choices
+    for group, choice in groups.items():
+        if group in choices and choices[group] != choice:
+            raise refusal(run_dir, group, choices[group], choice)
 
 
 def plan(cfg: DictConfig, run_dir: Path, overrides: list[str], *, search_siblings: bool,
@@ -171,11 +268,25 @@ def plan(cfg: DictConfig, run_dir: Path, overrides: list[str], *, search_sibling
             raise ConfigError(f"run directory {run_dir} already holds a run; continue it with "
                               "trainer.resume=true, or choose another directory (hydra.run.dir=...)")
         resume = True
-    source = resume_source(resume, run_dir, search_siblings)
+    source = resume_source(resume, run_dir, search_siblings, str(cfg.model._target_))
     if source is None:
         if resume is not False:
             log.info("trainer.resume: nothing to continue in %s; starting afresh", run_dir)
         return Plan(cfg, run_dir, list(overrides))
+    if source.is_dir():  # stopped before its first checkpoint: its start again, in its directory
+        recorded = recorded_overrides(source)
+        merged = merge_overrides(recorded, list(overrides))
+        log.info("trainer.resume: %s stopped before its first checkpoint; starting it again", source)
+        check_group_choices(recorded, list(overrides), compose, source)
+        try:
+            before, fresh = compose(merge_overrides(recorded, [])), compose(merged)
+        except HydraException as error:
+            raise ConfigError(f"cannot restart run {source} with {' '.join(merged)}: "
+                              f"{str(error).splitlines()[0]}") from None
+        old, new = (_flatten(OmegaConf.to_container(c, resolve=True)) for c in (before, fresh))
+        check_continuable({k: (old.get(k), new.get(k)) for k in {*old, *new} if old.get(k) != new.get(k)}, source)
+        OmegaConf.update(fresh, "trainer.resume", False)
+        return Plan(fresh, source, merged, source=source)
     saved = checkpoint.load(source)
     if "config" not in saved or "progress" not in saved:
         raise checkpoint.CheckpointError(f"checkpoint {source} is not a gmcnn training checkpoint "
@@ -185,7 +296,12 @@ def plan(cfg: DictConfig, run_dir: Path, overrides: list[str], *, search_sibling
     except targets.TargetRefused as refused:
         raise ConfigError(f"checkpoint {source}: {refused}") from None
     target = run_dir_of(source, run_dir)
-    effective, merged, changes = reconcile(saved["config"], list(saved.get("overrides", [])),
-                                           list(overrides), compose)
+    saved_overrides = list(saved.get("overrides", []))
+    check_group_choices(saved_overrides, list(overrides), compose, target)
+    try:
+        effective, merged, changes = reconcile(saved["config"], saved_overrides, list(overrides), compose)
+    except HydraException as error:
+        raise ConfigError(f"cannot continue run {target} with {' '.join(overrides)}: "
+                          f"{str(error).splitlines()[0]}") from None
     check_continuable(changes, target)
     return Plan(effective, target, merged, saved, source, changes)

@@ -8,12 +8,17 @@
   (with ``"message"``: how to resume).
 * :func:`is_fresh` / :func:`remove_fresh`: a directory Hydra has just made for this command
   (only ``.hydra/`` and the log file in it) can be removed when the run goes elsewhere (a resume)
-  or fails before training.
+  or fails before training. Only directories this command created are removed: ``gmcnn.cli``
+  records which of the run directory's ancestors existed before Hydra ran
+  (:func:`record_existing`); a directory that existed (a user's own empty folder given as
+  ``hydra.run.dir`` or ``paths.output_dir``) keeps everything but the files Hydra wrote in it.
+* :func:`unwritable`: the first existing ancestor of a directory to be created, if the process
+  cannot create entries in it (read-only file system, permissions): ``os.access``, then creating
+  and removing a probe directory in it (root passes ``access`` where writes still fail).
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
@@ -101,20 +106,67 @@ def write_status(run_dir: Path, status: str, **fields: Any) -> None:
     write_json(run_dir / "metrics.json", {**fields, "status": status})
 
 
+_existed: dict[Path, bool] = {}  # directory -> whether it existed before Hydra ran (record_existing)
+
+
+def record_existing(directory: Path) -> None:
+    """Note which of ``directory`` and its ancestors exist now, before Hydra creates any of them:
+    :func:`remove_fresh` removes only directories that did not."""
+    directory = Path(os.path.abspath(directory))
+    for path in (directory, *directory.parents):
+        _existed[path] = path.is_dir()
+
+
+def _created_here(directory: Path) -> bool | None:
+    """Whether this command created ``directory`` (None: not recorded)."""
+    existed = _existed.get(Path(os.path.abspath(directory)))
+    return None if existed is None else not existed
+
+
+def unwritable(directory: Path) -> Path | None:
+    """``directory`` or its first existing ancestor, if this process cannot create entries in
+    it (a read-only file system, permissions); None if it can."""
+    path = Path(os.path.abspath(directory))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+        return path
+    probe = path / f".gmcnn-write-test-{os.getpid()}"  # access() trusts root on pseudo file systems
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except FileExistsError:
+        return None
+    except OSError:
+        return path
+    return None
+
+
 def is_fresh(run_dir: Path) -> bool:
     """True if ``run_dir`` holds nothing but what Hydra writes at start (nothing of a run)."""
     return run_dir.is_dir() and all(p.name in HYDRA_FILES for p in run_dir.iterdir())
 
 
 def remove_fresh(run_dir: Path) -> bool:
-    """Remove ``run_dir`` if it is fresh (closing the log file Hydra opened in it), and its
-    parent if that is then empty; True if removed."""
+    """Remove ``run_dir`` if it is fresh (closing the log file Hydra opened in it) and this
+    command created it (else only the files Hydra wrote in it), and its parents that this command
+    created if they are then empty; True if it was fresh."""
     if not is_fresh(run_dir):
         return False
     redirect_log_files(run_dir, None)
+    if _created_here(run_dir) is False:  # the user's own folder: only what Hydra wrote
+        for name in HYDRA_FILES:
+            path = run_dir / name
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        return True
     shutil.rmtree(run_dir, ignore_errors=True)
-    with contextlib.suppress(OSError):  # the experiment's folder Hydra made for it, if now empty
-        run_dir.parent.rmdir()
+    for parent in run_dir.parents:  # the experiment's folder Hydra made for it, if now empty
+        if not _created_here(parent):
+            break
+        try:
+            parent.rmdir()
+        except OSError:
+            break
     return True
 
 
@@ -135,10 +187,18 @@ def redirect_log_files(old_dir: Path, new_dir: Path | None) -> None:
             root.addHandler(moved)
 
 
-def record_config(run_dir: Path, cfg: Any, overrides: list[str]) -> None:
+def record_config(run_dir: Path, cfg: Any, overrides: list[str], choices: dict[str, Any] | None = None) -> None:
     """Write the run's effective configuration and overrides to ``.hydra/`` (where Hydra and
-    ``python -m gmcnn.report`` read them), replacing what the resume command composed."""
+    ``python -m gmcnn.report`` read them), replacing what the resume command composed; with
+    ``choices`` (the run's config-group options) also in ``hydra.yaml``, so that the report names
+    the run's model, not the resume command's default."""
     from omegaconf import OmegaConf
 
     atomic_write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
     atomic_write_text(run_dir / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
+    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
+    if choices and hydra_yaml.is_file():
+        recorded = OmegaConf.load(hydra_yaml)
+        OmegaConf.update(recorded, "hydra.runtime.choices", choices, merge=False)
+        OmegaConf.update(recorded, "hydra.overrides.task", list(overrides), merge=False)
+        atomic_write_text(hydra_yaml, OmegaConf.to_yaml(recorded))
