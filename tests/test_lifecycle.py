@@ -153,13 +153,19 @@ def test_resume_keeps_the_saved_config_and_applies_new_overrides():
     assert merged == [*saved_overrides, "optimizer=sgd", "optimizer.lr=0.01"]
 
 
+def plain_checkpoint(cfg, overrides, progress):
+    """A last.pt of the trainer's layout (checkpoint.LAST) with an empty trainer state: enough for
+    what plans and resumes read (config, overrides, progress)."""
+    return {"config": __import__("omegaconf").OmegaConf.to_container(cfg), "overrides": list(overrides),
+            "progress": progress.to_dict(), "rng": checkpoint.rng_state(), "wandb_id": "w",
+            "trainer": {"model": {}, "optimizer": {"state": {}, "param_groups": []}, "scheduler": None,
+                        "scaler": {}}}
+
+
 def test_requeued_job_continues_its_interrupted_directory(tmp_path):
     cfg = compose_config(*FAST)
     (tmp_path / "checkpoints").mkdir()
-    checkpoint.save(tmp_path / "checkpoints" / "last.pt", {
-        "config": __import__("omegaconf").OmegaConf.to_container(cfg), "overrides": list(FAST),
-        "progress": Progress(epoch=1, step=2).to_dict(), "rng": checkpoint.rng_state(), "wandb_id": "w",
-        "trainer": {"model": {}, "optimizer": {"state": {}, "param_groups": []}, "scheduler": None, "scaler": {}}})
+    checkpoint.save(tmp_path / "checkpoints" / "last.pt", plain_checkpoint(cfg, FAST, Progress(epoch=1, step=2)))
     (tmp_path / "metrics.json").write_text(json.dumps({"status": "interrupted"}))
     with pytest.raises(ConfigError, match="already holds a run; continue it with trainer.resume=true"):
         plan(cfg, tmp_path, list(FAST), search_siblings=False, under_requeue=False, compose=None)
@@ -468,9 +474,8 @@ def fake_run(run_dir, overrides, status=None, epoch=1, step=0, age=0.0):
     not read them), metrics.json with ``status`` (None: none, as after a kill), ``age`` seconds old."""
     cfg = compose_config(*overrides)
     (run_dir / "checkpoints").mkdir(parents=True)
-    checkpoint.save(run_dir / "checkpoints" / "last.pt", {
-        "config": __import__("omegaconf").OmegaConf.to_container(cfg), "overrides": list(overrides),
-        "progress": Progress(epoch=epoch, step=step).to_dict()})
+    checkpoint.save(run_dir / "checkpoints" / "last.pt",
+                    plain_checkpoint(cfg, overrides, Progress(epoch=epoch, step=step)))
     if status:
         (run_dir / "metrics.json").write_text(json.dumps({"status": status, "model": cfg.model._target_}))
     stamp = time.time() - age
