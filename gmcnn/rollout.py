@@ -55,7 +55,7 @@ def load_run(run_dir: Path) -> tuple[DictConfig, torch.nn.Module]:
     if not best.is_file():
         raise RolloutError(f"{run_dir} has no checkpoints/best.pt: the run has not finished an epoch")
     model = build_model(cfg)
-    model.load_state_dict(checkpoint.load(best)["model"])
+    model.load_state_dict(checkpoint.load(best, checkpoint.BEST)["model"])
     return cfg, model.eval()
 
 

@@ -40,7 +40,8 @@ def test_help_shows_the_common_commands_and_the_config_groups():
     for line in ("python runner.py -m model.channels=30,60 seed=1,2", "trainer.resume=true",
                  "summary_only=true", "python -m gmcnn.report", "hparams_search=quickstart_optuna",
                  "cifar10, jetflow, mnist-bg-rot",
-                 "model: cnn, cnn_dynamics, gm_dynamics, gm_dynamics_p4, gmcnn, gmcnn_p4, gmcnn_p4m",
+                 "model: cnn, cnn_dynamics, convnet, e2cnn, gm_dynamics, gm_dynamics_p4, gmcnn, gmcnn_p4, gmcnn_p4m, lift, "
+                 "rgroup, rgroup_translation, rpp, rsteer",
                  'pip install -e ".[cluster]"'):
         assert line in result.stdout, result.stdout
     exp_line = next(line for line in result.stdout.splitlines() if line.startswith("exp: "))
