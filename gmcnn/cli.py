@@ -90,6 +90,9 @@ RERUN_REFUSED = ("--experimental-rerun is refused: it unpickles RUN_DIR/.hydra/c
 HYDRA_CALLBACKS = ("gmcnn.cli.SweepCallback",)
 # environment variables a config's hydra.job.env_set may not set: they make later processes
 # (launcher workers, torchrun, data-loading subprocesses) load code
+# a launcher's keys that run shell commands (setup lines) or pass options to sbatch / srun (which
+# can name scripts to run): accepted only when typed on the command line
+SHELL_KEYS = ("hydra.launcher.setup", "hydra.launcher.srun_args", "hydra.launcher.additional_parameters")
 UNSAFE_ENV = ("LD_", "DYLD_", "PYTHON", "BASH_ENV", "ENV", "PATH", "PERL5", "RUBYOPT", "NODE_OPTIONS",
               "GMCNN_TRUSTED_TARGETS")
 
@@ -188,7 +191,7 @@ def _check_overrides(overrides: list[str], config_dir: Path, config_name: str,
             raise error
     _check_direction(cfg)
     _check_storage(cfg)
-    check_instantiated(cfg)
+    check_instantiated(cfg, overrides)
     return cfg
 
 
@@ -201,12 +204,14 @@ def _add_config_dir(loader: Any, directory: Path) -> None:
     loader.repository = ConfigRepository(config_search_path=loader.config_search_path)
 
 
-def check_instantiated(cfg: DictConfig) -> None:
+def check_instantiated(cfg: DictConfig, overrides: list[str] = ()) -> None:
     """CommandLineError for anything in a composed config (with its ``hydra`` node) that would
     make Hydra or the run import code the project does not trust: a model / optimizer / scheduler
     target off the allow-list (:mod:`gmcnn.training.targets`), a ``_target_`` elsewhere, a Hydra
     callback other than the project's, a logging factory or handler class outside ``logging``, an
-    environment variable that loads code. A received config directory is data; this keeps it so."""
+    environment variable that loads code, a launcher's shell lines or scheduler options
+    (:data:`SHELL_KEYS`) that the command line (``overrides``) did not give. A received config
+    directory is data; this keeps it so."""
     from gmcnn.training import targets
 
     hydra_node = OmegaConf.to_container(cfg.get("hydra") or {}, resolve=False)
@@ -234,6 +239,11 @@ def check_instantiated(cfg: DictConfig) -> None:
             if leaf == "()" or (leaf == "class" and not str(value).startswith("logging.")):
                 raise CommandLineError(f"{key}={value!r} is refused: logging may only use the classes "
                                        "of Python's logging package")
+    typed = {override.split("=", 1)[0].lstrip("+~") for override in overrides}
+    for key in SHELL_KEYS:
+        if OmegaConf.select(cfg, key, default=None) and not any(t == key or t.startswith(f"{key}.") for t in typed):
+            raise CommandLineError(f"{key} is refused from a config file: it runs shell commands or "
+                                   f"passes scheduler options; give it on the command line ({key}=...)")
     for name in (OmegaConf.select(cfg, "hydra.job.env_set") or {}):
         if str(name).upper().startswith(UNSAFE_ENV):
             raise CommandLineError(f"hydra.job.env_set.{name} is refused: a config may not set an "

@@ -105,6 +105,8 @@ def received_config_dir(tmp_path, marker, body):
     ("hydra:\n  job_logging:\n    handlers:\n      evil:\n        class: os.system\n        command: touch {marker}\n",
      "hydra.job_logging.handlers.evil.class='os.system' is refused"),
     ("hydra:\n  job:\n    env_set:\n      LD_PRELOAD: {marker}\n", "hydra.job.env_set.LD_PRELOAD is refused"),
+    ("defaults:\n  - override /hydra/launcher: slurm\nhydra:\n  launcher:\n    setup: ['touch {marker}']\n",
+     "hydra.launcher.setup is refused from a config file"),
 ])
 def test_received_config_dir_naming_code_is_refused_in_one_line(tmp_path, body, refusal):
     marker = tmp_path / "MARKER"
