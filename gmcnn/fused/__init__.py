@@ -11,7 +11,7 @@ of :mod:`gmcnn.nn.blocks` call them behind their structural checks.
 
 from gmcnn.fused.layer_norm import gm_conv_norm_prelu, gm_residual_block_max, gm_two_blocks_max
 from gmcnn.fused.prelu import prelu
-from gmcnn.fused.stream import StreamBlock, gm_residual_stream
+from gmcnn.fused.stream import StreamBlock, gm_residual_stream, readout_rows
 
 __all__ = ["StreamBlock", "gm_conv_norm_prelu", "gm_residual_block_max", "gm_residual_stream",
-           "gm_two_blocks_max", "prelu"]
+           "gm_two_blocks_max", "prelu", "readout_rows"]
