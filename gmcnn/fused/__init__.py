@@ -4,8 +4,9 @@ of :mod:`gmcnn.nn.blocks` call them behind their structural checks.
 
 * :mod:`gmcnn.fused.layer_norm`: GM convolution -> LayerNorm -> PReLU (the GM-CNN layer), the
   last one or two residual blocks with the global max.
-* :mod:`gmcnn.fused.stream`: the GM dynamics body, a residual stream of relaxed GM layers
-  between pointwise convolutions, without materialising the stream.
+* :mod:`gmcnn.fused.stream`: the GM dynamics body, a residual stream of exact or relaxed GM
+  layers between pointwise convolutions (or from a given readout of the stream, the p4 / p4m
+  lifting folded in by the caller), without materialising the stream.
 * :mod:`gmcnn.fused.prelu`: a one-slope PReLU with a faster backward.
 """
 

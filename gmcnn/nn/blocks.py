@@ -28,10 +28,16 @@ reference path.
   shortcut accumulates into the last layer's output when that is a PReLU's, whose backward does
   not read its output: one activation-sized buffer less).
 * :class:`ResidualStream` ``(lift, blocks, project)``: project(blocks(lift(x))), the GMDynamics
-  body. Fast path ``"residual_stream"`` (every block one relaxed shared-mode gather GMConv, no
-  norm, a one-slope PReLU and an identity shortcut; a PointwiseConv projection; a PointwiseConv
-  lift, folded in, or any other lift, run first by its own forward: the whole as
-  :func:`gmcnn.fused.gm_residual_stream`, which never materialises the stream).
+  body. Fast paths (every block one shared-mode gather GMConv, exact or relaxed, no norm, a
+  one-slope PReLU and an identity shortcut; a PointwiseConv projection; the whole as
+  :func:`gmcnn.fused.gm_residual_stream`, which never materialises the stream):
+  ``"residual_stream"`` (a PointwiseConv lift, folded in, or any other lift but a GMLifting, run
+  first by its own forward) and ``"lifting_stream"`` (a :class:`~gmcnn.nn.lifting.GMLifting`
+  onto the stream, any field, channel mode, backend or relaxation: the stream kernel reads only
+  t_0 = A lift(x), A = [1^T; W_out], so A is folded into the lifting's weight sets and t_0 is one
+  conv2d of the grid input with 1 + F output channels per point of H
+  (:meth:`~gmcnn.nn.lifting.GMLifting.conv2d`) instead of the lifting's C; the relaxation's
+  profiles and the bias are applied to those 1 + F rows).
 * :class:`GlobalMaxTail` ``(blocks)``: max over positions of the last one or two residual blocks'
   output, (B, C, N) -> (B, C). Fast paths: ``"two_blocks_max"`` (two one-layer blocks whose
   layers take ``"conv_norm_prelu"``, share the index, the PReLU slope and the eps, an identity or
@@ -75,7 +81,7 @@ from gmcnn import fused as kernels
 from gmcnn.groups import WallpaperGroup
 from gmcnn.nn.base import num_positions
 from gmcnn.nn.conv import GMConv
-from gmcnn.nn.lifting import GMLifting, conv2d_on_grid, group_kernel, lifting_kernel
+from gmcnn.nn.lifting import GMLifting, conv2d_on_grid, group_kernel
 from gmcnn.nn.pointwise import PointwiseConv
 from gmcnn.nn.pool import GMPool
 
@@ -473,7 +479,7 @@ def grid_conv_norm_act(layer: ConvNormAct, x: Tensor, activate: bool = True) -> 
     if conv.weight.shape[1] == 1:
         x = x.sum(1, keepdim=True)
     if type(conv) is GMLifting:
-        kernel = lifting_kernel(conv.weight, conv.dense_index, t)
+        kernel = conv.dense_kernel(conv.weight)
     else:
         kernel = group_kernel(conv.weight, conv.dense_index, t, points)
     bias = conv.bias

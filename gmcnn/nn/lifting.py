@@ -26,7 +26,9 @@ Projection, functions on G -> functions on X:
 
 Dense formulations (how the G-CNN and relaxed-group-convolution papers compute it, and a fast
 path): :func:`lifting_conv2d` and :func:`group_conv2d` run the lifting and a GMConv on G as one
-circular ``F.conv2d`` with |H| transformed copies of the kernel.
+circular ``F.conv2d`` with |H| transformed copies of the kernel. For vector fields the kernel of
+point h also turns the frame: K_h[(f, j), L_h d_k] = sum_i w[2f + i, k] (L_h^-1)_ij
+(:meth:`GMLifting.dense_kernel`, the lifting's "conv" backend).
 """
 
 from __future__ import annotations
