@@ -14,6 +14,7 @@ from torch import nn
 
 from gmcnn.functional import conv_index, gather_taps, gram_plan
 from gmcnn.fused import (
+    StreamBlock,
     gm_conv_norm_prelu,
     gm_residual_block_max,
     gm_residual_stream,
@@ -458,6 +459,21 @@ def test_residual_stream_equals_composition(relaxation, rank, slopes, lift, bias
         return project(h)
 
     assert_same_function(fused, reference, (x, *params))
+
+
+def test_residual_stream_rejects_mismatched_blocks_and_readouts_in_one_line():
+    conv = GMConv("C6xC5", 5, 5, t=1, rank=1)
+    weights, profiles = conv.relaxation.profiled_weights(conv.weight)
+    project = PointwiseConv(5, 2)
+    x = torch.randn(2, 5, conv.group.order)
+    extra_profile = StreamBlock(weights, torch.cat([profiles, profiles]), conv.bias, torch.ones(1),
+                                conv.index, conv.inverse_index)
+    with pytest.raises(ValueError, match=r"R or R - 1 profiles and one PReLU slope; got weight \(5, 2, 1, 9\), "
+                                         r"4 profiles and 1 slopes$"):
+        gm_residual_stream(x, None, None, [extra_profile], project.weight, project.bias)
+    with pytest.raises(ValueError, match=r"a given readout t_0 has 1 \+ 2 rows .*; got input \(2, 5, 30\)$"):
+        gm_residual_stream(x, None, None, [stream_block(conv, torch.ones(1))], project.weight, project.bias,
+                           readout_given=True)
 
 
 @pytest.mark.parametrize("in_channels", [3, 20])  # bias folded into the matmul, or added

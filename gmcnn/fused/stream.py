@@ -15,7 +15,9 @@ t_l = A x_l, 1 + F rows instead of the C channels of the stream:
     t_0 = (A W_in) f + A b_in,    t_l = t_{l-1} + A z_l,    s_l = t_l[0],    y = t_L[1:] + b_out,
 
 and the stream itself is never materialised: per block one matmul writes h_l, PReLU writes z_l
-and one matmul reads it. An exact layer (profiles None) has q_l = [g_l; 1^T]. A caller whose
+and one matmul reads it. Weight sets whose profile is the constant 1 (the exact layer's only
+set, the additive relaxation's first) come first and take no profile: q_l = [g_l; p o g_l ..; 1^T]
+for the profiled ones, and q_l = [g_l; 1^T] for an exact layer (profiles None). A caller whose
 lift is another linear map (the p4 lifting, :class:`gmcnn.nn.blocks.ResidualStream`) folds A
 into it and passes t_0 itself (``readout_given``): the kernel then returns its gradient V_0, and
 autograd takes it through the caller's t_0 = A lift(f).
@@ -48,8 +50,9 @@ from gmcnn.fused.saving import save_by_name, saved_by_name
 
 class StreamBlock(NamedTuple):
     """One residual block's parameters: the layer as ``relaxation.profiled_weights`` gives it
-    (weight sets (C, R, 1, K), profiles (R, N); an exact layer: its weight as (C, 1, 1, K) and
-    profiles None), its bias (C,) or None, the PReLU slope (1,), and the layer's index and
+    (weight sets (C, R, 1, K)) and the profiles (R', N) of its last R' sets, R' = R or R - 1,
+    the first set's profile then being the constant 1 (an exact layer: its weight as
+    (C, 1, 1, K) and profiles None), its bias (C,) or None, the PReLU slope (1,), and the layer's index and
     inverse permutations (K, N)."""
     weight: Tensor
     profiles: Tensor
@@ -78,12 +81,20 @@ def readout_rows(project_weight: Tensor) -> Tensor:
     return torch.cat([project_weight.new_ones(1, project_weight.shape[1]), project_weight])
 
 
-def _profiled_taps(s: Tensor, profiles: Tensor | None, index: Tensor) -> tuple[Tensor, Tensor]:
-    """g (B, K, N) and q (B, R K + 1, N) from the channel sum s (B, N) (profiles None: R = 1,
-    q = [g; 1^T])."""
+def _profiled_taps(s: Tensor, sets: int, profiles: Tensor | None, index: Tensor) -> tuple[Tensor, Tensor]:
+    """g (B, K, N) and q (B, R K + 1, N) = [g (if R' = R - 1); p o g for the R' profiles; 1^T]
+    from the channel sum s (B, N), written in place into q."""
     taps = gather_taps(s, index)
-    profiled = taps if profiles is None else (taps[:, None] * profiles[None, :, None]).flatten(1, 2)
-    return taps, torch.cat([profiled, profiled.new_ones(s.shape[0], 1, s.shape[-1])], 1)
+    batch, k, n = taps.shape
+    plain = sets - (0 if profiles is None else profiles.shape[0])
+    profiled = taps.new_empty(batch, sets * k + 1, n)
+    if plain:
+        profiled[:, :k] = taps
+    if plain < sets:
+        torch.mul(taps[:, None], profiles[None, :, None],
+                  out=profiled[:, plain * k:-1].unflatten(1, (sets - plain, k)))
+    profiled[:, -1] = 1
+    return taps, profiled
 
 
 class _ResidualStream(torch.autograd.Function):
@@ -107,7 +118,7 @@ class _ResidualStream(torch.autograd.Function):
                               folded[:, :-1].expand(batch, -1, -1), f)
         records = {}
         for i, block in enumerate(blocks):
-            taps, profiled = _profiled_taps(t[:, 0], block.profiles, block.index)
+            taps, profiled = _profiled_taps(t[:, 0], block.weight.shape[1], block.profiles, block.index)
             h = torch.bmm(_weight_and_bias(block.weight, block.bias).expand(batch, -1, -1), profiled)
             z = F.prelu(h, block.slope)
             t = torch.baddbmm(t, rows.expand(batch, -1, -1), z)               # t + A z
@@ -146,11 +157,16 @@ class _ResidualStream(torch.autograd.Function):
             sets, taps = block.weight.shape[1], block.weight.shape[-1]
             grad_profiled = torch.bmm(wb[:, :-1].T.expand(batch, -1, -1), grad_h)
             grad_profiled = grad_profiled.unflatten(1, (sets, taps))          # (B, R, K, N)
-            if block.profiles is None:
-                grad_profiles, grad_taps = None, grad_profiled[:, 0]
-            else:
-                grad_profiles = (grad_profiled * record.taps[:, None]).sum((0, 2))
-                grad_taps = (grad_profiled * block.profiles[:, None]).sum(1)
+            plain = sets - (0 if block.profiles is None else block.profiles.shape[0])
+            grad_taps = grad_profiled[:, 0] if plain else None
+            grad_profiles = None
+            if plain < sets:
+                extra = grad_profiled[:, plain:]                               # (B, R', K, N)
+                grad_profiles = torch.stack([(extra[:, i] * record.taps).sum((0, 1))
+                                             for i in range(extra.shape[1])])
+                for i, profile in enumerate(block.profiles):
+                    grad_taps = (extra[:, i] * profile if grad_taps is None
+                                 else torch.addcmul(grad_taps, extra[:, i], profile))
             grad_s = grad_s + gather_adjoint(grad_taps, block.inverse)[:, None]
             block_grads[:0] = [grad_wb[:, :-1].reshape(block.weight.shape), grad_profiles,
                                None if block.bias is None else grad_wb[:, -1],
@@ -195,10 +211,12 @@ def gm_residual_stream(f: Tensor, lift_weight: Tensor | None, lift_bias: Tensor 
                          f"{tuple(f.shape)} and lift weight "
                          f"{None if lift_weight is None else tuple(lift_weight.shape)}")
     for block in blocks:
-        if block.weight.shape[0] != channels or block.weight.shape[2] != 1 or block.slope.numel() != 1:
+        profiled = 0 if block.profiles is None else block.profiles.shape[0]
+        if (block.weight.shape[0] != channels or block.weight.shape[2] != 1 or block.slope.numel() != 1
+                or block.weight.shape[1] - profiled not in (0, 1)):
             raise ValueError("every block needs a shared-mode weight (C, R, 1, K) over the stream's "
-                             f"{channels} channels and one PReLU slope; got weight "
-                             f"{tuple(block.weight.shape)} and {block.slope.numel()} slopes")
+                             f"{channels} channels, R or R - 1 profiles and one PReLU slope; got weight "
+                             f"{tuple(block.weight.shape)}, {profiled} profiles and {block.slope.numel()} slopes")
     flat = [tensor for block in blocks for tensor in block]
     return _ResidualStream.apply(f, lift_weight, lift_bias, project_weight, project_bias,
                                  readout_given, *flat)

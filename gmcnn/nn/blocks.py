@@ -316,10 +316,14 @@ class ResidualStream(FastPathModule):
 
 def stream_block(conv: GMConv, slope: Tensor) -> kernels.StreamBlock:
     """A shared-mode GMConv and its PReLU slope as the stream kernel's block: the relaxation's
-    weight sets and profiles, or (exact) the weight as one set without profiles."""
-    weights, profiles = (conv.weight[:, None], None) if conv.relaxation is None else (
-        conv.relaxation.profiled_weights(conv.weight))
-    return kernels.StreamBlock(weights, profiles, conv.bias, slope, conv.index, conv.inverse_index)
+    weight sets and the profiles of those whose profile is not the constant 1 (the relaxation's
+    ``constant_profiles`` first rows are), or (exact) the weight as one set without profiles."""
+    relaxation = conv.relaxation
+    if relaxation is None:
+        return kernels.StreamBlock(conv.weight[:, None], None, conv.bias, slope, conv.index, conv.inverse_index)
+    weights, profiles = relaxation.profiled_weights(conv.weight)
+    return kernels.StreamBlock(weights, profiles[relaxation.constant_profiles:], conv.bias, slope,
+                               conv.index, conv.inverse_index)
 
 
 class GlobalMaxTail(FastPathModule):
