@@ -56,6 +56,16 @@ def test_training_benchmark_builds_the_named_baselines_at_their_published_widths
     assert all(v.slow and v.batch_size == 2 for v in variants[1:])
 
 
+def test_p4_dynamics_benchmark_times_every_part_of_both_paths(capsys):
+    """benchmarks/bench_p4_dynamics.py: a row per rank with the four parts and the body's ratio."""
+    from benchmarks import bench_p4_dynamics
+    bench_p4_dynamics.main(["--batch", "1", "--rounds", "1", "model.channels=4"])
+    rows = table_rows(capsys.readouterr().out)
+    assert [row[0] for row in rows] == ["0", "1"]
+    assert all(len(row) == 7 and all(float(cell) > 0 for cell in row[2:6]) and row[6].endswith("x")
+               for row in rows)
+
+
 def test_alternate_runs_the_steps_in_turn_and_rates_each_round():
     calls = []
     steps = [(lambda: calls.append("a"), 2, 10), (lambda: calls.append("b"), 1, 4)]

@@ -20,10 +20,12 @@ from gmcnn.fused import (
     gm_residual_stream,
     gm_two_blocks_max,
     prelu,
+    readout_rows,
 )
 from gmcnn.groups import make_group
 from gmcnn.models import GMCNN, GMDynamics
 from gmcnn.nn import ConvNormAct, GlobalMaxTail, GMConv, PointwiseConv, ResidualBlock
+from gmcnn.nn.blocks import stream_block
 from tests.helpers import ROOT, assert_fast_path_matches_reference, compose_config, recorded_fast_paths
 
 # (group, PReLU weight, input offset): a negative and a unit slope, and inputs whose mean is large
@@ -370,16 +372,29 @@ def test_prelu_equals_aten_prelu(slope):
     assert_same_function(prelu, F.prelu, (h, a))
 
 
-@pytest.mark.parametrize("options", [dict(group=["C8", "C8"]),
-                                     dict(group="p4", image_size=6, field="vector"),  # GMLifting first
-                                     dict(group=["C8", "C8"], relaxation="multiplicative")])
-def test_dynamics_body_runs_as_one_stream_kernel(options):
-    model = GMDynamics(input_frames=2, channels=5, rank=1, **options)
+@pytest.mark.parametrize("options,path", [
+    (dict(group=["C8", "C8"]), "residual_stream"),
+    (dict(group=["C8", "C8"], rank=0), "residual_stream"),                     # exact blocks
+    (dict(group=["C8", "C8"], relaxation="multiplicative"), "residual_stream"),
+    (dict(group="p4", image_size=6, field="vector", rank=0), "lifting_stream"),  # GMLifting folded in
+    (dict(group="p4", image_size=6, field="vector"), "lifting_stream"),
+    (dict(group="p4m", image_size=5, field="vector", rank=2), "lifting_stream"),
+    (dict(group="p4", image_size=6, field="vector", relaxation="multiplicative"), "lifting_stream"),
+    (dict(group="p4", image_size=6, field="scalar", field_channels=1), "lifting_stream"),
+])
+def test_dynamics_body_runs_as_one_stream_kernel(options, path):
+    """The stream kernel (a pointwise lift folded in, or the p4 / p4m lifting of vector or scalar
+    fields with the readout folded into its kernels) against the composed modules, float64,
+    values and every gradient, exact and relaxed (the relaxations perturbed away from exact)."""
+    torch.manual_seed(0)
+    model = GMDynamics(input_frames=2, channels=5, **{"rank": 1, **options})
     with torch.no_grad():
-        for block in model.stream.blocks:
-            for p in block.layers[0].conv.relaxation.parameters():
-                p.normal_()
-    assert assert_fast_path_matches_reference(model, [model.example_input(2)]) == {"residual_stream"}
+        for module in model.modules():
+            if hasattr(module, "coefficients"):
+                module.coefficients.normal_()
+            if hasattr(module, "position_weight"):
+                module.position_weight.normal_()
+    assert assert_fast_path_matches_reference(model, [model.example_input(2)]) == {path}
 
 
 @pytest.mark.parametrize("mutate", [
@@ -406,19 +421,22 @@ def test_a_changed_dynamics_body_takes_the_reference(mutate):
 
 @pytest.mark.parametrize("relaxation,rank,slopes", [("additive", 1, (0.25, -0.3)),
                                                     ("additive", 2, (1.0, 0.0)),
-                                                    ("multiplicative", 1, (0.6, 1.2))])
-@pytest.mark.parametrize("lift", [True, False])
+                                                    ("multiplicative", 1, (0.6, 1.2)),
+                                                    ("additive", 0, (0.25, 1.0))])  # exact blocks
+@pytest.mark.parametrize("lift", ["pointwise", None, "readout"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_residual_stream_equals_composition(relaxation, rank, slopes, lift, bias):
-    """gm_residual_stream against lift -> residual blocks (x + PReLU(relaxed GMConv(x))) ->
-    projection, values and every gradient, for slopes near and far from 1, with and without a
-    lift and biases, two blocks over different neighbourhoods of one group."""
+    """gm_residual_stream against lift -> residual blocks (x + PReLU(GMConv(x)), exact or
+    relaxed) -> projection, values and every gradient, for slopes near and far from 1, with a
+    pointwise lift folded in, without a lift, or given the readout t_0 = [1^T; W_out] lift(x)
+    (whose gradient autograd takes on), with and without biases, two blocks over different
+    neighbourhoods of one group."""
     torch.manual_seed(0)
     convs = [GMConv("C6xC5", 5, 5, t=t, rank=rank, relaxation=relaxation, bias=bias).double()
              for t in (1, 2)]
     with torch.no_grad():
         for conv in convs:
-            for p in conv.relaxation.parameters():
+            for p in conv.relaxation.parameters() if rank else ():
                 p.normal_()
     lifting = PointwiseConv(3, 5, bias=bias).double() if lift else None
     project = PointwiseConv(5, 2, bias=bias).double()
@@ -427,8 +445,10 @@ def test_residual_stream_equals_composition(relaxation, rank, slopes, lift, bias
     params = [*[p for m in (*convs, lifting, project) if m is not None for p in m.parameters()], *a]
 
     def fused(x, *_):
-        blocks = [StreamBlock(*conv.relaxation.profiled_weights(conv.weight), conv.bias, slope,
-                              conv.index, conv.inverse_index) for conv, slope in zip(convs, a)]
+        blocks = [stream_block(conv, slope) for conv, slope in zip(convs, a)]
+        if lift == "readout":
+            return gm_residual_stream(readout_rows(project.weight) @ lifting(x), None, None, blocks,
+                                      project.weight, project.bias, readout_given=True)
         return gm_residual_stream(x, lifting.weight if lift else None,
                                   lifting.bias if lift else None, blocks, project.weight, project.bias)
 
@@ -439,6 +459,21 @@ def test_residual_stream_equals_composition(relaxation, rank, slopes, lift, bias
         return project(h)
 
     assert_same_function(fused, reference, (x, *params))
+
+
+def test_residual_stream_rejects_mismatched_blocks_and_readouts_in_one_line():
+    conv = GMConv("C6xC5", 5, 5, t=1, rank=1)
+    weights, profiles = conv.relaxation.profiled_weights(conv.weight)
+    project = PointwiseConv(5, 2)
+    x = torch.randn(2, 5, conv.group.order)
+    extra_profile = StreamBlock(weights, torch.cat([profiles, profiles]), conv.bias, torch.ones(1),
+                                conv.index, conv.inverse_index)
+    with pytest.raises(ValueError, match=r"R or R - 1 profiles and one PReLU slope; got weight \(5, 2, 1, 9\), "
+                                         r"4 profiles and 1 slopes$"):
+        gm_residual_stream(x, None, None, [extra_profile], project.weight, project.bias)
+    with pytest.raises(ValueError, match=r"a given readout t_0 has 1 \+ 2 rows .*; got input \(2, 5, 30\)$"):
+        gm_residual_stream(x, None, None, [stream_block(conv, torch.ones(1))], project.weight, project.bias,
+                           readout_given=True)
 
 
 @pytest.mark.parametrize("in_channels", [3, 20])  # bias folded into the matmul, or added

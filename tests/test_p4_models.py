@@ -213,18 +213,22 @@ def vector_dynamics(**options):
                       image_size=8, field="vector", **options).double().eval()
 
 
-def test_dynamics_exactly_equivariant_to_rotating_the_input_field():
+@pytest.mark.parametrize("fused", [True, False])
+def test_dynamics_exactly_equivariant_to_rotating_the_input_field(fused):
+    """On its fast path (the lifting folded into the stream kernel) and on the reference."""
     model = vector_dynamics(rank=0)
+    model.fused = fused
     assert num_params(model) == (5 * 4 * 9 + 5) + 2 * (5 * 36 + 5 + 1) + (5 * 2 + 2)
     x = model.example_input(2).double()
-    with torch.no_grad():
+    with torch.no_grad(), recorded_fast_paths(model) as taken:
         prediction = model(x)
         for k in (1, 2, 3):
             torch.testing.assert_close(model(rotate_field(x, k)), rotate_field(prediction, k),
                                        rtol=0, atol=1e-10)
         torch.testing.assert_close(model(torch.roll(x, (3, 1), (-2, -1))),
                                    torch.roll(prediction, (3, 1), (-2, -1)), rtol=0, atol=1e-10)
-    assert equivariance_error(model.float(), x.float(), reduction="max") < 1e-5
+    assert set(taken) == ({"lifting_stream"} if fused else {None})
+    assert_equivariant(model.float(), x.float(), atol=1e-5)
 
 
 def test_relaxed_dynamics_only_approximately_equivariant():

@@ -21,9 +21,10 @@ circular translations; the relaxation (``rank`` > 0) applies to the lifting and 
 
 Predictions are rolled out autoregressively by the training protocol, not here. The lift, the
 blocks and the 1x1 projection are a :class:`~gmcnn.nn.blocks.ResidualStream`, whose fast path
-(``fused=True``) is one kernel that computes each relaxed layer's (1 + r) GM products from one
-gather and carries only the stream's channel sum and projection, not its C channels;
-``fused=False`` runs the reference composition.
+(``fused=True``) is one kernel that computes each layer's (1 + r) GM products from one gather
+and carries only the stream's channel sum and projection, not its C channels; on p4 / p4m the
+lifting is folded in too, as one conv2d to those 1 + F rows (``"lifting_stream"``, docs/design.md
+§5). ``fused=False`` runs the reference composition.
 """
 
 from __future__ import annotations

@@ -28,10 +28,16 @@ reference path.
   shortcut accumulates into the last layer's output when that is a PReLU's, whose backward does
   not read its output: one activation-sized buffer less).
 * :class:`ResidualStream` ``(lift, blocks, project)``: project(blocks(lift(x))), the GMDynamics
-  body. Fast path ``"residual_stream"`` (every block one relaxed shared-mode gather GMConv, no
-  norm, a one-slope PReLU and an identity shortcut; a PointwiseConv projection; a PointwiseConv
-  lift, folded in, or any other lift, run first by its own forward: the whole as
-  :func:`gmcnn.fused.gm_residual_stream`, which never materialises the stream).
+  body. Fast paths (every block one shared-mode gather GMConv, exact or relaxed, no norm, a
+  one-slope PReLU and an identity shortcut; a PointwiseConv projection; the whole as
+  :func:`gmcnn.fused.gm_residual_stream`, which never materialises the stream):
+  ``"residual_stream"`` (a PointwiseConv lift, folded in, or any other lift but a GMLifting, run
+  first by its own forward) and ``"lifting_stream"`` (a :class:`~gmcnn.nn.lifting.GMLifting`
+  onto the stream, any field, channel mode, backend or relaxation: the stream kernel reads only
+  t_0 = A lift(x), A = [1^T; W_out], so A is folded into the lifting's weight sets and t_0 is one
+  conv2d of the grid input with 1 + F output channels per point of H
+  (:meth:`~gmcnn.nn.lifting.GMLifting.conv2d`) instead of the lifting's C; the relaxation's
+  profiles and the bias are applied to those 1 + F rows).
 * :class:`GlobalMaxTail` ``(blocks)``: max over positions of the last one or two residual blocks'
   output, (B, C, N) -> (B, C). Fast paths: ``"two_blocks_max"`` (two one-layer blocks whose
   layers take ``"conv_norm_prelu"``, share the index, the PReLU slope and the eps, an identity or
@@ -75,7 +81,7 @@ from gmcnn import fused as kernels
 from gmcnn.groups import WallpaperGroup
 from gmcnn.nn.base import num_positions
 from gmcnn.nn.conv import GMConv
-from gmcnn.nn.lifting import GMLifting, conv2d_on_grid, group_kernel, lifting_kernel
+from gmcnn.nn.lifting import GMLifting, conv2d_on_grid, group_kernel
 from gmcnn.nn.pointwise import PointwiseConv
 from gmcnn.nn.pool import GMPool
 
@@ -152,8 +158,7 @@ class ConvNormAct(FastPathModule):
         conv = self.conv
         if not (self.fused and x.dim() == 3 and runtime_allows_fast_path(x, list(self.parameters()))):
             return None
-        if (type(conv) is GMConv and conv.channel_mode == "shared" and conv.backend == "gather"
-                and tuple(x.shape[1:]) == (conv.in_channels, conv.group.order)):
+        if self.is_shared_gather_conv(x):
             if conv.relaxation is not None:
                 return "profiled"
             return "conv_norm_prelu" if self._norm_prelu_fusable() else None
@@ -163,6 +168,12 @@ class ConvNormAct(FastPathModule):
                 and self._norm_prelu_fusable()):
             return "lifting_norm_prelu"
         return None
+
+    def is_shared_gather_conv(self, x: Tensor) -> bool:
+        """The layer is a shared-mode gather-backend GMConv (exactly that type) on inputs like x."""
+        conv = self.conv
+        return (type(conv) is GMConv and conv.channel_mode == "shared" and conv.backend == "gather"
+                and tuple(x.shape[1:]) == (conv.in_channels, conv.group.order))
 
     def _norm_prelu_fusable(self) -> bool:
         """The norm and activation that the conv_norm_prelu kernel computes, after a layer of a
@@ -234,47 +245,85 @@ class ResidualStream(FastPathModule):
 
     @staticmethod
     def _stream_layer(block: nn.Module, stream: Tensor) -> ConvNormAct | None:
-        """The block's layer if the block is x + PReLU(relaxed shared-mode GMConv(x)) with one
-        slope and no norm, on a stream like ``stream``."""
+        """The block's layer if the block is x + PReLU(shared-mode gather GMConv(x)), exact or
+        relaxed, with one slope and no norm, on a stream like ``stream``."""
         if not (type(block) is ResidualBlock and len(block.layers) == 1
                 and type(block.shortcut) is nn.Identity):
             return None
         layer = block.layers[0]
-        if (isinstance(layer, ConvNormAct) and layer.norm is None and type(layer.activation) is nn.PReLU
-                and layer.activation.weight.numel() == 1 and layer.path_for(stream) == "profiled"
-                and layer.conv.out_channels == stream.shape[1]):
+        if (isinstance(layer, ConvNormAct) and layer.fused and layer.norm is None
+                and type(layer.activation) is nn.PReLU and layer.activation.weight.numel() == 1
+                and layer.is_shared_gather_conv(stream) and layer.conv.out_channels == stream.shape[1]):
             return layer
         return None
 
+    def _lifts_to_grid(self, x: Tensor) -> bool:
+        """The lift is a GMLifting (exactly that type) onto the stream's width, x its input."""
+        lift = self.lift
+        return (type(lift) is GMLifting and lift.out_channels == self.project.weight.shape[1]
+                and tuple(x.shape[1:]) == (lift.in_channels, num_positions(lift.in_space)))
+
     def fast_path(self, x: Tensor) -> str | None:
-        """x: the input of a pointwise lift (which the kernel folds in), or the stream itself
-        (after the identity or any other lift, which runs by its own forward)."""
+        """x: the input of a pointwise lift or a GMLifting (which the kernel folds in), or the
+        stream itself (after the identity or any other lift, which runs by its own forward)."""
         project, folded = self.project, type(self.lift) is PointwiseConv
         if not (self.fused and type(project) is PointwiseConv and x.dim() == 3
                 and runtime_allows_fast_path(x, list(self.parameters()))):
             return None
         width = project.weight.shape[1]
-        if x.shape[1] != (self.lift.weight.shape[1] if folded else width):
-            return None
-        stream = x.new_empty(0, width, x.shape[-1])
+        if type(self.lift) is GMLifting:
+            if not self._lifts_to_grid(x):
+                return None
+            path, stream = "lifting_stream", x.new_empty(0, width, self.lift.group.order)
+        else:
+            if x.shape[1] != (self.lift.weight.shape[1] if folded else width):
+                return None
+            path, stream = "residual_stream", x.new_empty(0, width, x.shape[-1])
         if all(self._stream_layer(block, stream) is not None for block in self.blocks):
-            return "residual_stream"
+            return path
         return None
 
     def forward(self, x: Tensor) -> Tensor:
-        folded = type(self.lift) is PointwiseConv
+        folded = type(self.lift) in (PointwiseConv, GMLifting)     # folded in on the fast path
         if not folded:
             x = self.lift(x)
-        if self.fast_path(x) != "residual_stream":
+        path = self.fast_path(x)
+        if path is None:
             return self.project(self.blocks(self.lift(x) if folded else x))
-        blocks = []
-        for block in self.blocks:
-            conv, activation = block.layers[0].conv, block.layers[0].activation
-            blocks.append(kernels.StreamBlock(*conv.relaxation.profiled_weights(conv.weight), conv.bias,
-                                              activation.weight, conv.index, conv.inverse_index))
-        return kernels.gm_residual_stream(x, self.lift.weight if folded else None,
-                                          self.lift.bias if folded else None, blocks,
+        blocks = [stream_block(block.layers[0].conv, block.layers[0].activation.weight)
+                  for block in self.blocks]
+        if path == "lifting_stream":
+            return kernels.gm_residual_stream(self._lifted_readout(x), None, None, blocks,
+                                              self.project.weight, self.project.bias, readout_given=True)
+        pointwise = type(self.lift) is PointwiseConv
+        return kernels.gm_residual_stream(x, self.lift.weight if pointwise else None,
+                                          self.lift.bias if pointwise else None, blocks,
                                           self.project.weight, self.project.bias)
+
+    def _lifted_readout(self, x: Tensor) -> Tensor:
+        """t_0 = A lift(x), A = [1^T; W_out]: the lifting's weight sets W_i and profiles P_i
+        (exact: W_0 = w, P_0 = 1) give A lift(x) = sum_i P_i o lift_{A W_i}(x) + A b, each
+        lift_{A W_i} one conv2d on the grid with 1 + F output channels per point of H
+        (:meth:`~gmcnn.nn.lifting.GMLifting.conv2d`) instead of the stream's C."""
+        lift, rows = self.lift, kernels.readout_rows(self.project.weight)
+        weights, profiles = (lift.weight[:, None], None) if lift.relaxation is None else (
+            lift.relaxation.profiled_weights(lift.weight))                  # (C, S, C', K), (S, N)
+        folded = torch.einsum("ac,csik->saik", rows, weights).flatten(0, 1)  # (S (1 + F), C', K)
+        t0 = lift.conv2d(x, folded, None, fast_pad=True).unflatten(1, (weights.shape[1], -1))
+        t0 = t0[:, 0] if profiles is None else torch.einsum("bsan,sn->ban", t0, profiles.to(t0.dtype))
+        return t0 if lift.bias is None else t0 + (rows @ lift.bias)[:, None]
+
+
+def stream_block(conv: GMConv, slope: Tensor) -> kernels.StreamBlock:
+    """A shared-mode GMConv and its PReLU slope as the stream kernel's block: the relaxation's
+    weight sets and the profiles of those whose profile is not the constant 1 (the relaxation's
+    ``constant_profiles`` first rows are), or (exact) the weight as one set without profiles."""
+    relaxation = conv.relaxation
+    if relaxation is None:
+        return kernels.StreamBlock(conv.weight[:, None], None, conv.bias, slope, conv.index, conv.inverse_index)
+    weights, profiles = relaxation.profiled_weights(conv.weight)
+    return kernels.StreamBlock(weights, profiles[relaxation.constant_profiles:], conv.bias, slope,
+                               conv.index, conv.inverse_index)
 
 
 class GlobalMaxTail(FastPathModule):
@@ -434,7 +483,7 @@ def grid_conv_norm_act(layer: ConvNormAct, x: Tensor, activate: bool = True) -> 
     if conv.weight.shape[1] == 1:
         x = x.sum(1, keepdim=True)
     if type(conv) is GMLifting:
-        kernel = lifting_kernel(conv.weight, conv.dense_index, t)
+        kernel = conv.dense_kernel(conv.weight)
     else:
         kernel = group_kernel(conv.weight, conv.dense_index, t, points)
     bias = conv.bias

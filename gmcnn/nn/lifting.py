@@ -26,7 +26,9 @@ Projection, functions on G -> functions on X:
 
 Dense formulations (how the G-CNN and relaxed-group-convolution papers compute it, and a fast
 path): :func:`lifting_conv2d` and :func:`group_conv2d` run the lifting and a GMConv on G as one
-circular ``F.conv2d`` with |H| transformed copies of the kernel.
+circular ``F.conv2d`` with |H| transformed copies of the kernel. For vector fields the kernel of
+point h also turns the frame: K_h[(f, j), L_h d_k] = sum_i w[2f + i, k] (L_h^-1)_ij
+(:meth:`GMLifting.dense_kernel`, the lifting's "conv" backend).
 """
 
 from __future__ import annotations
@@ -98,11 +100,16 @@ def conv2d_on_grid(x: Tensor, kernel: Tensor, n: int, t: int, bias: Tensor | Non
     return F.conv2d(image, kernel, bias).reshape(x.shape[0], kernel.shape[0] // points, -1)
 
 
-def lifting_kernel(weight: Tensor, index: Tensor, t: int) -> Tensor:
+def lifting_kernel(weight: Tensor, index: Tensor, t: int, frames: Tensor | None = None) -> Tensor:
     """The dense lifting kernels (O |H|, C', k, k), K_h[L_h d_k] = w[k], from
-    :func:`lifting_kernel_index` ``index`` (on the weight's device)."""
+    :func:`lifting_kernel_index` ``index`` (on the weight's device). Vector fields (``frames``
+    the matrices L_h^-1 (|H|, 2, 2), C' even): the kernel of point h reads component j of field f
+    with sum_i w[2f + i] (L_h^-1)_ij, the rotated frame of the pullback."""
     k = 2 * t + 1
     dense = weight.index_select(-1, index.flatten()).unflatten(-1, index.shape)  # (O, C', H, E)
+    if frames is not None:
+        dense = torch.einsum("ofihe,hij->ofjhe", dense.unflatten(1, (-1, 2)),
+                             frames.to(dense.dtype)).flatten(1, 2)
     return dense.permute(0, 2, 1, 3).reshape(-1, weight.shape[1], k, k)
 
 
@@ -150,8 +157,9 @@ class GMLifting(GroupMatrixLayer):
     """Lifting layer: (B, C, n^2) functions on the pixel grid -> (B, O, |G|) functions on G.
 
     ``field="vector"``: the C input channels are C / 2 vector fields (v_x, v_y). Backends:
-    "gather" (permutation gather + matmul, any field) and "conv" (:func:`lifting_conv2d`, scalar
-    fields); "auto" takes "conv" for scalar full mode or a zero boundary and "gather" otherwise.
+    "gather" (permutation gather + matmul) and "conv" (one F.conv2d of the grid input with the
+    layer's :meth:`dense_kernel`; for scalar fields :func:`lifting_conv2d`); "auto" takes "conv"
+    for scalar full mode or a zero boundary and "gather" otherwise.
     ``boundary`` "circular" (the pixel torus: equivariant to all of G) or "zero" (a finite patch,
     zeros outside: equivariant to the point group about the image centre, conv backend, scalar
     fields, rank 0).
@@ -183,17 +191,13 @@ class GMLifting(GroupMatrixLayer):
             self.register_buffer("frames", frames, persistent=False)          # L_h^-1 on (v_x, v_y)
         if backend not in LIFTING_BACKENDS:
             raise ValueError(f"backend must be one of {LIFTING_BACKENDS}, got {backend!r}")
-        if backend == "conv" and field == "vector":
-            raise ValueError("backend='conv' lifts scalar fields only; use backend='gather' for "
-                             "vector fields")
         if backend == "auto":
             backend = "conv" if field == "scalar" and (channel_mode == "full" or kept) else "gather"
         self.backend, self.boundary = backend, boundary
         if kept is not None:
             self.in_space = SubgroupPixelGrid(space, kept.group, kept.embedding)
             self.out_space = kept
-        if backend == "conv":
-            self.register_buffer("dense_index", lifting_kernel_index(group, t), persistent=False)
+        self.register_buffer("dense_index", lifting_kernel_index(group, t), persistent=False)
 
     def pullback(self, x: Tensor) -> Tensor:
         """(B, C, n^2) on the grid -> (B, C, |G|), z(t, h) = L_h^-1 x(t)."""
@@ -204,12 +208,29 @@ class GMLifting(GroupMatrixLayer):
         z = torch.einsum("hij,bfjp->bfihp", self.frames.to(x.dtype), fields)
         return z.flatten(3).flatten(1, 2)
 
+    def weight_input(self, x: Tensor) -> Tensor:
+        """The channels the weight reads: x itself (full mode), or in shared mode the channel sum
+        (scalar, (B, 1, n^2)) or the sum of the fields (vector, (B, 2, n^2))."""
+        if self.channel_mode == "full":
+            return x
+        return x.sum(1, keepdim=True) if self.field == "scalar" else x.unflatten(1, (-1, 2)).sum(1)
+
+    def dense_kernel(self, weight: Tensor) -> Tensor:
+        """The conv2d kernels (O' |H|, C', k, k) of a weight (O', C', K) of this layer
+        (:func:`lifting_kernel`; vector fields: in the rotated frames)."""
+        return lifting_kernel(weight, self.dense_index, self.t,
+                              self.frames if self.field == "vector" else None)
+
+    def conv2d(self, x: Tensor, weight: Tensor, bias: Tensor | None, fast_pad: bool = False) -> Tensor:
+        """The lifting of x (B, C, n^2) with ``weight`` (O', C', K) as one conv2d on the grid
+        (:func:`conv2d_on_grid`) -> (B, O', |G|)."""
+        return conv2d_on_grid(self.weight_input(x), self.dense_kernel(weight), self.group.n, self.t,
+                              bias, self.group.acting.order, self.boundary, fast_pad)
+
     def group_matrix_product(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if self.backend == "conv":
-            return lifting_conv2d(x, weight, self.group, self.t, bias, self.boundary)
-        if self.channel_mode == "shared":
-            x = x.sum(1, keepdim=True) if self.field == "scalar" else x.unflatten(1, (-1, 2)).sum(1)
-        return GF.gm_conv(self.pullback(x), weight, self.index, self.inverse_index, bias)
+            return self.conv2d(x, weight, bias)
+        return GF.gm_conv(self.pullback(self.weight_input(x)), weight, self.index, self.inverse_index, bias)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, field={self.field}, t={self.t}, rank={self.rank}, "

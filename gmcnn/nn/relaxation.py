@@ -43,6 +43,8 @@ class Relaxation(nn.Module):
 class AdditiveRelaxation(Relaxation):
     """Rank-r additive relaxation for a weight of shape (out_channels, *rest)."""
 
+    constant_profiles = 1   # the first row of profiled_weights' P is the constant 1
+
     def __init__(self, rank: int, weight_shape: tuple[int, ...], num_positions: int):
         super().__init__()
         self.rank, self.out_channels = rank, weight_shape[0]
@@ -82,6 +84,7 @@ class MultiplicativeRelaxation(Relaxation):
     """The original code's rank-1 multiplicative form."""
 
     rank = 1
+    constant_profiles = 0   # profiled_weights' P has no constant row
 
     def __init__(self, num_positions: int):
         super().__init__()
