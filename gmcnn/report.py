@@ -281,7 +281,8 @@ def write_step_curves(rows: list[Row], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    from matplotlib.ticker import MaxNLocator
+
+    from gmcnn.training.diagnostics import finish_step_figure
 
     fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4.5), squeeze=False)
     panels = sorted(curves, key=lambda k: (k != "test_future_rmse_per_step", k))  # as metric_columns
@@ -296,14 +297,7 @@ def write_step_curves(rows: list[Row], path: Path) -> bool:
             if len(runs) > 1:
                 std = values.std(0, ddof=1)
                 axis.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.set_xlabel("roll-out step")
-        axis.set_ylabel(metric.removesuffix("_per_step"))
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    finish_step_figure(fig, list(axes[0]), [metric.removesuffix("_per_step") for metric in panels], path)
     return True
 
 

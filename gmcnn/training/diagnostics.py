@@ -94,18 +94,28 @@ def plot_step_scores(metrics: dict[str, Any], path: Path) -> bool:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     fig, axis = plt.subplots(figsize=(6, 4))
     for name, values in curves.items():
         axis.plot(range(1, len(values) + 1), values, marker="o", markersize=3,
                   label=f"{name} (overall {metrics.get(name, float('nan')):.4g})")
-    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axis.set_xlabel("roll-out step")
-    axis.set_ylabel("RMSE" if all(name.endswith("rmse") for name in curves) else "score")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    finish_step_figure(fig, [axis], ["RMSE" if all(name.endswith("rmse") for name in curves) else "score"],
+                       path)
+    return True
+
+
+def finish_step_figure(fig: Any, axes: list[Any], labels: list[str], path: Path) -> None:
+    """Label each axis of a per-step figure (integer roll-out steps, ``labels`` on y), save it to
+    ``path`` and close it."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    for axis, label in zip(axes, labels):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_xlabel("roll-out step")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return True
