@@ -212,6 +212,7 @@ def check_instantiated(cfg: DictConfig, overrides: list[str] = ()) -> None:
     environment variable that loads code, a launcher's shell lines or scheduler options
     (:data:`SHELL_KEYS`) that the command line (``overrides``) did not give. A received config
     directory is data; this keeps it so."""
+    from gmcnn.report import override_key
     from gmcnn.training import targets
 
     hydra_node = OmegaConf.to_container(cfg.get("hydra") or {}, resolve=False)
@@ -239,7 +240,7 @@ def check_instantiated(cfg: DictConfig, overrides: list[str] = ()) -> None:
             if leaf == "()" or (leaf == "class" and not str(value).startswith("logging.")):
                 raise CommandLineError(f"{key}={value!r} is refused: logging may only use the classes "
                                        "of Python's logging package")
-    typed = {override.split("=", 1)[0].lstrip("+~") for override in overrides}
+    typed = {override_key(override) for override in overrides}
     for key in SHELL_KEYS:
         if OmegaConf.select(cfg, key, default=None) and not any(t == key or t.startswith(f"{key}.") for t in typed):
             raise CommandLineError(f"{key} is refused from a config file: it runs shell commands or "
