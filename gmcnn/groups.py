@@ -717,11 +717,6 @@ def make_group(spec: str | Sequence[str] | FiniteGroup, grid_size: int | None = 
     return group
 
 
-def axis_sizes(group: FiniteGroup) -> tuple[int, ...]:
-    """Image axis lengths a per-axis group is laid out on: one per product factor (its layout)."""
-    return group.layout
-
-
 def _check_radius(group: FiniteGroup, t: int) -> None:
     if int(t) != t or t < 0:
         raise ValueError(f"neighbourhood radius t must be a non-negative integer, got {t!r}")
@@ -740,6 +735,6 @@ __all__ = [
     "FiniteGroup", "CyclicGroup", "DihedralGroup", "ProductGroup", "SemidirectProduct",
     "WallpaperGroup", "TableGroup",
     "PermutationGroup", "Subgroup", "symmetric_group", "product_subgroup", "make_group",
-    "axis_sizes", "is_wallpaper_spec",
+    "is_wallpaper_spec",
 ]
 
