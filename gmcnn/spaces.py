@@ -11,9 +11,7 @@ order of the shape :func:`layout`:
 * a :class:`PixelGrid`: functions on the n x n pixel grid of a wallpaper group (below), laid
   out as (n, n); a :class:`SubgroupPixelGrid` is the grid acted on by a subgroup only.
 
-The pixel grid as a homogeneous space of its wallpaper group.
-
-For G = p4(n) or p4m(n) (:class:`~gmcnn.groups.WallpaperGroup`) and H its point group (the
+The pixel grid as a homogeneous space: for G = p4(n) or p4m(n) (:class:`~gmcnn.groups.WallpaperGroup`) and H its point group (the
 rotations, and mirrors, about pixel (0, 0)), the n x n pixel torus X = Z_n x Z_n is G / H:
 g = (t, h) moves a pixel x to g . x = t + L_h x. Pixel (a, b) = (row, col) has index a * n + b, so
 an image (..., n, n) flattened row-major is a function on X, acted on by
@@ -39,9 +37,9 @@ onto, so a model's input space is :func:`symmetry_space`.
 
 from __future__ import annotations
 
-import numpy as np
-
 from collections.abc import Sequence
+
+import numpy as np
 
 from gmcnn.groups import FiniteGroup, IndexArray, Subgroup, WallpaperGroup, make_group
 
