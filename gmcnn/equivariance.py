@@ -8,7 +8,7 @@ For a map f, an input x and a group element g acting by left translation, (g . x
 per sample, then averaged (or maximised) over samples and the chosen elements. Exact layers give
 about 1e-6 in float32; relaxed layers a measurable value.
 
-The input and output *spaces* say how g acts: a FiniteGroup acts on functions on itself, a
+The input and output *spaces* (:mod:`gmcnn.spaces`) say how g acts: a FiniteGroup acts on functions on itself, a
 Subgroup acts (through its embedding) on functions on its parent, and a wallpaper group acts on
 the pixel grid (:class:`~gmcnn.spaces.PixelGrid`: (g . x)(p) = x(g^-1 . p)) and on vector fields
 (:class:`~gmcnn.spaces.VectorField`: also each vector, (g . v)(p) = L_h v(g^-1 . p), on pairs of
@@ -29,14 +29,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from gmcnn.groups import FiniteGroup, Subgroup, WallpaperGroup
-from gmcnn.spaces import PixelGrid
-
-Space = FiniteGroup | Subgroup | PixelGrid
-
-
-def acting_group(space: Space) -> FiniteGroup:
-    return space.group if isinstance(space, (Subgroup, PixelGrid)) else space
+from gmcnn.groups import WallpaperGroup
+from gmcnn.spaces import Space, acting_group
 
 
 def image_transform_element(group: WallpaperGroup, rot90: int = 0, flip: bool = False,

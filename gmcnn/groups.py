@@ -35,9 +35,9 @@ Functions on G are acted on by left translation: (g . x)(u) = x(g^-1 u).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 
 import numpy as np
 
@@ -664,24 +664,38 @@ def product_subgroup(parent: ProductGroup, first: Subgroup, second: Subgroup) ->
                     coset_representatives=reps)
 
 
-_SPEC = re.compile(r"^([CDS])(\d+)$")
-_WALLPAPER_SPEC = re.compile(rf"^({'|'.join(sorted(WALLPAPER_KINDS, key=len, reverse=True))})(?:\((\d+)\))?$")
+GROUP_FAMILIES: dict[str, tuple[Callable[..., FiniteGroup], str]] = {
+    r"C(\d+)": (CyclicGroup, "Cn (cyclic)"),
+    r"D(\d+)": (DihedralGroup, "Dn (dihedral, order 2n)"),
+    r"S(\d+)": (symmetric_group, "Sn (symmetric)"),
+    **{rf"{kind}(?:\((?P<grid>\d+)\))?": (partial(WallpaperGroup, kind),
+                                            f"{kind}(n) (wallpaper group of the n x n pixel grid)")
+       for kind in WALLPAPER_KINDS},
+}
+"""The group families a spec may name, one row each: a regex that one factor of the spec must match
+in full -> (constructor, how the error message lists the family). The pattern's groups, as
+integers, are the constructor's positional arguments; a group named ``grid`` is the side n of the
+pixel grid the group acts on, which ``make_group`` fills in from ``grid_size`` where the spec
+leaves it out (``"p4"``). A new family is one row (docs/extending.md); its name must not contain
+``x`` (the product separator)."""
 
 
 def is_wallpaper_spec(spec: object) -> bool:
-    """Whether ``spec`` names a :class:`WallpaperGroup` (``"p4"``, ``"p4m(28)"``, any kind of
-    ``WALLPAPER_KINDS``), i.e. a group acting on the pixel grid rather than laid out on it."""
-    return isinstance(spec, str) and _WALLPAPER_SPEC.match(spec.strip()) is not None
+    """Whether ``spec`` is one group acting on the pixel grid rather than laid out on it (a family
+    of ``GROUP_FAMILIES`` with a ``grid`` size: ``"p4"``, ``"p4m(28)"``)."""
+    return isinstance(spec, str) and any(
+        "grid" in re.compile(pattern).groupindex and re.fullmatch(pattern, spec.strip())
+        for pattern in GROUP_FAMILIES)
 
 
 def make_group(spec: str | Sequence[str] | FiniteGroup, grid_size: int | None = None) -> FiniteGroup:
     """Parse a group specification.
 
-    ``"C32"``, ``"D14"``, ``"S4"``, products ``"D31xC23"`` (any number of factors, the first the
-    outermost), or a list with one spec per image axis, e.g. ``["C32", "C32"]``; ``"p4(28)"`` and
-    ``"p4m(28)"`` are the :class:`WallpaperGroup` of the 28 x 28 pixel torus. ``grid_size`` fills
-    in a bare ``"p4"`` / ``"p4m"`` (the models pass the image size) and must agree with an
-    explicit one.
+    One factor of ``GROUP_FAMILIES`` (``"C32"``, ``"D14"``, ``"S4"``; ``"p4(28)"`` and ``"p4m(28)"``
+    the :class:`WallpaperGroup` of the 28 x 28 pixel torus), products ``"D31xC23"`` (any number of
+    factors, the first the outermost), or a list with one spec per image axis, e.g.
+    ``["C32", "C32"]``. ``grid_size`` fills in a bare ``"p4"`` / ``"p4m"`` (the models pass the
+    image size) and must agree with an explicit one.
     """
     if isinstance(spec, FiniteGroup):
         return spec
@@ -690,36 +704,34 @@ def make_group(spec: str | Sequence[str] | FiniteGroup, grid_size: int | None = 
     if not factors or not all(factors):
         raise ValueError(f"group spec {spec!r} is empty; use e.g. 'C32', 'D14', 'S4', 'p4(28)' or "
                          "['C32', 'C32']")
-    groups = []
-    for factor in factors:
-        wallpaper = _WALLPAPER_SPEC.match(factor)
-        if wallpaper:
-            kind, n = wallpaper.groups()
-            if n is None and grid_size is None:
-                raise ValueError(f"{kind} needs the size of the pixel grid: write '{kind}(28)' for "
-                                 "28 x 28 images")
-            if n is not None and grid_size is not None and int(n) != grid_size:
-                raise ValueError(f"group {factor} is for {n} x {n} images, but the images are "
-                                 f"{grid_size} x {grid_size}; write {kind}({grid_size}) or just {kind}")
-            groups.append(WallpaperGroup(kind, int(n) if n is not None else grid_size))
-            continue
-        match = _SPEC.match(factor)
-        if not match:
-            raise ValueError(f"unknown group {factor!r} in group spec {spec!r}: allowed are Cn "
-                             "(cyclic), Dn (dihedral, order 2n), Sn (symmetric), p4(n) and p4m(n) "
-                             "(rotations and mirrors of the n x n pixel grid) and products "
-                             "written 'AxB' or as a list per image axis")
-        kind, n = match.group(1), int(match.group(2))
-        groups.append({"C": CyclicGroup, "D": DihedralGroup, "S": symmetric_group}[kind](n))
+    groups = [_make_factor(factor, spec, grid_size) for factor in factors]
     group = groups[-1]
     for g in reversed(groups[:-1]):
         group = ProductGroup(g, group)
     return group
 
 
-def axis_sizes(group: FiniteGroup) -> tuple[int, ...]:
-    """Image axis lengths a per-axis group is laid out on: one per product factor (its layout)."""
-    return group.layout
+def _make_factor(factor: str, spec: object, grid_size: int | None) -> FiniteGroup:
+    """The group of the first row of ``GROUP_FAMILIES`` that ``factor`` matches."""
+    for pattern, (build, _) in GROUP_FAMILIES.items():
+        match = re.fullmatch(pattern, factor)
+        if match is None:
+            continue
+        values = list(match.groups())
+        slot = match.re.groupindex.get("grid")
+        if slot is not None:
+            kind, n = factor.split("(")[0], values[slot - 1]
+            if n is None and grid_size is None:
+                raise ValueError(f"{kind} needs the size of the pixel grid: write '{kind}(28)' for "
+                                 "28 x 28 images")
+            if n is not None and grid_size is not None and int(n) != grid_size:
+                raise ValueError(f"group {factor} is for {n} x {n} images, but the images are "
+                                 f"{grid_size} x {grid_size}; write {kind}({grid_size}) or just {kind}")
+            values[slot - 1] = grid_size if n is None else n
+        return build(*(int(v) for v in values))
+    families = ", ".join(description for _, description in GROUP_FAMILIES.values())
+    raise ValueError(f"unknown group {factor!r} in group spec {spec!r}: allowed are {families}, and "
+                     "products written 'AxB' or as a list per image axis")
 
 
 def _check_radius(group: FiniteGroup, t: int) -> None:
@@ -740,6 +752,6 @@ __all__ = [
     "FiniteGroup", "CyclicGroup", "DihedralGroup", "ProductGroup", "SemidirectProduct",
     "WallpaperGroup", "TableGroup",
     "PermutationGroup", "Subgroup", "symmetric_group", "product_subgroup", "make_group",
-    "axis_sizes", "is_wallpaper_spec",
+    "GROUP_FAMILIES", "is_wallpaper_spec",
 ]
 

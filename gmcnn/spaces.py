@@ -1,6 +1,17 @@
-"""The pixel grid as a homogeneous space of its wallpaper group (docs/design.md §5).
+"""Spaces: what a group acts on, and how a function on one is laid out (docs/design.md §1, §5).
 
-For G = p4(n) or p4m(n) (:class:`~gmcnn.groups.WallpaperGroup`) and H its point group (the
+A *space* is one of three things, each with an acting group and a set of points; a function on it
+is a tensor whose last axis holds one value per point (:func:`num_points`), in the row-major
+order of the shape :func:`layout`:
+
+* a :class:`~gmcnn.groups.FiniteGroup` G: functions on G, acted on by left translation,
+  (g . f)(u) = f(g^-1 u); laid out as ``G.layout`` (a product's (|G1|, |G2|), ...);
+* a :class:`~gmcnn.groups.Subgroup` H < G: functions on the parent G, acted on by the elements
+  of H through the embedding (what a layer or a pooled model still commutes with);
+* a :class:`PixelGrid`: functions on the n x n pixel grid of a wallpaper group (below), laid
+  out as (n, n); a :class:`SubgroupPixelGrid` is the grid acted on by a subgroup only.
+
+The pixel grid as a homogeneous space: for G = p4(n) or p4m(n) (:class:`~gmcnn.groups.WallpaperGroup`) and H its point group (the
 rotations, and mirrors, about pixel (0, 0)), the n x n pixel torus X = Z_n x Z_n is G / H:
 g = (t, h) moves a pixel x to g . x = t + L_h x. Pixel (a, b) = (row, col) has index a * n + b, so
 an image (..., n, n) flattened row-major is a function on X, acted on by
@@ -13,16 +24,24 @@ v_x is the component along the column axis and v_y along the row axis, each posi
 increasing index. In that component order L_h is ``component_matrices[h]``: R sends
 (v_x, v_y) to (v_y, -v_x) and M sends it to (-v_x, v_y).
 
-The spaces expose what :func:`gmcnn.equivariance.act` needs: ``group`` (the acting group),
+The grid spaces expose what :func:`gmcnn.equivariance.act` needs: ``group`` (the acting group),
 ``num_points``, ``left_action(g)`` (the permutation p with (g . f)[p] = f[p[...]]) and, for
 vector fields, ``component_matrix(g)``.
+
+A model reads its images as functions on :func:`image_space` (the pixel grid of a wallpaper group,
+else the group laid out on the image axes). A boundary (``BOUNDARIES``) fixes what the layers
+commute with: "circular" (the torus) all of G, "zero" (a finite patch) only the point group about
+the image centre (:func:`boundary_subgroup`); a chain of poolings keeps the subgroup it pools
+onto, so a model's input space is :func:`symmetry_space`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-from gmcnn.groups import FiniteGroup, IndexArray, WallpaperGroup, make_group
+from gmcnn.groups import FiniteGroup, IndexArray, Subgroup, WallpaperGroup, make_group
 
 SWAP = np.array([[0, 1], [1, 0]])  # (row, col) <-> (v_x, v_y) = (col, row)
 
@@ -89,7 +108,6 @@ class SubgroupPixelGrid(PixelGrid):
         return hash((type(self).__name__, self.grid.group.name, self.group.name))
 
 
-
 class VectorField(PixelGrid):
     """Fields of 2-vectors (v_x, v_y) on the pixel torus: channels in pairs, rotated with the grid."""
 
@@ -114,4 +132,64 @@ def make_space(group: FiniteGroup | str, field: str = "scalar") -> PixelGrid:
 
 FIELDS = {"scalar": PixelGrid, "vector": VectorField}
 
-__all__ = ["PixelGrid", "SubgroupPixelGrid", "VectorField", "make_space", "FIELDS"]
+Space = FiniteGroup | Subgroup | PixelGrid
+
+BOUNDARIES = ("circular", "zero")
+
+
+def num_points(space: Space) -> int:
+    """Number of points of ``space``: the length of the last axis of a function on it."""
+    if isinstance(space, PixelGrid):
+        return space.num_points
+    return space.parent.order if isinstance(space, Subgroup) else space.order
+
+
+def acting_group(space: Space) -> FiniteGroup:
+    """The group whose elements act on ``space`` (H for a subgroup space, G for G's grid)."""
+    return space.group if isinstance(space, (Subgroup, PixelGrid)) else space
+
+
+def layout(space: Space) -> tuple[int, ...]:
+    """The shape a function on ``space`` reshapes to (row-major): the grid's (n, n), a group's
+    ``layout`` (a subgroup space: its parent's)."""
+    if isinstance(space, PixelGrid):
+        return (space.n, space.n)
+    return (space.parent if isinstance(space, Subgroup) else space).layout
+
+
+def image_space(group: FiniteGroup) -> PixelGrid | FiniteGroup:
+    """The space a model on ``group`` reads its images as: the pixel grid of a wallpaper group,
+    else the group itself laid out on the image axes (one axis per product factor)."""
+    return PixelGrid(group) if isinstance(group, WallpaperGroup) else group
+
+
+def boundary_subgroup(group: WallpaperGroup, boundary: str, layer: str) -> Subgroup | None:
+    """None for ``boundary`` "circular" (a layer commutes with all of G); for "zero" the point
+    group about the image centre (:meth:`~gmcnn.groups.WallpaperGroup.centre_point_group`), the
+    symmetries of a finite patch that a layer keeps. ``layer`` names the caller in the error."""
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"{layer}: boundary must be one of {BOUNDARIES}, got {boundary!r}")
+    return None if boundary == "circular" else group.centre_point_group()
+
+
+def symmetry_space(group: FiniteGroup, subgroups: Sequence[Subgroup], boundary: str = "circular") -> Space:
+    """The input space of a model on ``group`` (:func:`image_space`) acted on by what a chain of
+    poolings over ``subgroups`` keeps (each a subgroup of the previous one's group): the space
+    itself without pooling. With ``boundary`` "zero" (a finite image patch), the pixel grid under
+    the point group about the image centre, which every layer and the 2 x 2 poolings keep."""
+    base = image_space(group)
+    kept = boundary_subgroup(group, boundary, "symmetry_space")
+    if kept is not None:
+        return SubgroupPixelGrid(base, kept.group, kept.embedding)
+    if not subgroups:
+        return base
+    embedding = np.arange(group.order)
+    for subgroup in subgroups:
+        embedding = embedding[subgroup.embedding]
+    if isinstance(base, PixelGrid):
+        return SubgroupPixelGrid(base, subgroups[-1].group, embedding)
+    return Subgroup(parent=group, group=subgroups[-1].group, embedding=embedding)
+
+
+__all__ = ["Space", "PixelGrid", "SubgroupPixelGrid", "VectorField", "make_space", "FIELDS", "BOUNDARIES",
+           "num_points", "acting_group", "layout", "image_space", "boundary_subgroup", "symmetry_space"]

@@ -18,7 +18,7 @@ from torch.utils.data import TensorDataset
 import gmcnn.models
 from dataset import registry
 from gmcnn.equivariance import act, equivariance_error
-from gmcnn.groups import FiniteGroup, WallpaperGroup, is_wallpaper_spec, make_group
+from gmcnn.groups import GROUP_FAMILIES, FiniteGroup, WallpaperGroup, is_wallpaper_spec, make_group
 from gmcnn.models.grid import model_group
 from gmcnn.nn import GMConv, GroupMatrixLayer
 from gmcnn.nn.blocks import FastPathModule, runtime_allows_fast_path
@@ -66,6 +66,15 @@ def test_a_group_passes_the_axioms_and_carries_a_gm_layer():
     assert_equivariant(layer, layer.example_input(4), atol=1e-6)
 
 
+def test_a_group_family_is_one_row_of_the_spec_table(monkeypatch):
+    monkeypatch.setitem(GROUP_FAMILIES, r"V4", (KleinFour, "V4 (Klein four-group)"))
+    assert isinstance(make_group("V4"), KleinFour)
+    product = make_group(["V4", "C3"])
+    assert product.order == 12 and product.layout == (4, 3) and product.name == "V4xC3"
+    with pytest.raises(ValueError, match=r"unknown group 'Q8' .*allowed are .*V4 \(Klein four-group\)"):
+        make_group("Q8")
+
+
 def test_the_group_check_fails_on_a_non_group():
     class NotAGroup(KleinFour):
         def multiply(self, a, b):
@@ -76,7 +85,8 @@ def test_the_group_check_fails_on_a_non_group():
 
 
 def test_a_new_wallpaper_kind_is_recognised_by_its_name_alone():
-    """models/grid.py asks gmcnn.groups which specs are wallpaper groups (WALLPAPER_KINDS)."""
+    """models/grid.py asks gmcnn.groups which specs act on the pixel grid (the GROUP_FAMILIES rows
+    with a grid size, one per WALLPAPER_KINDS)."""
     assert is_wallpaper_spec("p4m(28)") and is_wallpaper_spec(" p4 ") and not is_wallpaper_spec("C4xC4")
     with pytest.raises(ValueError, match="p4m acts on square images"):
         model_group("p4m", (28, 30))

@@ -9,7 +9,6 @@ from gmcnn.groups import (
     PermutationGroup,
     ProductGroup,
     TableGroup,
-    axis_sizes,
     make_group,
     symmetric_group,
 )
@@ -52,8 +51,8 @@ def test_neighbourhood_orders():
 def test_product_layout_is_row_major():
     group = make_group("D3xC4")
     assert group.multiply(1 * 4 + 3, 2 * 4 + 1) == (1 + 2) % 3 * 4 + (3 + 1) % 4
-    assert axis_sizes(group) == (6, 4)
-    assert axis_sizes(make_group(["C2", "C3", "C4"])) == (2, 3, 4)
+    assert group.layout == (6, 4)
+    assert make_group(["C2", "C3", "C4"]).layout == (2, 3, 4)
 
 
 def test_symmetric_group_and_word_length_neighbourhood():
@@ -92,7 +91,7 @@ def test_even_subgroup(spec, half):
     assert sorted(sub.pooling_index.reshape(-1).tolist()) == list(range(group.order))
     assert_group_axioms(sub.group)
     # the subgroup's layout is the 2x-downsampled image: element (a, b) of H sits at (2a, 2b)
-    rows, cols = axis_sizes(group)
+    rows, cols = group.layout
     image = np.arange(group.order).reshape(rows, cols)
     assert (sub.embedding == image[::2, ::2].reshape(-1)).all()
 

@@ -28,7 +28,7 @@ Every layer commutes with G, pooling with its subgroup (which keeps the rotation
 centre), the norms with all permutations of positions and the readouts are invariant, so the
 logits are invariant: to G (per-axis groups), to torch.rot90 and (p4m) torch.flip of the image
 and to the circular translations of the coarsest grid (wallpaper groups), exactly for rank 0;
-``in_space`` is the input space acted on by that subgroup (:func:`gmcnn.models.grid.symmetry_space`).
+``in_space`` is the input space acted on by that subgroup (:func:`gmcnn.spaces.symmetry_space`).
 
 ``boundary`` (wallpaper groups): "circular" (default) treats the image as the pixel torus, as
 above; "zero" as a finite patch with zeros outside (conv2d's zero padding, the conv backend): the
@@ -57,10 +57,10 @@ import torch
 from torch import Tensor, nn
 
 from gmcnn.groups import WallpaperGroup
-from gmcnn.models.grid import model_group, symmetry_space
+from gmcnn.models.grid import model_group
 from gmcnn.nn import EquivariantModule, GMConv, GMLifting, GMPool, PointwiseConv
 from gmcnn.nn.blocks import ConvNormAct, FusedFlag, GlobalMaxTail, ImageGridStages, ResidualBlock
-from gmcnn.nn.lifting import BOUNDARIES
+from gmcnn.spaces import BOUNDARIES, num_points, symmetry_space
 
 TAIL_BLOCKS = 2  # the blocks that the global max's kernels can take with it
 NORMS = ("layer", "batch", "instance")
@@ -197,7 +197,7 @@ class GMCNN(FusedFlag, EquivariantModule):
 
     def _flatten(self, images: Tensor) -> Tensor:
         expected = (self.in_channels, *self.image_shape)
-        positions = self.group.n ** 2 if isinstance(self.group, WallpaperGroup) else self.group.order
+        positions = num_points(self.in_space)
         if images.dim() == 3 and tuple(images.shape[1:]) == (self.in_channels, positions):
             return images
         if images.dim() != 2 + len(self.image_shape) or tuple(images.shape[1:]) != expected:

@@ -1,9 +1,8 @@
 """Shared machinery of the group-matrix layers.
 
-Every layer maps functions on an input space to functions on an output space. A *space* is a
-:class:`~gmcnn.groups.FiniteGroup` (functions on the group, acted on by left translation) or a
-:class:`~gmcnn.groups.Subgroup` (functions on the parent group, acted on by the subgroup's
-elements). ``in_space`` and ``out_space`` say which, so a layer can check its own equivariance.
+Every layer maps functions on an input space to functions on an output space (a group, a
+subgroup acting on its parent, or a pixel grid: :mod:`gmcnn.spaces`). ``in_space`` and
+``out_space`` say which, so a layer can check its own equivariance.
 
 :class:`GroupMatrixLayer` is the common skeleton of GMConv and GMLinear:
 
@@ -23,20 +22,11 @@ from torch import Tensor, nn
 
 from gmcnn import functional as GF
 from gmcnn.equivariance import equivariance_error
-from gmcnn.groups import FiniteGroup, Subgroup, make_group
+from gmcnn.groups import FiniteGroup, make_group
 from gmcnn.nn.relaxation import make_relaxation
-from gmcnn.spaces import PixelGrid
-
-Space = FiniteGroup | Subgroup | PixelGrid
+from gmcnn.spaces import Space, num_points
 
 CHANNEL_MODES = ("shared", "full")
-
-
-def num_positions(space: Space) -> int:
-    """Length of the last axis of a function on ``space``."""
-    if isinstance(space, PixelGrid):
-        return space.num_points
-    return space.parent.order if isinstance(space, Subgroup) else space.order
 
 
 def check_input(x: Tensor, positions: int, channels: int | None, layer: str,
@@ -129,7 +119,7 @@ class GroupMatrixLayer(EquivariantModule):
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
-        check_input(x, num_positions(self.in_space), self.in_channels, type(self).__name__,
+        check_input(x, num_points(self.in_space), self.in_channels, type(self).__name__,
                     self.in_space.name)
         if self.relaxation is None:
             return self.group_matrix_product(x, self.weight, self.bias)
@@ -138,7 +128,7 @@ class GroupMatrixLayer(EquivariantModule):
         return y if self.bias is None else y + self.bias[:, None].to(y.dtype)
 
     def example_input(self, batch_size: int = 2) -> Tensor:
-        return torch.randn(batch_size, self.in_channels, num_positions(self.in_space),
+        return torch.randn(batch_size, self.in_channels, num_points(self.in_space),
                            dtype=self.weight.dtype, device=self.weight.device)
 
     def extra_repr(self) -> str:

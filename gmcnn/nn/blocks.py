@@ -79,11 +79,11 @@ from torch import Tensor, nn
 from gmcnn import functional as GF
 from gmcnn import fused as kernels
 from gmcnn.groups import WallpaperGroup
-from gmcnn.nn.base import num_positions
 from gmcnn.nn.conv import GMConv
 from gmcnn.nn.lifting import GMLifting, conv2d_on_grid, group_kernel
 from gmcnn.nn.pointwise import PointwiseConv
 from gmcnn.nn.pool import GMPool
+from gmcnn.spaces import num_points
 
 KERNEL_DTYPES = (torch.float32, torch.float64)
 
@@ -127,7 +127,7 @@ class FusedFlag:
 
 def layer_norm_over(layer: nn.Module) -> nn.LayerNorm:
     """LayerNorm over all (C, N) entries of the layer's output, without affine parameters."""
-    return nn.LayerNorm((layer.out_channels, num_positions(layer.out_space)),
+    return nn.LayerNorm((layer.out_channels, num_points(layer.out_space)),
                         elementwise_affine=False)
 
 
@@ -261,7 +261,7 @@ class ResidualStream(FastPathModule):
         """The lift is a GMLifting (exactly that type) onto the stream's width, x its input."""
         lift = self.lift
         return (type(lift) is GMLifting and lift.out_channels == self.project.weight.shape[1]
-                and tuple(x.shape[1:]) == (lift.in_channels, num_positions(lift.in_space)))
+                and tuple(x.shape[1:]) == (lift.in_channels, num_points(lift.in_space)))
 
     def fast_path(self, x: Tensor) -> str | None:
         """x: the input of a pointwise lift or a GMLifting (which the kernel folds in), or the
@@ -437,7 +437,7 @@ class ImageGridStages(FastPathModule, nn.Sequential):
         if not all(self._grid_stage(stage) for stage in self):
             return None
         if type(layer) is ConvNormAct and x.shape[1:] != (layer.conv.in_channels,
-                                                          num_positions(layer.conv.in_space)):
+                                                          num_points(layer.conv.in_space)):
             return None            # a wrong shape: the reference path raises the layer's error
         return "image_grid"
 

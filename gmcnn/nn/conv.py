@@ -33,7 +33,8 @@ from torch import Tensor
 from gmcnn import functional as GF
 from gmcnn.groups import FiniteGroup, WallpaperGroup, make_group
 from gmcnn.nn.base import GroupMatrixLayer, check_input
-from gmcnn.nn.lifting import BOUNDARIES, boundary_spaces, group_conv2d, group_kernel_index
+from gmcnn.nn.lifting import group_conv2d, group_kernel_index
+from gmcnn.spaces import boundary_subgroup
 
 BACKENDS = ("auto", "gather", "conv")
 
@@ -66,15 +67,11 @@ class GMConv(GroupMatrixLayer):
     def _boundary_subgroup(self, boundary: str, backend: str):
         """None for the circular boundary; for "zero" (wallpaper groups, conv backend, rank 0,
         the standard neighbourhood) the point group about the image centre that the layer keeps."""
-        if boundary not in BOUNDARIES:
-            raise ValueError(f"GMConv: boundary must be one of {BOUNDARIES}, got {boundary!r}")
-        if boundary == "circular":
-            return None
-        if not isinstance(self.group, WallpaperGroup):
+        if boundary == "zero" and not isinstance(self.group, WallpaperGroup):
             raise ValueError(f"boundary must be 'circular' on {self.group.name}; boundary='zero' "
                              "(a finite image patch) needs a wallpaper group p4(n) / p4m(n)")
-        kept = boundary_spaces(self.group, boundary, "GMConv")
-        if backend == "gather" or self.rank or self.t is None:
+        kept = boundary_subgroup(self.group, boundary, "GMConv")
+        if kept is not None and (backend == "gather" or self.rank or self.t is None):
             raise ValueError("GMConv with boundary='zero' runs the conv backend with rank 0 and the "
                              "standard radius-t neighbourhood; use boundary='circular' for the gather "
                              "backend, a relaxation or a custom neighbourhood")

@@ -39,9 +39,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gmcnn import functional as GF
-from gmcnn.groups import Subgroup, WallpaperGroup, make_group
+from gmcnn.groups import WallpaperGroup, make_group
 from gmcnn.nn.base import EquivariantModule, GroupMatrixLayer, check_input
-from gmcnn.spaces import FIELDS, SubgroupPixelGrid, VectorField, make_space
+from gmcnn.spaces import FIELDS, VectorField, boundary_subgroup, make_space, symmetry_space
 
 LIFTING_BACKENDS = ("auto", "gather", "conv")
 PROJECTION_MODES = ("max", "mean")
@@ -80,9 +80,6 @@ def group_kernel_index(group: WallpaperGroup, t: int) -> Tensor:
     q = acting.multiply(acting.inverse[s][None, :], s[:, None])        # [h, s] = s^-1 h
     d = -np.einsum("sij,ej->sei", group.linear[acting.inverse], e)     # (S, E, 2)
     return torch.as_tensor(q[:, :, None] * len(e) + _tap_of_offset(d, t)[None])
-
-
-BOUNDARIES = ("circular", "zero")
 
 
 def conv2d_on_grid(x: Tensor, kernel: Tensor, n: int, t: int, bias: Tensor | None,
@@ -144,15 +141,6 @@ def group_conv2d(x: Tensor, weight: Tensor, group: WallpaperGroup, t: int,
     return conv2d_on_grid(x, dense, group.n, t, bias, points, boundary)
 
 
-def boundary_spaces(group: WallpaperGroup, boundary: str, layer: str) -> Subgroup | None:
-    """None for ``boundary`` "circular" (the layer commutes with all of G); for "zero" the point
-    group about the image centre (:meth:`~gmcnn.groups.WallpaperGroup.centre_point_group`), the
-    symmetries of a finite patch that the layer keeps."""
-    if boundary not in BOUNDARIES:
-        raise ValueError(f"{layer}: boundary must be one of {BOUNDARIES}, got {boundary!r}")
-    return None if boundary == "circular" else group.centre_point_group()
-
-
 class GMLifting(GroupMatrixLayer):
     """Lifting layer: (B, C, n^2) functions on the pixel grid -> (B, O, |G|) functions on G.
 
@@ -170,7 +158,7 @@ class GMLifting(GroupMatrixLayer):
                  bias: bool = True, rank: int = 0, relaxation: str = "additive",
                  backend: str = "auto", boundary: str = "circular"):
         group = wallpaper_group(group, "GMLifting")
-        kept = boundary_spaces(group, boundary, "GMLifting")
+        kept = boundary_subgroup(group, boundary, "GMLifting")
         if kept is not None and (field != "scalar" or backend == "gather" or rank):
             raise ValueError("GMLifting with boundary='zero' lifts scalar fields with the conv backend "
                              "and rank 0; use boundary='circular' for vector fields, the gather "
@@ -195,7 +183,7 @@ class GMLifting(GroupMatrixLayer):
             backend = "conv" if field == "scalar" and (channel_mode == "full" or kept) else "gather"
         self.backend, self.boundary = backend, boundary
         if kept is not None:
-            self.in_space = SubgroupPixelGrid(space, kept.group, kept.embedding)
+            self.in_space = symmetry_space(group, (), boundary)
             self.out_space = kept
         self.register_buffer("dense_index", lifting_kernel_index(group, t), persistent=False)
 

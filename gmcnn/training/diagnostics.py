@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gmcnn.equivariance import acting_group, equivariance_error
+from gmcnn.equivariance import equivariance_error
 from gmcnn.nn import EquivariantModule, GroupMatrixLayer
+from gmcnn.spaces import acting_group
 
 
 @torch.no_grad()
