@@ -600,7 +600,7 @@ def test_batch_size_changed_mid_epoch_applies_from_the_next_epoch(tmp_path, monk
     monkeypatch.undo()
     resume = metrics_of(tmp_path / "run")["message"].split("resume with: ")[1]
     assert resume == f"python runner.py trainer.resume={tmp_path / 'run'} trainer.batch_size=16"
-    caplog.set_level("INFO", logger="gmcnn.training.engine")
+    caplog.set_level("INFO", logger="gmcnn.training.resume")
     assert command(tmp_path / "resume", *shlex.split(resume)[2:]) == 0
     assert "trainer.batch_size changes from epoch 2: epoch 1 finishes with its batches of 32" in caplog.text
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()

@@ -37,6 +37,7 @@ from gmcnn.training.memory import OutOfMemory, retain_freed_memory
 from gmcnn.training.resume import Plan, merge_overrides, plan, resume_argument
 from gmcnn.training.rundir import (
     RunDirectoryBusy,
+    RunFiles,
     RunLock,
     is_fresh,
     read_metrics,
@@ -184,9 +185,8 @@ def one_line(error: BaseException) -> str:
 def restore_config_record(run_dir: Path) -> None:
     """Hydra has written this refused command's config into ``run_dir/.hydra``: put back the
     config of the run that is there (from its checkpoint)."""
-    last = run_dir / "checkpoints" / "last.pt"
     try:
-        saved = checkpoint.load(last)
+        saved = checkpoint.load(RunFiles(run_dir).last)
         record_config(run_dir, OmegaConf.create(saved["config"]), list(saved["overrides"]))
     except (CheckpointError, KeyError, OSError):
         pass  # no (readable) checkpoint: the run there, if any, records its config when it ends
