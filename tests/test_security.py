@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from gmcnn.training import ConfigError, checkpoint, run, targets
 from gmcnn.training.checkpoint import CheckpointError
 from gmcnn.training.config import instantiate, validate
+from gmcnn.training.resume import Plan
 from tests.helpers import TINY, compose_config, runner
 
 
@@ -21,7 +22,7 @@ def system_call(marker):
 def finished_run(tmp_path_factory):
     """A real one-epoch run of the default experiment (in-process), to be tampered with."""
     run_dir = tmp_path_factory.mktemp("run")
-    run(compose_config(*TINY, "trainer.epochs=1"), run_dir)
+    run(Plan(compose_config(*TINY, "trainer.epochs=1"), run_dir))
     return run_dir
 
 

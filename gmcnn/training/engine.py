@@ -1,7 +1,7 @@
 """The training engine: one run of one experiment, from a planned config to metrics.json.
 
-    plan (resume.py) -> validate -> model (build.py) -> data (data.py) -> memory check (memory.py)
-        -> restore the checkpoint (resume.py) -> [train epoch (steps) -> validate -> checkpoint]*
+    plan (resume.py: a checked config) -> model (build.py) -> data (data.py) -> memory check
+        (memory.py) -> restore the checkpoint (resume.py) -> [train epoch (steps) -> validate -> checkpoint]*
         -> best-validation weights -> test -> metrics.json, metrics.csv, curves.png
         (relaxation.png, rollout_rmse.png)
 
@@ -25,7 +25,6 @@ import logging
 import math
 import time
 import uuid
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -39,7 +38,7 @@ from gmcnn.nn import relaxation_penalty
 from gmcnn.training import checkpoint, distributed, memory, precise_bn
 from gmcnn.training.build import build_model, count_parameters, model_summary
 from gmcnn.training.checkpoint import Progress
-from gmcnn.training.config import instantiate, monitor_sign, resolve_device, validate
+from gmcnn.training.config import instantiate, monitor_sign, resolve_device
 from gmcnn.training.data import fixed_subset, load_data, make_loader
 from gmcnn.training.diagnostics import equivariance_metric, plot_relaxation, plot_step_scores
 from gmcnn.training.objectives import OBJECTIVES
@@ -349,19 +348,17 @@ def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits: Splits, 
                                         "checkpoint is written")
 
 
-def run(cfg: DictConfig, run_dir: Path, plan: Plan | None = None,
-        stop: StopSignals | None = None) -> dict[str, Any]:
-    """Train, validate and test one experiment in ``run_dir``; ``plan`` (resume.py): the
-    checkpoint it continues and this resume's config changes (``cfg`` and ``run_dir`` are the
-    plan's); ``stop``: the command's active stop signals (else the run installs its own). Returns
-    the metrics written to metrics.json; RunInterrupted if a stop signal ended it."""
-    plan = plan or Plan(cfg, run_dir, [])
-    validate(cfg)
-    device = distributed.setup(resolve_device(cfg.trainer.device))
+def run(plan: Plan, stop: StopSignals | None = None) -> dict[str, Any]:
+    """Train, validate and test the experiment ``plan`` (resume.py) holds: its checked config, its
+    run directory, the checkpoint it continues and this resume's config changes (a fresh run:
+    ``Plan(cfg, run_dir)``); ``stop``: the command's active stop signals (else the run installs
+    its own). Returns the metrics written to metrics.json; RunInterrupted if a stop signal ended
+    it. Under torchrun the run directory is rank 0's."""
+    device = distributed.setup(resolve_device(plan.cfg.trainer.device))
     try:
         with contextlib.ExitStack() as stack:
             stop = stop or stack.enter_context(StopSignals())
-            return _run(plan, RunFiles(distributed.broadcast(run_dir)), device, stop)
+            return _run(plan, RunFiles(distributed.broadcast(plan.run_dir)), device, stop)
     finally:
         distributed.teardown()
 

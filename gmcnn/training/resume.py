@@ -25,6 +25,10 @@ command's directory. A run stopped before its first checkpoint (status ``interru
 checkpoint) continues from its start: afresh in its own directory with its recorded overrides
 (metrics.json, else ``.hydra/overrides.yaml``) and the new ones, refused as above.
 
+Making a :class:`Plan` checks its config (config.validate): the one check of a command's config,
+on the config the run will have (a resumed run's saved config with this command's changes),
+before any data is loaded.
+
 :func:`restore` loads the checkpoint's trainer state, RNG states and progress, records this
 resume's changes, and gives a run continued from a checkpoint file of elsewhere its best.pt: the
 one beside that file (checked against checkpoint.BEST first), else the restored weights.
@@ -45,7 +49,7 @@ from omegaconf import DictConfig, OmegaConf
 from gmcnn.report import override_key
 from gmcnn.training import checkpoint, distributed, targets
 from gmcnn.training.checkpoint import Progress
-from gmcnn.training.config import ConfigError
+from gmcnn.training.config import ConfigError, validate
 from gmcnn.training.rundir import RunFiles, read_metrics
 
 if TYPE_CHECKING:
@@ -61,15 +65,19 @@ _MISSING = object()
 
 @dataclass
 class Plan:
-    """Where and how one run starts: its directory, effective config, the checkpoint it
-    continues (None: a fresh start), the config changes on this resume (key -> (old, new))."""
+    """Where and how one run starts: its effective config (checked here: ConfigError), its
+    directory, the run's overrides, the checkpoint it continues (None: a fresh start) and the
+    config changes on this resume (key -> (old, new))."""
 
     cfg: DictConfig
     run_dir: Path
-    overrides: list[str]
+    overrides: list[str] = field(default_factory=list)
     saved: dict[str, Any] | None = None
     source: Path | None = None
     changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate(self.cfg)
 
     @property
     def finished(self) -> bool:
