@@ -492,11 +492,12 @@ class SweepCallback(Callback):
 def sweep_jobs(sweep_dir: Path) -> list[Path]:
     """The job directories of the sweep that last started in ``sweep_dir``."""
     from gmcnn.report import find_jobs
+    from gmcnn.training.rundir import RunFiles
 
     marker = sweep_dir / MARKER
     since = marker.stat().st_mtime_ns if marker.is_file() else 0
     return [job for job in find_jobs(sweep_dir)
-            if (job / ".hydra" / "overrides.yaml").stat().st_mtime_ns >= since]
+            if RunFiles(job).overrides.stat().st_mtime_ns >= since]
 
 
 def summarise(sweep_dir: Path, interrupted: bool = False) -> int:

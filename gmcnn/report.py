@@ -36,6 +36,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from gmcnn.training.rundir import RunFiles
+
 log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
@@ -47,8 +49,8 @@ REPEAT_KEYS = {"seed"}  # overrides that repeat a setting rather than change it
 
 def find_jobs(root: Path) -> list[Path]:
     """Every run directory (one with ``.hydra/overrides.yaml``) at or below ``root``."""
-    return sorted(path.parent.parent for path in root.rglob("overrides.yaml")
-                  if path.parent.name == ".hydra")
+    return sorted(path.parent.parent for path in root.rglob(RunFiles(root).overrides.name)
+                  if RunFiles(path.parent.parent).overrides == path)
 
 
 def _load_yaml(path: Path) -> Any:
@@ -88,7 +90,7 @@ def _swept_keys(sweep: Path, jobs: list[Path]) -> set[str]:
             keys |= {override_key(o.input_line or "") for o in parsed if o.is_sweep_override()}
         except Exception as error:
             log.warning("cannot parse the overrides in %s: %s", sweep / "multirun.yaml", error)
-    per_job = [{override_key(o): o for o in _load_yaml(job / ".hydra" / "overrides.yaml") or []}
+    per_job = [{override_key(o): o for o in _load_yaml(RunFiles(job).overrides) or []}
                for job in jobs]
     every = {key for overrides in per_job for key in overrides}
     return keys | {key for key in every if len({o.get(key) for o in per_job}) > 1}
@@ -97,12 +99,13 @@ def _swept_keys(sweep: Path, jobs: list[Path]) -> set[str]:
 def read_job(job: Path, root: Path, swept: set[str], missing: str = "incomplete") -> Row:
     """One job's row: its identity, swept overrides, status and every number in metrics.json
     (``missing``: the status of a job without one)."""
-    overrides = _load_yaml(job / ".hydra" / "overrides.yaml") or []
-    config = _load_yaml(job / ".hydra" / "config.yaml") or {}
-    hydra = _load_yaml(job / ".hydra" / "hydra.yaml") or {}
+    files = RunFiles(job)
+    overrides = _load_yaml(files.overrides) or []
+    config = _load_yaml(files.config) or {}
+    hydra = _load_yaml(files.hydra) or {}
     choices = ((hydra.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
     target = str((config.get("model") or {}).get("_target_", ""))
-    metrics_path = job / "metrics.json"
+    metrics_path = files.metrics
     try:
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
         if metrics is not None and not isinstance(metrics, dict):

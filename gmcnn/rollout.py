@@ -32,6 +32,7 @@ from gmcnn.training.config import ConfigError
 from gmcnn.training.data import load_data
 from gmcnn.training.diagnostics import symmetry_breaking_maps
 from gmcnn.training.objectives import rollout
+from gmcnn.training.rundir import RunFiles
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ class RolloutError(Exception):
 
 def load_run(run_dir: Path) -> tuple[DictConfig, torch.nn.Module]:
     """The run's config and its model with the best-validation weights, in eval mode on the CPU."""
-    config_path, best = run_dir / ".hydra" / "config.yaml", run_dir / "checkpoints" / "best.pt"
+    files = RunFiles(run_dir)
+    config_path, best = files.config, files.best
     if not config_path.is_file():
         raise RolloutError(f"{run_dir} is not a run directory (no .hydra/config.yaml)")
     cfg = OmegaConf.load(config_path)

@@ -29,6 +29,7 @@ from gmcnn.training.build import build_model
 from gmcnn.training.config import validate
 from gmcnn.training.data import load_data
 from gmcnn.training.diagnostics import symmetry_breaking_maps
+from gmcnn.training.resume import Plan
 from gmcnn.training.targets import TRUSTED_ENV
 from tests.helpers import ROOT, metrics_of
 
@@ -306,7 +307,7 @@ def test_an_experiment_runs_end_to_end(exported, registered, configs, tmp_path):
     cfg = compose_in(configs, "exp=toy", f"paths.output_dir={tmp_path}/out")
     validate(cfg)
     assert (cfg.name, cfg.data.name, cfg.model._target_) == ("toy", "toy-squares", "gmcnn.models.ToyClassifier")
-    run(cfg, tmp_path / "run")
+    run(Plan(cfg, tmp_path / "run"))
     metrics = metrics_of(tmp_path / "run")
     assert (metrics["name"], metrics["status"], metrics["epochs_completed"]) == ("toy", "finished", 2)
     assert metrics["num_params"] == (1 * 4 + 4) + (4 * 2 + 2) and 0 <= metrics["test_acc"] <= 1

@@ -22,7 +22,7 @@ from gmcnn.training.checkpoint import CheckpointError, Progress
 from gmcnn.training.command import run_command
 from gmcnn.training.config import validate
 from gmcnn.training.data import load_data
-from gmcnn.training.resume import plan, reconcile
+from gmcnn.training.resume import Plan, plan, reconcile
 from gmcnn.training.rundir import RunDirectoryBusy, RunLock, read_metrics
 from gmcnn.training.signals import STOP_SIGNALS, RunInterrupted, StopSignals
 from tests.helpers import FAST, ROOT, TINY, compose_config, metrics_of, runner, start_runner
@@ -92,7 +92,7 @@ def test_full_disk_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     real = checkpoint.atomic_write
     monkeypatch.setattr(checkpoint, "atomic_write", full_after_first_epoch)
     with pytest.raises(OSError) as raised:
-        run(cfg, tmp_path)
+        run(Plan(cfg, tmp_path))
     assert raised.value.errno == errno.ENOSPC
     monkeypatch.undo()
     assert Progress.from_dict(checkpoint.load(tmp_path / "checkpoints" / "last.pt")["progress"]).epoch == 1
@@ -600,7 +600,7 @@ def test_batch_size_changed_mid_epoch_applies_from_the_next_epoch(tmp_path, monk
     monkeypatch.undo()
     resume = metrics_of(tmp_path / "run")["message"].split("resume with: ")[1]
     assert resume == f"python runner.py trainer.resume={tmp_path / 'run'} trainer.batch_size=16"
-    caplog.set_level("INFO", logger="gmcnn.training.engine")
+    caplog.set_level("INFO", logger="gmcnn.training.resume")
     assert command(tmp_path / "resume", *shlex.split(resume)[2:]) == 0
     assert "trainer.batch_size changes from epoch 2: epoch 1 finishes with its batches of 32" in caplog.text
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
@@ -611,6 +611,14 @@ def test_batch_size_changed_mid_epoch_applies_from_the_next_epoch(tmp_path, monk
 
 
 # --- files: what a run removes, where it cannot write -----------------------------------------
+
+def test_the_run_files_are_named_in_one_place():
+    """rundir.RunFiles is the only module of the package that spells a run's file names."""
+    names = ("checkpoints", "last.pt", "best.pt", "metrics.json", "metrics.csv", "curves.png", "overrides.yaml")
+    sources = {path: path.read_text() for path in (ROOT / "gmcnn").rglob("*.py")}
+    spelled = {name: [path.name for path, text in sources.items() if f'"{name}"' in text] for name in names}
+    assert spelled == {name: ["rundir.py"] for name in names}
+
 
 def test_a_failed_run_removes_only_the_directories_it_created(tmp_path, monkeypatch):
     from gmcnn.training import rundir

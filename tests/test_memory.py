@@ -14,6 +14,7 @@ from torch import nn
 
 from gmcnn.training import checkpoint, memory, run
 from gmcnn.training.engine import Trainer
+from gmcnn.training.resume import Plan
 from tests.helpers import ENV, FAST, ROOT, TINY, compose_config
 
 GiB = 2**30
@@ -151,7 +152,7 @@ def test_an_out_of_memory_error_in_training_is_one_line_and_keeps_the_checkpoint
 
     monkeypatch.setattr(Trainer, "train_step", step)
     with pytest.raises(memory.OutOfMemory) as error:
-        run(cfg, tmp_path)
+        run(Plan(cfg, tmp_path))
     last = tmp_path / "checkpoints" / "last.pt"
     assert str(error.value) == (
         f"out of memory in epoch 2 (could not allocate 4194304.00 GiB); the last checkpoint is {last}: resume "

@@ -13,6 +13,7 @@ from gmcnn.training import TrainingDiverged, checkpoint, run
 from gmcnn.training.build import build_model, count_parameters
 from gmcnn.training.data import fixed_subset
 from gmcnn.training.engine import Trainer, resolve_micro_batch_size
+from gmcnn.training.resume import Plan
 from tests.helpers import ENV, FAST, ROOT, compose_config, metrics_of, runner, start_runner
 
 CLASSIFICATION = ["cifar10", "rot-mnist", "mnist-bg-rot", "mnist-noise", "rectangles", "norb",
@@ -172,7 +173,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr("gmcnn.training.engine.build_model",
                         lambda c: BreaksInEpochTwo(real_build(c)))
     with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2.*last good checkpoint"):
-        run(cfg, tmp_path)
+        run(Plan(cfg, tmp_path))
     saved = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
     assert saved["progress"]["epoch"] == 1
 

@@ -8,8 +8,10 @@ import torch
 from omegaconf import OmegaConf
 
 from gmcnn.training import ConfigError, checkpoint, run, targets
+from gmcnn.training.build import build_model
 from gmcnn.training.checkpoint import CheckpointError
 from gmcnn.training.config import instantiate, validate
+from gmcnn.training.resume import Plan
 from tests.helpers import TINY, compose_config, runner
 
 
@@ -21,7 +23,7 @@ def system_call(marker):
 def finished_run(tmp_path_factory):
     """A real one-epoch run of the default experiment (in-process), to be tampered with."""
     run_dir = tmp_path_factory.mktemp("run")
-    run(compose_config(*TINY, "trainer.epochs=1"), run_dir)
+    run(Plan(compose_config(*TINY, "trainer.epochs=1"), run_dir))
     return run_dir
 
 
@@ -84,6 +86,33 @@ def test_checkpoints_the_trainer_writes_pass_their_schema(finished_run):
     checkpoint.load(finished_run / "checkpoints" / "best.pt", checkpoint.BEST)
     with pytest.raises(CheckpointError, match="unexpected entry 'model'"):
         checkpoint.load(finished_run / "checkpoints" / "best.pt")  # weights are not a training state
+
+
+def test_a_best_pt_received_beside_a_checkpoint_is_checked_before_the_run_takes_it(finished_run, tmp_path):
+    """A run continued from a checkpoint file of elsewhere takes the best.pt beside it (its
+    weights and epoch), only if that file has best.pt's layout."""
+    from gmcnn.training.engine import Trainer
+    from gmcnn.training.resume import plan, restore
+    from gmcnn.training.rundir import RunFiles
+
+    received = tmp_path / "received"
+    received.mkdir()
+    for name in ("last.pt", "best.pt"):
+        (received / name).write_bytes((finished_run / "checkpoints" / name).read_bytes())
+    cfg = compose_config(*TINY, f"trainer.resume={received / 'last.pt'}")
+    job = plan(cfg, tmp_path / "new", [], search_siblings=False, under_requeue=False, compose=None)
+    files = RunFiles(job.run_dir)
+    assert job.run_dir == tmp_path / "new" and not files.best.exists()
+    restore(job, Trainer(job.cfg, build_model(job.cfg), torch.device("cpu")), files)
+    sent, taken = (checkpoint.load(path, checkpoint.BEST) for path in (received / "best.pt", files.best))
+    assert taken["epoch"] == sent["epoch"] == 1 and taken["model"].keys() == sent["model"].keys()
+    assert all(torch.equal(taken["model"][k], sent["model"][k]) for k in sent["model"])
+
+    files.best.unlink()
+    torch.save({"model": {}, "epoch": 1, "hook": "x"}, received / "best.pt")
+    with pytest.raises(CheckpointError, match=r"best.pt \(model weights\): unexpected entry 'hook'"):
+        restore(job, Trainer(job.cfg, build_model(job.cfg), torch.device("cpu")), files)
+    assert not files.best.exists()
 
 
 def received_config_dir(tmp_path, marker, body):

@@ -2,9 +2,10 @@
 
 ``checkpoints/last.pt`` holds everything needed to continue a run bit-for-bit: the trainer's
 state (model, optimizer, scheduler, AMP scaler), the RNG states, the :class:`Progress` record and
-the run's configuration; ``checkpoints/best.pt`` the best-validation model weights. Both are
-written with :func:`gmcnn.io.atomic_write` (fsynced, renamed) after every epoch, and last.pt also
-when a signal stops the run mid-epoch (``Progress.step`` > 0, with the epoch's running sums).
+the run's configuration; ``checkpoints/best.pt`` the best-validation model weights
+(:func:`save_best`). Both are written with :func:`gmcnn.io.atomic_write` (fsynced, renamed) after
+every epoch, and last.pt also when a signal stops the run mid-epoch (``Progress.step`` > 0, with
+the epoch's running sums). Where they lie is :class:`gmcnn.training.rundir.RunFiles`'s.
 
 Everything is stored as tensors, lists, dicts, numbers and strings, and read back with
 ``torch.load(weights_only=True)``: a checkpoint cannot run code when it is loaded, and one
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from gmcnn.io import atomic_write
+from gmcnn.training.rundir import RunFiles
 
 
 class CheckpointError(Exception):
@@ -175,6 +177,11 @@ def _names(spec: Any) -> str:
 
 def save(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda handle: torch.save(state, handle))
+
+
+def save_best(files: RunFiles, weights: dict[str, torch.Tensor], epoch: int) -> None:
+    """Write the run's best.pt (:data:`BEST`): the model ``weights`` validated best, after ``epoch``."""
+    save(files.best, {"model": weights, "epoch": epoch})
 
 
 def load(path: Path, schema: Record = LAST) -> dict[str, Any]:

@@ -1,11 +1,11 @@
 """One command of the runner, from a composed config to its exit status.
 
-``run_command(cfg, hydra_cfg)`` is what ``python runner.py ...`` does inside Hydra: check the
-config, set the process-wide memory setting, lock the run directory, plan the run (a fresh one,
-or the run that ``trainer.resume`` continues, in its own directory: :mod:`gmcnn.training.resume`),
-train it (:func:`gmcnn.training.run`) and record its status. Exit status: 0 done (or already
-finished), 1 an error the user can fix (one line, no traceback), 3 interrupted by a signal and
-resumable (the line says the command, quoted for the shell). The stop signals are handled for
+``run_command(cfg, hydra_cfg)`` is what ``python runner.py ...`` does inside Hydra: lock the run
+directory, plan the run (a fresh one, or the run that ``trainer.resume`` continues, in its own
+directory; making the plan checks its config: :mod:`gmcnn.training.resume`), set the process-wide
+memory setting, train it (:func:`gmcnn.training.run`) and record its status. Exit status: 0 done
+(or already finished), 1 an error the user can fix (one line, no traceback), 3 interrupted by a
+signal and resumable (the line says the command, quoted for the shell). The stop signals are handled for
 the whole command (signals.py): a signal at any point, once or twice, ends with exit status 3.
 Every run directory left behind has a status in its metrics.json ("finished", "failed" with the
 error, "interrupted" with how to resume), the model target and the run's overrides; a single run
@@ -31,12 +31,13 @@ from omegaconf import DictConfig, OmegaConf
 from gmcnn.cli import ExitStatus
 from gmcnn.training import checkpoint
 from gmcnn.training.checkpoint import CheckpointError
-from gmcnn.training.config import ConfigError, resolve_device, validate
+from gmcnn.training.config import ConfigError, resolve_device
 from gmcnn.training.engine import TrainingDiverged, run
 from gmcnn.training.memory import OutOfMemory, retain_freed_memory
 from gmcnn.training.resume import Plan, merge_overrides, plan, resume_argument
 from gmcnn.training.rundir import (
     RunDirectoryBusy,
+    RunFiles,
     RunLock,
     is_fresh,
     read_metrics,
@@ -63,9 +64,6 @@ def run_command(cfg: DictConfig, hydra_cfg: DictConfig) -> float | None:
     # from here to the exit status a stop signal never ends the process by itself (signals.py)
     with StopSignals(ignore_after_stop=True) as stop, contextlib.ExitStack() as cleanup:
         try:
-            validate(cfg)
-            if resolve_device(cfg.trainer.device).type == "cpu":
-                retain_freed_memory()  # process-wide: keep freed activations for reuse
             if writer:
                 cleanup.enter_context(RunLock(run_dir))
             explicit_dir = any(o.startswith("hydra.run.dir=") for o in hydra_cfg.overrides.hydra)
@@ -78,6 +76,8 @@ def run_command(cfg: DictConfig, hydra_cfg: DictConfig) -> float | None:
                                   "(a read-only file system or its permissions); copy the run "
                                   "directory somewhere writable and resume from the copy")
             job = planned
+            if resolve_device(job.cfg.trainer.device).type == "cpu":
+                retain_freed_memory()  # process-wide: keep freed activations for reuse
             if elsewhere and writer:
                 cleanup.close()
                 cleanup.enter_context(RunLock(job.run_dir))  # first: a refused command logs nothing there
@@ -91,7 +91,7 @@ def run_command(cfg: DictConfig, hydra_cfg: DictConfig) -> float | None:
                 return read_metrics(job.run_dir).get(f"best_{job.cfg.trainer.monitor}")
             if writer and job.saved is not None:
                 record_run(job)
-            metrics = run(job.cfg, job.run_dir, plan=job, stop=stop)
+            metrics = run(job, stop=stop)
             if writer:  # again: a refused second writer may have overwritten it meanwhile
                 record_run(job)
         except RunInterrupted as interruption:
@@ -184,9 +184,8 @@ def one_line(error: BaseException) -> str:
 def restore_config_record(run_dir: Path) -> None:
     """Hydra has written this refused command's config into ``run_dir/.hydra``: put back the
     config of the run that is there (from its checkpoint)."""
-    last = run_dir / "checkpoints" / "last.pt"
     try:
-        saved = checkpoint.load(last)
+        saved = checkpoint.load(RunFiles(run_dir).last)
         record_config(run_dir, OmegaConf.create(saved["config"]), list(saved["overrides"]))
     except (CheckpointError, KeyError, OSError):
         pass  # no (readable) checkpoint: the run there, if any, records its config when it ends

@@ -1,7 +1,7 @@
 """The training engine: one run of one experiment, from a planned config to metrics.json.
 
-    plan (resume.py) -> validate -> model (build.py) -> data (data.py) -> memory check (memory.py)
-        -> restore the checkpoint -> [train epoch (steps) -> validate -> checkpoint]*
+    plan (resume.py: a checked config) -> model (build.py) -> data (data.py) -> memory check
+        (memory.py) -> restore the checkpoint (resume.py) -> [train epoch (steps) -> validate -> checkpoint]*
         -> best-validation weights -> test -> metrics.json, metrics.csv, curves.png
         (relaxation.png, rollout_rmse.png)
 
@@ -23,10 +23,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import shutil
 import time
 import uuid
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -40,12 +38,13 @@ from gmcnn.nn import relaxation_penalty
 from gmcnn.training import checkpoint, distributed, memory, precise_bn
 from gmcnn.training.build import build_model, count_parameters, model_summary
 from gmcnn.training.checkpoint import Progress
-from gmcnn.training.config import instantiate, monitor_sign, resolve_device, validate
+from gmcnn.training.config import instantiate, monitor_sign, resolve_device
 from gmcnn.training.data import fixed_subset, load_data, make_loader
 from gmcnn.training.diagnostics import equivariance_metric, plot_relaxation, plot_step_scores
 from gmcnn.training.objectives import OBJECTIVES
 from gmcnn.training.profiling import TRAIN_LOOP, TRAIN_STEPS, PhaseTimes
-from gmcnn.training.resume import Plan, merge_overrides, resume_argument
+from gmcnn.training.resume import Plan, merge_overrides, restore, resume_argument
+from gmcnn.training.rundir import RunFiles
 from gmcnn.training.signals import StopSignals
 from gmcnn.training.tracking import RunTracker
 
@@ -292,7 +291,7 @@ def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits: Splits, 
     sign = monitor_sign(cfg)
     patience = cfg.trainer.early_stopping_patience
     window, after = cfg.trainer.get("early_stopping_window"), cfg.trainer.get("early_stopping_after", 0)
-    ckpt_dir = tracker.run_dir / "checkpoints"
+    files = RunFiles(tracker.run_dir)
     valid_loader = make_loader(splits.valid, cfg.trainer.batch_size, False, 0, cfg, trainer.device)
     with logging_redirect_tqdm(), tqdm(
             range(progress.epoch + 1, cfg.trainer.epochs + 1), desc="epochs",
@@ -331,8 +330,7 @@ def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits: Splits, 
                 progress.best, progress.best_epoch, progress.bad_epochs = row[monitor], epoch, 0
                 if distributed.is_main():
                     with phase("checkpoint best.pt"):
-                        checkpoint.save(ckpt_dir / "best.pt",
-                                        {"model": trainer.model.state_dict(), "epoch": epoch})
+                        checkpoint.save_best(files, trainer.model.state_dict(), epoch)
             else:
                 progress.bad_epochs += 1
             progress.epoch = epoch
@@ -350,24 +348,22 @@ def fit(cfg: DictConfig, trainer: Trainer, tracker: RunTracker, splits: Splits, 
                                         "checkpoint is written")
 
 
-def run(cfg: DictConfig, run_dir: Path, plan: Plan | None = None,
-        stop: StopSignals | None = None) -> dict[str, Any]:
-    """Train, validate and test one experiment in ``run_dir``; ``plan`` (resume.py): the
-    checkpoint it continues and this resume's config changes (``cfg`` and ``run_dir`` are the
-    plan's); ``stop``: the command's active stop signals (else the run installs its own). Returns
-    the metrics written to metrics.json; RunInterrupted if a stop signal ended it."""
-    plan = plan or Plan(cfg, run_dir, [])
-    validate(cfg)
-    device = distributed.setup(resolve_device(cfg.trainer.device))
+def run(plan: Plan, stop: StopSignals | None = None) -> dict[str, Any]:
+    """Train, validate and test the experiment ``plan`` (resume.py) holds: its checked config, its
+    run directory, the checkpoint it continues and this resume's config changes (a fresh run:
+    ``Plan(cfg, run_dir)``); ``stop``: the command's active stop signals (else the run installs
+    its own). Returns the metrics written to metrics.json; RunInterrupted if a stop signal ended
+    it. Under torchrun the run directory is rank 0's."""
+    device = distributed.setup(resolve_device(plan.cfg.trainer.device))
     try:
         with contextlib.ExitStack() as stack:
             stop = stop or stack.enter_context(StopSignals())
-            return _run(plan, distributed.broadcast(run_dir), device, stop)
+            return _run(plan, RunFiles(distributed.broadcast(plan.run_dir)), device, stop)
     finally:
         distributed.teardown()
 
 
-def _run(plan: Plan, run_dir: Path, device: torch.device, stop: StopSignals) -> dict[str, Any]:
+def _run(plan: Plan, files: RunFiles, device: torch.device, stop: StopSignals) -> dict[str, Any]:
     cfg, main = plan.cfg, distributed.is_main()
     tracker = trainer = None
     progress = Progress()
@@ -387,18 +383,17 @@ def _run(plan: Plan, run_dir: Path, device: torch.device, stop: StopSignals) -> 
             trainer = Trainer(cfg, model, device)
             if cfg.trainer.get("memory_check", True):  # absent in older runs' configs
                 trainer.check_memory(splits.train)
-            ckpt_dir = run_dir / "checkpoints"
             progress, wandb_id = Progress(), uuid.uuid4().hex[:12]
             if plan.saved is not None:
-                progress, wandb_id = restore(plan, trainer, ckpt_dir), plan.saved.get("wandb_id", wandb_id)
-            tracker = RunTracker(run_dir, OmegaConf.to_container(cfg, resolve=True), cfg.logger.wandb,
+                progress, wandb_id = restore(plan, trainer, files), plan.saved.get("wandb_id", wandb_id)
+            tracker = RunTracker(files.root, OmegaConf.to_container(cfg, resolve=True), cfg.logger.wandb,
                                  cfg.name, enabled=main, run_id=wandb_id)
             tracker.restore(progress.history)
         config = OmegaConf.to_container(cfg, resolve=False)
 
         def save_last() -> None:
             if main:
-                checkpoint.save(ckpt_dir / "last.pt", {
+                checkpoint.save(files.last, {
                     "trainer": trainer.state_dict(), "rng": checkpoint.rng_state(),
                     "progress": progress.to_dict(), "config": config, "overrides": plan.overrides,
                     "wandb_id": wandb_id})
@@ -407,14 +402,13 @@ def _run(plan: Plan, run_dir: Path, device: torch.device, stop: StopSignals) -> 
         # last.pt holds the whole training: a stop signal ends the test at once (the resume tests)
         with stop.immediately(f"during the final test, after epoch {progress.epoch} (the "
                               "checkpoint is written; the resume only tests)"):
-            return _test(plan, run_dir, trainer, tracker, splits, progress, num_params, device)
+            return _test(plan, files, trainer, tracker, splits, progress, num_params, device)
     except TrainingDiverged as error:
         tracker.close()
-        last = run_dir / "checkpoints" / "last.pt"
-        if last.is_file():
-            advice = (f"the last good checkpoint is {last}. Resume from it with a lower learning "
+        if files.last.is_file():
+            advice = (f"the last good checkpoint is {files.last}. Resume from it with a lower learning "
                       f"rate or gradient clipping: python runner.py "
-                      f"{resume_argument(run_dir)} optimizer.lr={cfg.optimizer.lr / 10:g} "
+                      f"{resume_argument(files.root)} optimizer.lr={cfg.optimizer.lr / 10:g} "
                       "(or trainer.grad_clip=1.0)")
         else:
             advice = "no epoch completed. Start again with a lower optimizer.lr or trainer.grad_clip=1.0"
@@ -423,21 +417,20 @@ def _run(plan: Plan, run_dir: Path, device: torch.device, stop: StopSignals) -> 
         if tracker is not None:
             tracker.close()
         if memory.is_out_of_memory(error) and trainer is not None:  # in training (before: a plain error)
-            raise memory.OutOfMemory(out_of_memory_advice(error, progress, trainer, run_dir)) from None
+            raise memory.OutOfMemory(out_of_memory_advice(error, progress, trainer, files)) from None
         raise
 
 
-def _test(plan: Plan, run_dir: Path, trainer: Trainer, tracker: RunTracker, splits: Splits,
+def _test(plan: Plan, files: RunFiles, trainer: Trainer, tracker: RunTracker, splits: Splits,
           progress: Progress, num_params: int, device: torch.device) -> dict[str, Any]:
     """The best-validation weights (best.pt, batch norm recalibrated) on every test set;
     metrics.json (status finished), curves and the relaxation plot."""
     cfg, main, model = plan.cfg, distributed.is_main(), trainer.model
-    ckpt_dir = run_dir / "checkpoints"
     distributed.barrier()  # rank 0 has written best.pt
-    best = checkpoint.load(ckpt_dir / "best.pt", checkpoint.BEST)
+    best = checkpoint.load(files.best, checkpoint.BEST)
     model.load_state_dict(best["model"])
     if trainer.recalibrate_batch_norm(splits.train) and main:  # best.pt: the statistics tested
-        checkpoint.save(ckpt_dir / "best.pt", {"model": model.state_dict(), "epoch": best["epoch"]})
+        checkpoint.save_best(files, model.state_dict(), best["epoch"])
     metrics = {"name": cfg.name, "model": cfg.model._target_, "overrides": merge_overrides(plan.overrides, []),
                "num_params": num_params, "best_epoch": progress.best_epoch,
                f"best_{cfg.trainer.monitor}": progress.best, "epochs_completed": progress.epoch,
@@ -449,21 +442,21 @@ def _test(plan: Plan, run_dir: Path, trainer: Trainer, tracker: RunTracker, spli
     if trainer.times.enabled:
         metrics["profile"] = trainer.times.summary()
         log.info("time per phase (trainer.profile):\n%s", trainer.times.table())
-    if main and plot_relaxation(model, run_dir / "relaxation.png"):
-        log.info("symmetry-breaking maps of the relaxed layers: %s", run_dir / "relaxation.png")
-    if main and plot_step_scores(metrics, run_dir / "rollout_rmse.png"):
-        log.info("test RMSE per roll-out step: %s", run_dir / "rollout_rmse.png")
+    if main and plot_relaxation(model, files.relaxation):
+        log.info("symmetry-breaking maps of the relaxed layers: %s", files.relaxation)
+    if main and plot_step_scores(metrics, files.rollout_rmse):
+        log.info("test RMSE per roll-out step: %s", files.rollout_rmse)
     tracker.finish(metrics)
     log.info("test: %s (best epoch %s); outputs in %s",
              ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
                        if k.startswith("test_") and isinstance(v, (int, float))),
-             progress.best_epoch, run_dir)
+             progress.best_epoch, files.root)
     return metrics
 
 
-def out_of_memory_advice(error: BaseException, progress: Progress, trainer: Trainer, run_dir: Path) -> str:
+def out_of_memory_advice(error: BaseException, progress: Progress, trainer: Trainer, files: RunFiles) -> str:
     """One line for an out-of-memory error during training: where, and how to go on."""
-    last = run_dir / "checkpoints" / "last.pt"
+    last, run_dir = files.last, files.root
     micro = trainer.micro_batch_size or trainer.cfg.trainer.batch_size
     where = f"out of memory in epoch {progress.epoch + 1} ({memory.describe(error)})"
     if last.is_file():
@@ -471,39 +464,6 @@ def out_of_memory_advice(error: BaseException, progress: Progress, trainer: Trai
                 f"python runner.py trainer.resume={run_dir} trainer.micro_batch_size={max(1, micro // 2)}")
     return (f"{where}; no epoch completed: lower trainer.micro_batch_size (micro-batches of {micro} samples "
             "now) or the model's size (model.channels)")
-
-
-def restore(plan: Plan, trainer: Trainer, ckpt_dir: Path) -> Progress:
-    """Load the trainer, RNG states and progress of the checkpoint ``plan`` continues and
-    record this resume's configuration changes."""
-    saved = plan.saved
-    trainer.load_state_dict(saved["trainer"], plan.changes)
-    checkpoint.set_rng_state(saved["rng"])
-    progress = Progress.from_dict(saved["progress"])
-    if progress.step and progress.batch_size is None:  # written before batch_size was recorded
-        progress.batch_size = saved["config"]["trainer"]["batch_size"]
-    if progress.step and "trainer.batch_size" in plan.changes:
-        log.info("trainer.batch_size changes from epoch %d: epoch %d finishes with its batches of %d",
-                 progress.epoch + 2, progress.epoch + 1, progress.batch_size)
-    if not distributed.is_main():  # rank 0 carries the running sums of a mid-epoch checkpoint
-        progress.loss_sum, progress.score_sum, progress.seen = 0.0, 0.0, 0
-    if plan.changes:
-        changes = {key: [old, new] for key, (old, new) in plan.changes.items()}
-        progress.changes.append({"epoch": progress.epoch, "step": progress.step, "changes": changes})
-        log.info("configuration changes from epoch %d: %s", progress.epoch + 1,
-                 ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in plan.changes.items()))
-    if plan.source.parent != ckpt_dir and distributed.is_main():  # a checkpoint from elsewhere
-        best = plan.source.parent / "best.pt"
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        if best.is_file():
-            checkpoint.load(best, checkpoint.BEST)  # refused if unsafe, before it is copied
-            shutil.copyfile(best, ckpt_dir / "best.pt")
-        else:
-            checkpoint.save(ckpt_dir / "best.pt", {"model": trainer.model.state_dict(),
-                                                   "epoch": progress.epoch})
-    where = f"epoch {progress.epoch}" + (f", step {progress.step}" if progress.step else "")
-    log.info("resumed from %s after %s (model %s)", plan.source, where, plan.cfg.model._target_)
-    return progress
 
 
 def test_metrics(cfg: DictConfig, trainer: Trainer, splits: Splits) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""What ``trainer.resume`` continues, and with which configuration.
+"""What ``trainer.resume`` continues, with which configuration (:func:`plan`), and restoring it
+into the trainer (:func:`restore`).
 
 A resumed run continues in its own directory with the configuration saved in its checkpoint,
 not with today's defaults. Overrides given on the resume command are applied on top:
@@ -23,6 +24,14 @@ refused by its lock, naming the process). A run directory or a checkpoint file i
 command's directory. A run stopped before its first checkpoint (status ``interrupted``, no
 checkpoint) continues from its start: afresh in its own directory with its recorded overrides
 (metrics.json, else ``.hydra/overrides.yaml``) and the new ones, refused as above.
+
+Making a :class:`Plan` checks its config (config.validate): the one check of a command's config,
+on the config the run will have (a resumed run's saved config with this command's changes),
+before any data is loaded.
+
+:func:`restore` loads the checkpoint's trainer state, RNG states and progress, records this
+resume's changes, and gives a run continued from a checkpoint file of elsewhere its best.pt: the
+one beside that file (checked against checkpoint.BEST first), else the restored weights.
 """
 
 from __future__ import annotations
@@ -32,15 +41,19 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from gmcnn.report import override_key
-from gmcnn.training import checkpoint, targets
-from gmcnn.training.config import ConfigError
-from gmcnn.training.rundir import read_metrics
+from gmcnn.training import checkpoint, distributed, targets
+from gmcnn.training.checkpoint import Progress
+from gmcnn.training.config import ConfigError, validate
+from gmcnn.training.rundir import RunFiles, read_metrics
+
+if TYPE_CHECKING:
+    from gmcnn.training.engine import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +65,19 @@ _MISSING = object()
 
 @dataclass
 class Plan:
-    """Where and how one run starts: its directory, effective config, the checkpoint it
-    continues (None: a fresh start), the config changes on this resume (key -> (old, new))."""
+    """Where and how one run starts: its effective config (checked here: ConfigError), its
+    directory, the run's overrides, the checkpoint it continues (None: a fresh start) and the
+    config changes on this resume (key -> (old, new))."""
 
     cfg: DictConfig
     run_dir: Path
-    overrides: list[str]
+    overrides: list[str] = field(default_factory=list)
     saved: dict[str, Any] | None = None
     source: Path | None = None
     changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate(self.cfg)
 
     @property
     def finished(self) -> bool:
@@ -88,7 +105,7 @@ def _model_of(run: Path) -> str | None:
     model = read_metrics(run).get("model")
     if model is None:
         try:
-            model = OmegaConf.select(OmegaConf.load(run / ".hydra" / "config.yaml"), "model._target_")
+            model = OmegaConf.select(OmegaConf.load(RunFiles(run).config), "model._target_")
         except Exception:  # noqa: BLE001  (no or a broken config: unknown)
             return None
     return None if model is None else str(model)
@@ -96,12 +113,12 @@ def _model_of(run: Path) -> str | None:
 
 def _activity(run: Path) -> float:
     """When a run last wrote its checkpoint or status (its recency among its siblings)."""
-    return max((p.stat().st_mtime for p in (run / "checkpoints" / "last.pt", run / "metrics.json")
-                if p.is_file()), default=0.0)
+    files = RunFiles(run)
+    return max((p.stat().st_mtime for p in (files.last, files.metrics) if p.is_file()), default=0.0)
 
 
 def _has_checkpoint_or_stopped(run: Path) -> bool:
-    return (run / "checkpoints" / "last.pt").is_file() or read_metrics(run).get("status") == "interrupted"
+    return RunFiles(run).last.is_file() or read_metrics(run).get("status") == "interrupted"
 
 
 def latest_unfinished(experiment_dir: Path, model: str, own: Path) -> Path:
@@ -130,9 +147,9 @@ def latest_unfinished(experiment_dir: Path, model: str, own: Path) -> Path:
 def recorded_overrides(run: Path) -> list[str]:
     """The overrides a run was started with: its metrics.json (written when it stopped), else
     its ``.hydra/overrides.yaml``."""
-    recorded = read_metrics(run).get("overrides")
-    if recorded is None and (run / ".hydra" / "overrides.yaml").is_file():
-        recorded = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "overrides.yaml"))
+    recorded, record = read_metrics(run).get("overrides"), RunFiles(run).overrides
+    if recorded is None and record.is_file():
+        recorded = OmegaConf.to_container(OmegaConf.load(record))
     return [str(o) for o in recorded or []]
 
 
@@ -142,7 +159,7 @@ def resume_source(resume: Any, run_dir: Path, search_siblings: bool, model: str 
     if resume is False or resume is None:
         return None
     if resume is True:
-        own = run_dir / "checkpoints" / "last.pt"
+        own = RunFiles(run_dir).last
         if own.is_file():
             return own
         if read_metrics(run_dir).get("status") == "interrupted":
@@ -150,13 +167,12 @@ def resume_source(resume: Any, run_dir: Path, search_siblings: bool, model: str 
         if not search_siblings:
             return None
         run = latest_unfinished(run_dir.parent, model, run_dir)
-        return run / "checkpoints" / "last.pt" if (run / "checkpoints" / "last.pt").is_file() else run
+        return RunFiles(run).last if RunFiles(run).last.is_file() else run
     path = Path(str(resume)).expanduser().resolve()
-    if path.is_dir() and not (path / "checkpoints" / "last.pt").is_file() \
-            and read_metrics(path).get("status") == "interrupted":
+    if path.is_dir() and not RunFiles(path).last.is_file() and read_metrics(path).get("status") == "interrupted":
         return path  # stopped before its first checkpoint
     if path.is_dir():
-        path = path / "checkpoints" / "last.pt"
+        path = RunFiles(path).last
     if not path.is_file():
         raise ConfigError(f"trainer.resume={resume!r}: {path} does not exist; pass a run "
                           "directory or a checkpoint file")
@@ -165,10 +181,8 @@ def resume_source(resume: Any, run_dir: Path, search_siblings: bool, model: str 
 
 def run_dir_of(source: Path, default: Path) -> Path:
     """The run directory a checkpoint belongs to (``<run>/checkpoints/*.pt``), else ``default``."""
-    run = source.parent.parent
-    if source.parent.name == "checkpoints" and (run / "checkpoints" / "last.pt").is_file():
-        return run
-    return default
+    files = RunFiles.holding(source)
+    return default if files is None else files.root
 
 
 def merge_overrides(saved: list[str], new: list[str]) -> list[str]:
@@ -262,7 +276,7 @@ def plan(cfg: DictConfig, run_dir: Path, overrides: list[str], *, search_sibling
     ``under_requeue``: a job that its launcher requeued (submitit) continues its own
     directory even without trainer.resume."""
     resume = cfg.trainer.resume
-    own_checkpoint = run_dir / "checkpoints" / "last.pt"
+    own_checkpoint = RunFiles(run_dir).last
     if resume is False and own_checkpoint.is_file():
         if not (under_requeue and read_metrics(run_dir).get("status") == "interrupted"):
             raise ConfigError(f"run directory {run_dir} already holds a run; continue it with "
@@ -305,3 +319,35 @@ def plan(cfg: DictConfig, run_dir: Path, overrides: list[str], *, search_sibling
                           f"{str(error).splitlines()[0]}") from None
     check_continuable(changes, target)
     return Plan(effective, target, merged, saved, source, changes)
+
+
+def restore(plan: Plan, trainer: Trainer, files: RunFiles) -> Progress:
+    """Load the trainer, RNG states and progress of the checkpoint ``plan`` continues into the
+    run whose files are ``files``, record this resume's configuration changes, and (rank 0) give a
+    run continued from a checkpoint file of elsewhere its best.pt (see the module docstring)."""
+    saved = plan.saved
+    trainer.load_state_dict(saved["trainer"], plan.changes)
+    checkpoint.set_rng_state(saved["rng"])
+    progress = Progress.from_dict(saved["progress"])
+    if progress.step and progress.batch_size is None:  # written before batch_size was recorded
+        progress.batch_size = saved["config"]["trainer"]["batch_size"]
+    if progress.step and "trainer.batch_size" in plan.changes:
+        log.info("trainer.batch_size changes from epoch %d: epoch %d finishes with its batches of %d",
+                 progress.epoch + 2, progress.epoch + 1, progress.batch_size)
+    if not distributed.is_main():  # rank 0 carries the running sums of a mid-epoch checkpoint
+        progress.loss_sum, progress.score_sum, progress.seen = 0.0, 0.0, 0
+    if plan.changes:
+        changes = {key: [old, new] for key, (old, new) in plan.changes.items()}
+        progress.changes.append({"epoch": progress.epoch, "step": progress.step, "changes": changes})
+        log.info("configuration changes from epoch %d: %s", progress.epoch + 1,
+                 ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in plan.changes.items()))
+    if plan.source.parent != files.checkpoints and distributed.is_main():  # a checkpoint from elsewhere
+        beside = plan.source.with_name(files.best.name)
+        if beside.is_file():
+            best = checkpoint.load(beside, checkpoint.BEST)  # refused if unsafe, before it is used
+            checkpoint.save_best(files, best["model"], best["epoch"])
+        else:
+            checkpoint.save_best(files, trainer.model.state_dict(), progress.epoch)
+    where = f"epoch {progress.epoch}" + (f", step {progress.step}" if progress.step else "")
+    log.info("resumed from %s after %s (model %s)", plan.source, where, plan.cfg.model._target_)
+    return progress

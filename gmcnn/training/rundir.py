@@ -1,5 +1,8 @@
-"""The run directory: one writer at a time, a status in metrics.json, nothing half-written.
+"""The run directory: its files, one writer at a time, a status in metrics.json, nothing half-written.
 
+* :class:`RunFiles`: where a run directory keeps its files (``checkpoints/last.pt``,
+  ``checkpoints/best.pt``, ``metrics.json``, ``metrics.csv``, ``curves.png``, the ``.hydra/``
+  record); the one place their names are spelled. What a checkpoint holds is checkpoint.py's.
 * :class:`RunLock`: an exclusive ``fcntl.flock`` on ``<run dir>/.lock``, which holds the owner's
   pid and host for the message a second writer gets. The OS releases the lock when the process
   dies, so a lock file left by a killed run does not block the next one.
@@ -25,6 +28,7 @@ import logging
 import os
 import shutil
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +37,73 @@ from gmcnn.io import atomic_write_text, remove_temporaries
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
-HYDRA_FILES = {".hydra", "runner.log", LOCK_NAME}
+RECORD = ".hydra"  # Hydra's record of the command: config.yaml, overrides.yaml, hydra.yaml
+HYDRA_FILES = {RECORD, "runner.log", LOCK_NAME}
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The files of the run directory ``root``."""
+
+    root: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        """The training checkpoint (checkpoint.LAST): everything needed to continue the run."""
+        return self.checkpoints / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        """The best-validation weights (checkpoint.BEST)."""
+        return self.checkpoints / "best.pt"
+
+    @property
+    def metrics(self) -> Path:
+        """The run's status and, when finished, its metrics (:func:`write_status`)."""
+        return self.root / "metrics.json"
+
+    @property
+    def history(self) -> Path:
+        """One row per epoch (tracking.py)."""
+        return self.root / "metrics.csv"
+
+    @property
+    def curves(self) -> Path:
+        return self.root / "curves.png"
+
+    @property
+    def relaxation(self) -> Path:
+        """The symmetry-breaking maps of a relaxed model (diagnostics.plot_relaxation)."""
+        return self.root / "relaxation.png"
+
+    @property
+    def rollout_rmse(self) -> Path:
+        """The test RMSE per roll-out step (diagnostics.plot_step_scores)."""
+        return self.root / "rollout_rmse.png"
+
+    @property
+    def config(self) -> Path:
+        """The run's effective configuration, as Hydra (or a resume: :func:`record_config`) wrote it."""
+        return self.root / RECORD / "config.yaml"
+
+    @property
+    def overrides(self) -> Path:
+        return self.root / RECORD / "overrides.yaml"
+
+    @property
+    def hydra(self) -> Path:
+        return self.root / RECORD / "hydra.yaml"
+
+    @classmethod
+    def holding(cls, checkpoint: Path) -> RunFiles | None:
+        """The run whose last.pt sits beside ``checkpoint`` in its ``checkpoints/`` (None: a file
+        from elsewhere)."""
+        files = cls(checkpoint.parent.parent)
+        return files if checkpoint.parent == files.checkpoints and files.last.is_file() else None
 
 
 class RunDirectoryBusy(Exception):
@@ -71,7 +141,7 @@ class RunLock:
         handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
         handle.flush()
         self._handle = handle
-        for directory in (self.path.parent, self.path.parent / "checkpoints"):
+        for directory in (self.path.parent, RunFiles(self.path.parent).checkpoints):
             for stale in remove_temporaries(directory):
                 log.info("removed %s, a partial write of a killed run", stale)
         return self
@@ -92,7 +162,7 @@ class RunLock:
 def read_metrics(run_dir: Path) -> dict[str, Any]:
     """The run's metrics.json ({} if missing or unreadable)."""
     try:
-        return json.loads((run_dir / "metrics.json").read_text())
+        return json.loads(RunFiles(run_dir).metrics.read_text())
     except (OSError, ValueError):
         return {}
 
@@ -103,7 +173,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def write_status(run_dir: Path, status: str, **fields: Any) -> None:
     """metrics.json with ``status`` ("finished", "failed" or "interrupted") and ``fields``."""
-    write_json(run_dir / "metrics.json", {**fields, "status": status})
+    write_json(RunFiles(run_dir).metrics, {**fields, "status": status})
 
 
 _existed: dict[Path, bool] = {}  # directory -> whether it existed before Hydra ran (record_existing)
@@ -194,11 +264,11 @@ def record_config(run_dir: Path, cfg: Any, overrides: list[str], choices: dict[s
     the run's model, not the resume command's default."""
     from omegaconf import OmegaConf
 
-    atomic_write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
-    atomic_write_text(run_dir / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
-    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
-    if choices and hydra_yaml.is_file():
-        recorded = OmegaConf.load(hydra_yaml)
+    files = RunFiles(run_dir)
+    atomic_write_text(files.config, OmegaConf.to_yaml(cfg))
+    atomic_write_text(files.overrides, OmegaConf.to_yaml(OmegaConf.create(overrides)))
+    if choices and files.hydra.is_file():
+        recorded = OmegaConf.load(files.hydra)
         OmegaConf.update(recorded, "hydra.runtime.choices", choices, merge=False)
         OmegaConf.update(recorded, "hydra.overrides.task", list(overrides), merge=False)
-        atomic_write_text(hydra_yaml, OmegaConf.to_yaml(recorded))
+        atomic_write_text(files.hydra, OmegaConf.to_yaml(recorded))

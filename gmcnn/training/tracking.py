@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gmcnn.io import atomic_write_text
-from gmcnn.training.rundir import write_status
+from gmcnn.training.rundir import RunFiles, write_status
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class RunTracker:
         writer = csv.DictWriter(text, fieldnames=list(self.history[0]))
         writer.writeheader()
         writer.writerows(self.history)
-        atomic_write_text(self.run_dir / "metrics.csv", text.getvalue())
+        atomic_write_text(RunFiles(self.run_dir).history, text.getvalue())
 
     def finish(self, metrics: dict[str, Any]) -> None:
         """Write metrics.json (status finished) and curves.png, send the summary to wandb and
@@ -85,7 +85,7 @@ class RunTracker:
             return
         write_status(self.run_dir, "finished", **metrics)
         if self.history:
-            plot_curves(self.history, self.run_dir / "curves.png")
+            plot_curves(self.history, RunFiles(self.run_dir).curves)
         self.close(metrics)
 
     def close(self, summary: dict[str, Any] | None = None) -> None:
