@@ -304,11 +304,13 @@ class _BatchNormMaxPool2x2(torch.autograd.Function):
     a_c h + b_c is a_c h* + b_c, h* its entry maximal in s_c h (s_c the sign of a_c; a_c = 0: the
     first entry, a tie of the whole window). The backward is the batch norm's on the scattered
     gradient: dy is g at the argmax and 0 elsewhere, so its channel sums over dy and dy xhat are
-    quarter-size, and dh = a dy + k_c h + k'_c is one pass over h and a scatter-add."""
+    quarter-size, and dh = a dy + k_c h + k'_c is one pass over h and a scatter-add (``consume``:
+    written over h, which then must not be read elsewhere; a second backward finds h modified and
+    autograd raises)."""
 
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor | None, bias: Tensor | None, channels: int,
-                eps: float) -> tuple[Tensor, Tensor, Tensor]:
+                eps: float, consume: bool) -> tuple[Tensor, Tensor, Tensor]:
         batch = h.shape[0]
         grouped = h.view(batch, channels, -1)
         mean, var = channel_mean_var(grouped)
@@ -322,7 +324,7 @@ class _BatchNormMaxPool2x2(torch.autograd.Function):
         out = torch.addcmul(shift.repeat_interleave(points)[:, None, None], values,
                             scale.abs().repeat_interleave(points)[:, None, None])
         ctx.save_for_backward(h, index, mean, invstd, scale)
-        ctx.channels, ctx.affine = channels, (weight is not None, bias is not None)
+        ctx.channels, ctx.affine, ctx.consume = channels, (weight is not None, bias is not None), consume
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var
 
@@ -336,26 +338,27 @@ class _BatchNormMaxPool2x2(torch.autograd.Function):
         at_max = h.flatten(-2).gather(-1, index.flatten(-2)).view(batch, channels, -1)
         g = grad.reshape(batch, channels, -1)
         sum_g = g.sum((0, 2))
-        sum_g_xhat = (torch.einsum("bcn,bcn->c", g, at_max) - mean * sum_g) * invstd
+        sum_g_xhat = (at_max.mul_(g).sum((0, 2)) - mean * sum_g) * invstd
         k_h = -scale * invstd * sum_g_xhat / count
         k_0 = -scale * sum_g / count - k_h * mean
-        grad_h = torch.addcmul(k_0[:, None], grouped, k_h[:, None])
+        grad_h = torch.addcmul(k_0[:, None], grouped, k_h[:, None], out=grouped if ctx.consume else None)
         grad_h.view(h.shape[0], h.shape[1], -1).scatter_add_(
             -1, index.flatten(-2), (g * scale[:, None]).view(index.shape[0], index.shape[1], -1))
         has_weight, has_bias = ctx.affine
         return (grad_h.view_as(h), sum_g_xhat if has_weight else None, sum_g if has_bias else None,
-                None, None)
+                None, None, None)
 
 
 def batch_norm_max_pool2x2(h: Tensor, weight: Tensor | None, bias: Tensor | None, channels: int,
-                           eps: float) -> tuple[Tensor, Tensor, Tensor]:
+                           eps: float, consume: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """``F.max_pool2d(batch_norm(h), 2)`` with the batch statistics of each of ``channels``
     channels over the (B, channels, P, H, W) view of h (B, channels P, H, W) (even H, W) and the
     affine ``weight`` / ``bias`` (or None), and those statistics: (pooled, mean, biased variance).
     The same values, and the gradients of F.max_pool2d after the batch norm (a window's gradient
     to the first of tied maxima), without the normalised h (:class:`_BatchNormMaxPool2x2`; once
-    differentiable)."""
-    return _BatchNormMaxPool2x2.apply(h, weight, bias, channels, eps)
+    differentiable). ``consume``: the backward writes h's gradient over h (no new buffer; for an h
+    that nothing else reads, such as a convolution's output; a second backward raises)."""
+    return _BatchNormMaxPool2x2.apply(h, weight, bias, channels, eps, consume)
 
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}

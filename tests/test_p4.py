@@ -452,8 +452,17 @@ def test_batch_norm_max_pool2x2_is_max_pool2d_of_batch_norm(weight):
     torch.testing.assert_close(var, grouped.var((0, 2), correction=0), rtol=1e-12, atol=1e-12)
     inputs = [t for t in (h, w, b) if t is not None]
     grad = torch.randn_like(reference)
-    for got, want in zip(torch.autograd.grad(pooled, inputs, grad), torch.autograd.grad(reference, inputs, grad)):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    want = torch.autograd.grad(reference, inputs, grad)
+    for got, expected in zip(torch.autograd.grad(pooled, inputs, grad, retain_graph=True), want):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    conv_output = h * 1                                  # consume: the gradient written over it
+    pooled = GF.batch_norm_max_pool2x2(conv_output, w, b, channels, 1e-5, consume=True)[0]
+    got = torch.autograd.grad(pooled, [conv_output, *inputs[1:]], grad, retain_graph=True)
+    assert got[0].data_ptr() == conv_output.data_ptr()
+    for got_one, expected in zip(got, want):
+        torch.testing.assert_close(got_one, expected, rtol=1e-10, atol=1e-12)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):   # no second backward
+        torch.autograd.grad(pooled, [conv_output], grad)
     if weight is not None:      # away from the zero scale, where the whole window ties
         nonzero = torch.tensor((1.3, -0.7, 0.4), dtype=torch.float64, requires_grad=True)
         torch.autograd.gradcheck(lambda *a: GF.batch_norm_max_pool2x2(*a, channels, 1e-5)[0], (h, nonzero, b))

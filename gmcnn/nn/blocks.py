@@ -491,13 +491,14 @@ def grid_conv_norm_pool(layer: ConvNormAct, x: Tensor, n: int) -> Tensor:
     """The 2 x 2 max pooling of every image of norm(conv(x)) (:class:`ImageGridStages`, before a
     ReLU): with a batch-statistics BatchNorm (:func:`batch_statistics_norm`), pooled and
     normalised in one kernel (:func:`gmcnn.functional.batch_norm_max_pool2x2`, which never writes
-    the normalised activations) and the running statistics updated as the module would."""
+    the normalised activations and writes the gradient over the convolution's output, which only
+    it reads) and the running statistics updated as the module would."""
     norm = layer.norm
     if not (batch_statistics_norm(norm, x) and norm.num_features == layer.conv.out_channels):
         return max_pool_images(grid_conv_norm_act(layer, x, activate=False), n)
     h = grid_conv_norm_act(layer, x, activate=False, normalise=False)
     pooled, mean, var = GF.batch_norm_max_pool2x2(h.view(h.shape[0], -1, n, n), norm.weight, norm.bias,
-                                                  norm.num_features, norm.eps)
+                                                  norm.num_features, norm.eps, consume=True)
     if norm.training and norm.track_running_stats:
         update_running_statistics(norm, mean, var, h.numel() // h.shape[1])
     return pooled.view(*h.shape[:2], -1)
