@@ -246,7 +246,7 @@ def _quarters(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 def _max_pool2x2_with_index(x: Tensor) -> tuple[Tensor, Tensor]:
     """The 2 x 2 maxima of the last two axes and their argmax (ties to the first entry in
     row-major order) in F.max_pool2d's index format (the flat position in each image), from three
-    quarter-size comparisons."""
+    quarter-size comparisons (one int64 buffer, its offsets added in place)."""
     top_left, top_right, bottom_left, bottom_right = _quarters(x)
     right_top, right_bottom = top_right > top_left, bottom_right > bottom_left
     top, bottom = torch.maximum(top_left, top_right), torch.maximum(bottom_left, bottom_right)
@@ -254,7 +254,7 @@ def _max_pool2x2_with_index(x: Tensor) -> tuple[Tensor, Tensor]:
     height, width = x.shape[-2:]
     rows = torch.arange(0, height, 2, device=x.device)[:, None] * width
     corner = rows + torch.arange(0, width, 2, device=x.device)                 # (H/2, W/2)
-    index = torch.where(lower, right_bottom, right_top).long() + lower.long() * width + corner
+    index = torch.where(lower, right_bottom, right_top).long().add_(lower, alpha=width).add_(corner)
     return torch.maximum(top, bottom), index
 
 
