@@ -254,7 +254,8 @@ def _max_pool2x2_with_index(x: Tensor) -> tuple[Tensor, Tensor]:
     height, width = x.shape[-2:]
     rows = torch.arange(0, height, 2, device=x.device)[:, None] * width
     corner = rows + torch.arange(0, width, 2, device=x.device)                 # (H/2, W/2)
-    index = torch.where(lower, right_bottom, right_top).long().add_(lower, alpha=width).add_(corner)
+    right = right_top ^ (lower & (right_top ^ right_bottom))    # where(lower, ...): bitwise, far faster on CPU
+    index = right.long().add_(lower, alpha=width).add_(corner)
     return torch.maximum(top, bottom), index
 
 
