@@ -61,8 +61,9 @@ reference path.
   pooling is normalised and pooled in one kernel, :func:`gmcnn.functional.batch_norm_max_pool2x2`
   (the per-channel affine map a h + b pooled as a max of s h, s the sign of a: the normalised
   activations are never written, the backward is one pass over h and a scatter-add), with the
-  module's running-statistics update; unless the norm has hooks (precise_bn's), then the module runs. Plain torch ops, so it also runs under autocast (float16 / bfloat16), where
-  the reference would too. The pooling sends a window's gradient to the first of tied maxima
+  module's running-statistics update; unless the norm has hooks (precise_bn's), then the module
+  runs. Plain torch ops, so it also runs under autocast (float16 / bfloat16; the batch norm then
+  by its module), where the reference would too. The pooling sends a window's gradient to the first of tied maxima
   where the reference's amax splits it among them: the same function, and the same gradients
   wherever a window's maximum is unique (after a ReLU, ties at zero get no gradient either way).
   The circular pad and the pooling are once-differentiable Functions (``fused=False`` for a
