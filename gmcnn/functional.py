@@ -243,6 +243,22 @@ def _quarters(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return x[..., 0::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 0::2], x[..., 1::2, 1::2]
 
 
+def _max_pool2x2_with_index(x: Tensor) -> tuple[Tensor, Tensor]:
+    """The 2 x 2 maxima of the last two axes and their argmax (ties to the first entry in
+    row-major order) in F.max_pool2d's index format (the flat position in each image), from three
+    quarter-size comparisons (one int64 buffer, its offsets added in place)."""
+    top_left, top_right, bottom_left, bottom_right = _quarters(x)
+    right_top, right_bottom = top_right > top_left, bottom_right > bottom_left
+    top, bottom = torch.maximum(top_left, top_right), torch.maximum(bottom_left, bottom_right)
+    lower = bottom > top
+    height, width = x.shape[-2:]
+    rows = torch.arange(0, height, 2, device=x.device)[:, None] * width
+    corner = rows + torch.arange(0, width, 2, device=x.device)                 # (H/2, W/2)
+    right = right_top ^ (lower & (right_top ^ right_bottom))    # where(lower, ...): bitwise, far faster on CPU
+    index = right.long().add_(lower, alpha=width).add_(corner)
+    return torch.maximum(top, bottom), index
+
+
 class _MaxPool2x2(torch.autograd.Function):
     """2 x 2 stride-2 max pooling of the last two axes (even sizes) from the four strided
     sub-images; the argmax (ties to the first entry in row-major order, as F.max_pool2d) from
@@ -251,16 +267,9 @@ class _MaxPool2x2(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
-        top_left, top_right, bottom_left, bottom_right = _quarters(x)
-        right_top, right_bottom = top_right > top_left, bottom_right > bottom_left
-        top, bottom = torch.maximum(top_left, top_right), torch.maximum(bottom_left, bottom_right)
-        lower = bottom > top
-        height, width = x.shape[-2:]
-        rows = torch.arange(0, height, 2, device=x.device)[:, None] * width
-        corner = rows + torch.arange(0, width, 2, device=x.device)                 # (H/2, W/2)
-        index = torch.where(lower, right_bottom, right_top).long() + lower.long() * width + corner
+        values, index = _max_pool2x2_with_index(x)
         ctx.save_for_backward(x, index)
-        return torch.maximum(top, bottom)
+        return values
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -278,6 +287,87 @@ def max_pool2x2(x: Tensor) -> Tensor:
         return _MaxPool2x2.apply(x)
     top_left, top_right, bottom_left, bottom_right = _quarters(x)
     return torch.maximum(torch.maximum(top_left, top_right), torch.maximum(bottom_left, bottom_right))
+
+
+def channel_mean_var(x: Tensor, chunk: int = 2 ** 20) -> tuple[Tensor, Tensor]:
+    """The mean and the biased variance of every channel of x (B, C, ...) over all other axes, in
+    two passes: the mean, then the mean square about it, through a reused buffer of about
+    ``chunk`` values (as accurate as the input's precision allows; on CPU several times faster
+    than ``torch.var_mean`` over non-trailing axes, and no activation-sized temporary)."""
+    rows = x.reshape(x.shape[0], x.shape[1], -1)
+    mean = rows.mean((0, 2), keepdim=True)
+    step = max(1, chunk // (rows.shape[1] * rows.shape[2]))
+    buffer = torch.empty_like(rows[:step])
+    squares = rows.new_zeros(rows.shape[1])
+    for start in range(0, rows.shape[0], step):
+        part = rows[start:start + step]
+        centred = torch.sub(part, mean, out=buffer[:part.shape[0]])
+        squares += centred.square_().sum((0, 2))
+    return mean.flatten(), squares / (rows.shape[0] * rows.shape[2])
+
+
+class _BatchNormMaxPool2x2(torch.autograd.Function):
+    """max_pool2d(batch_norm(h), 2) with batch statistics, per channel c of C over the
+    (B, C, P, H, W) view of h (B, C P, H, W), without the normalised h: with
+    a_c = gamma_c / sqrt(var_c + eps) and b_c = beta_c - a_c mean_c, a window's maximum of
+    a_c h + b_c is a_c h* + b_c, h* its entry maximal in s_c h (s_c the sign of a_c; a_c = 0: the
+    first entry, a tie of the whole window). The backward is the batch norm's on the scattered
+    gradient: dy is g at the argmax and 0 elsewhere, so its channel sums over dy and dy xhat are
+    quarter-size, and dh = a dy + k_c h + k'_c is one pass over h and a scatter-add (``consume``:
+    written over h, which then must not be read elsewhere; a second backward finds h modified and
+    autograd raises)."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor | None, bias: Tensor | None, channels: int,
+                eps: float, consume: bool) -> tuple[Tensor, Tensor, Tensor]:
+        batch = h.shape[0]
+        grouped = h.view(batch, channels, -1)
+        mean, var = channel_mean_var(grouped)
+        invstd = torch.rsqrt(var + eps)
+        scale = invstd if weight is None else invstd * weight
+        shift = -mean * scale if bias is None else bias - mean * scale
+        positive = bool((scale > 0).all())
+        signed = h if positive else (grouped * scale.sign()[:, None]).view_as(h)
+        values, index = _max_pool2x2_with_index(signed)
+        points = h.shape[1] // channels
+        out = torch.addcmul(shift.repeat_interleave(points)[:, None, None], values,
+                            scale.abs().repeat_interleave(points)[:, None, None])
+        ctx.save_for_backward(h, index, mean, invstd, scale)
+        ctx.channels, ctx.affine, ctx.consume = channels, (weight is not None, bias is not None), consume
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor, _grad_mean: Tensor, _grad_var: Tensor):
+        h, index, mean, invstd, scale = ctx.saved_tensors
+        batch, channels = h.shape[0], ctx.channels
+        grouped = h.view(batch, channels, -1)
+        count = grouped.shape[0] * grouped.shape[2]
+        at_max = h.flatten(-2).gather(-1, index.flatten(-2)).view(batch, channels, -1)
+        g = grad.reshape(batch, channels, -1)
+        sum_g = g.sum((0, 2))
+        sum_g_xhat = (at_max.mul_(g).sum((0, 2)) - mean * sum_g) * invstd
+        k_h = -scale * invstd * sum_g_xhat / count
+        k_0 = -scale * sum_g / count - k_h * mean
+        grad_h = torch.addcmul(k_0[:, None], grouped, k_h[:, None], out=grouped if ctx.consume else None)
+        grad_h.view(h.shape[0], h.shape[1], -1).scatter_add_(
+            -1, index.flatten(-2), (g * scale[:, None]).view(index.shape[0], index.shape[1], -1))
+        has_weight, has_bias = ctx.affine
+        return (grad_h.view_as(h), sum_g_xhat if has_weight else None, sum_g if has_bias else None,
+                None, None, None)
+
+
+def batch_norm_max_pool2x2(h: Tensor, weight: Tensor | None, bias: Tensor | None, channels: int,
+                           eps: float, consume: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """``F.max_pool2d(batch_norm(h), 2)`` with the batch statistics of each of ``channels``
+    channels over the (B, channels, P, H, W) view of h (B, channels P, H, W) (even H, W) and the
+    affine ``weight`` / ``bias`` (or None), and those statistics: (pooled, mean, biased variance).
+    The same values, and the gradients of F.max_pool2d after the batch norm (a window's gradient
+    to the first of tied maxima), without the normalised h (:class:`_BatchNormMaxPool2x2`; once
+    differentiable). ``consume``: the backward writes h's gradient over h (no new buffer; for an h
+    that nothing else reads, such as a convolution's output; a second backward raises)."""
+    return _BatchNormMaxPool2x2.apply(h, weight, bias, channels, eps, consume)
 
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}

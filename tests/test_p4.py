@@ -432,3 +432,37 @@ def test_max_pool2x2_is_max_pool2d_values_and_gradient():
     GF.max_pool2x2(ties).backward(grad)
     F.max_pool2d(reference, 2).backward(grad)
     torch.testing.assert_close(ties.grad, reference.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("weight", [(1.3, -0.7, 0.0), None])
+def test_batch_norm_max_pool2x2_is_max_pool2d_of_batch_norm(weight):
+    """Values, batch statistics and every gradient of F.max_pool2d(batch_norm(h)) (batch
+    statistics per channel over the (B, C, P, H, W) view), with a negative and a zero scale (a
+    window's minimum, a tie of the whole window) and without affine parameters; gradcheck."""
+    torch.manual_seed(0)
+    batch, channels, points, n = 3, 3, 4, 6
+    h = torch.randn(batch, channels * points, n, n, dtype=torch.float64, requires_grad=True)
+    w = None if weight is None else torch.tensor(weight, dtype=torch.float64, requires_grad=True)
+    b = None if weight is None else torch.randn(channels, dtype=torch.float64, requires_grad=True)
+    pooled, mean, var = GF.batch_norm_max_pool2x2(h, w, b, channels, 1e-5)
+    grouped = h.view(batch, channels, -1)
+    reference = F.max_pool2d(F.batch_norm(grouped, None, None, w, b, True, 0.0, 1e-5).view_as(h), 2)
+    torch.testing.assert_close(pooled, reference, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(mean, grouped.mean((0, 2)), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(var, grouped.var((0, 2), correction=0), rtol=1e-12, atol=1e-12)
+    inputs = [t for t in (h, w, b) if t is not None]
+    grad = torch.randn_like(reference)
+    want = torch.autograd.grad(reference, inputs, grad)
+    for got, expected in zip(torch.autograd.grad(pooled, inputs, grad, retain_graph=True), want):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    conv_output = h * 1                                  # consume: the gradient written over it
+    pooled = GF.batch_norm_max_pool2x2(conv_output, w, b, channels, 1e-5, consume=True)[0]
+    got = torch.autograd.grad(pooled, [conv_output, *inputs[1:]], grad, retain_graph=True)
+    assert got[0].data_ptr() == conv_output.data_ptr()
+    for got_one, expected in zip(got, want):
+        torch.testing.assert_close(got_one, expected, rtol=1e-10, atol=1e-12)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):   # no second backward
+        torch.autograd.grad(pooled, [conv_output], grad)
+    if weight is not None:      # away from the zero scale, where the whole window ties
+        nonzero = torch.tensor((1.3, -0.7, 0.4), dtype=torch.float64, requires_grad=True)
+        torch.autograd.gradcheck(lambda *a: GF.batch_norm_max_pool2x2(*a, channels, 1e-5)[0], (h, nonzero, b))

@@ -3,6 +3,8 @@ exact parameter counts, invariance of the classifier to torch.rot90 / torch.flip
 the image, equivariance of the dynamics model to rotating a vector field, pooling, and a short
 real run that learns."""
 
+import copy
+
 import hydra
 import pytest
 import torch
@@ -384,6 +386,32 @@ def test_image_grid_fast_path_matches_the_reference(kind, boundary):
         torch.testing.assert_close(fast, model(x.double()), rtol=1e-8, atol=1e-10)
     with pytest.raises(ValueError, match=r"expects input of shape \(batch, 1, 256\)"):
         model.blocks(torch.randn(2, 2, 256, dtype=torch.float64))   # the reference's one-line error
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_image_grid_train_mode_batch_norm_statistics_and_hooks(momentum):
+    """In train mode the pooled lifting's batch norm (normalised and pooled in one kernel) updates
+    its running statistics as the module does (momentum or the cumulative average); with a
+    forward hook on it (precise_bn) the module itself runs, so the hook sees its input."""
+    torch.manual_seed(0)
+    model = image_classifier("p4", norm="batch", activation="relu", readout="max_mean", boundary="zero")
+    for norm in model.modules():
+        if isinstance(norm, torch.nn.BatchNorm1d):
+            norm.momentum = momentum
+    randomise_batch_norms(model)
+    reference = copy.deepcopy(model)
+    reference.fused = False
+    x = torch.randn(3, 1, 16, 16, dtype=torch.float64)
+    for _ in range(2):
+        model.blocks.train()(x.flatten(2))
+        reference.blocks.train()(x.flatten(2))
+    for (name, fast), want in zip(model.named_buffers(), reference.buffers()):
+        torch.testing.assert_close(fast, want, rtol=1e-12, atol=1e-12, msg=name)
+    lifting_norm, seen = model.blocks[0].norm, []
+    handle = lifting_norm.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    model.blocks(x.flatten(2))
+    handle.remove()
+    assert seen == [(3, lifting_norm.num_features, 4 * 16 * 16)]
 
 
 def test_image_grid_fast_path_structural_check():

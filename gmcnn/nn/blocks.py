@@ -57,8 +57,13 @@ reference path.
   gradient from the four strided sub-images); a ReLU right before a pooling runs after it (max
   and ReLU commute: a quarter of the work), any other ReLU in place; and in eval mode the
   BatchNorm's running statistics are folded into the kernel and bias (one pass over the
-  activations less). Plain torch ops, so it also runs under autocast (float16 / bfloat16), where
-  the reference would too. The pooling sends a window's gradient to the first of tied maxima
+  activations less). A BatchNorm with batch statistics (train mode) right before a ReLU and a
+  pooling is normalised and pooled in one kernel, :func:`gmcnn.functional.batch_norm_max_pool2x2`
+  (the per-channel affine map a h + b pooled as a max of s h, s the sign of a: the normalised
+  activations are never written, the backward is one pass over h and a scatter-add), with the
+  module's running-statistics update; unless the norm has hooks (precise_bn's), then the module
+  runs. Plain torch ops, so it also runs under autocast (float16 / bfloat16; the batch norm then
+  by its module), where the reference would too. The pooling sends a window's gradient to the first of tied maxima
   where the reference's amax splits it among them: the same function, and the same gradients
   wherever a window's maximum is unique (after a ReLU, ties at zero get no gradient either way).
   The circular pad and the pooling are once-differentiable Functions (``fused=False`` for a
@@ -458,7 +463,7 @@ class ImageGridStages(FastPathModule, nn.Sequential):
                 x = out + stage.shortcut(x)
             elif (type(stage.activation) is nn.ReLU and i + 1 < len(stages)
                     and type(stages[i + 1]) is GMPool):   # max(relu) = relu(max): a quarter of the ReLU
-                x = torch.relu_(max_pool_images(grid_conv_norm_act(stage, x, activate=False), stages[i + 1].group.n))
+                x = torch.relu_(grid_conv_norm_pool(stage, x, stages[i + 1].group.n))
                 i += 1
             else:
                 x = grid_conv_norm_act(stage, x)
@@ -473,11 +478,51 @@ def max_pool_images(x: Tensor, n: int) -> Tensor:
     return GF.max_pool2x2(x.view(x.shape[0], -1, n, n)).reshape(*x.shape[:2], -1)
 
 
-def grid_conv_norm_act(layer: ConvNormAct, x: Tensor, activate: bool = True) -> Tensor:
+def batch_statistics_norm(norm: nn.Module | None, x: Tensor) -> bool:
+    """The norm is a BatchNorm1d that normalises ``x`` with its batch statistics (train mode, or
+    no running statistics), in float32 / float64 without autocast, and without hooks (which
+    :func:`gmcnn.training.precise_bn.recalibrate` uses; the fused kernel does not call the module)."""
+    return (type(norm) is nn.BatchNorm1d and (norm.training or norm.running_mean is None)
+            and runtime_allows_fast_path(x, list(norm.parameters()))
+            and not (norm._forward_pre_hooks or norm._forward_hooks
+                     or nn.modules.module._global_forward_pre_hooks or nn.modules.module._global_forward_hooks))
+
+
+def grid_conv_norm_pool(layer: ConvNormAct, x: Tensor, n: int) -> Tensor:
+    """The 2 x 2 max pooling of every image of norm(conv(x)) (:class:`ImageGridStages`, before a
+    ReLU): with a batch-statistics BatchNorm (:func:`batch_statistics_norm`), pooled and
+    normalised in one kernel (:func:`gmcnn.functional.batch_norm_max_pool2x2`, which never writes
+    the normalised activations and writes the gradient over the convolution's output, which only
+    it reads) and the running statistics updated as the module would."""
+    norm = layer.norm
+    if not (batch_statistics_norm(norm, x) and norm.num_features == layer.conv.out_channels):
+        return max_pool_images(grid_conv_norm_act(layer, x, activate=False), n)
+    h = grid_conv_norm_act(layer, x, activate=False, normalise=False)
+    pooled, mean, var = GF.batch_norm_max_pool2x2(h.view(h.shape[0], -1, n, n), norm.weight, norm.bias,
+                                                  norm.num_features, norm.eps, consume=True)
+    if norm.training and norm.track_running_stats:
+        update_running_statistics(norm, mean, var, h.numel() // h.shape[1])
+    return pooled.view(*h.shape[:2], -1)
+
+
+@torch.no_grad()
+def update_running_statistics(norm: nn.modules.batchnorm._BatchNorm, mean: Tensor, var: Tensor,
+                              count: int) -> None:
+    """What a batch-norm module in train mode does to its running statistics with a batch's mean
+    and biased variance over ``count`` values per channel: num_batches_tracked + 1, then the
+    moving average with factor ``momentum`` (None: the cumulative average, 1 / batches) of the
+    mean and the unbiased variance."""
+    norm.num_batches_tracked.add_(1)
+    factor = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+    norm.running_mean.lerp_(mean.to(norm.running_mean.dtype), factor)
+    norm.running_var.lerp_((var * (count / (count - 1))).to(norm.running_var.dtype), factor)
+
+
+def grid_conv_norm_act(layer: ConvNormAct, x: Tensor, activate: bool = True, normalise: bool = True) -> Tensor:
     """activation(norm(conv(x))) of an image-grid layer (:class:`ImageGridStages`) on
     (B, C, |G|) (``activate`` False: norm(conv(x))): one conv2d on the (B, C' |H|, n, n) view with
     the dense kernels from the layer's index buffer; in eval mode the BatchNorm's running
-    statistics folded into kernel and bias."""
+    statistics folded into kernel and bias; ``normalise`` False: conv(x), the norm left out."""
     conv, norm, activation = layer.conv, layer.norm, layer.activation
     points, t = conv.group.acting.order, conv.t
     if conv.weight.shape[1] == 1:
@@ -487,6 +532,8 @@ def grid_conv_norm_act(layer: ConvNormAct, x: Tensor, activate: bool = True) -> 
     else:
         kernel = group_kernel(conv.weight, conv.dense_index, t, points)
     bias = conv.bias
+    if not normalise:
+        norm = None
     folded = norm is not None and not norm.training and norm.running_mean is not None
     if folded:      # y = (conv(x) + b - mean) s + beta, s = gamma / sqrt(var + eps)
         scale = torch.rsqrt(norm.running_var + norm.eps)
