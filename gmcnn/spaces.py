@@ -11,8 +11,9 @@ order of the shape :func:`layout`:
 * a :class:`PixelGrid`: functions on the n x n pixel grid of a wallpaper group (below), laid
   out as (n, n); a :class:`SubgroupPixelGrid` is the grid acted on by a subgroup only.
 
-The pixel grid as a homogeneous space: for G = p4(n) or p4m(n) (:class:`~gmcnn.groups.WallpaperGroup`) and H its point group (the
-rotations, and mirrors, about pixel (0, 0)), the n x n pixel torus X = Z_n x Z_n is G / H:
+The pixel grid as a homogeneous space: for G = p4(n) or p4m(n)
+(:class:`~gmcnn.groups.WallpaperGroup`) and H its point group (the rotations, and mirrors, about
+pixel (0, 0)), the n x n pixel torus X = Z_n x Z_n is G / H:
 g = (t, h) moves a pixel x to g . x = t + L_h x. Pixel (a, b) = (row, col) has index a * n + b, so
 an image (..., n, n) flattened row-major is a function on X, acted on by
 
