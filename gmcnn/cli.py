@@ -529,22 +529,34 @@ def summarise(sweep_dir: Path, interrupted: bool = False) -> int:
     return OK
 
 
-def _console() -> None:
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False  # not into a job's log file
+@contextlib.contextmanager
+def _console() -> Iterator[None]:
+    """This module's messages, while a command runs, to its standard error (``sys.stderr`` as it
+    starts), not into a job's log file; as before afterwards."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level, propagate = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate
 
 
 def main(task: Callable[[], Any], config_dir: Path, argv: list[str] | None = None) -> int:
     """Check the command line, run ``task`` (a ``hydra.main`` function), summarise a sweep;
     the process's exit status."""
+    with _console():
+        return _command(task, config_dir, sys.argv[1:] if argv is None else argv)
+
+
+def _command(task: Callable[[], Any], config_dir: Path, argv: list[str]) -> int:
     global _sweep_dir
-    _console()
     _sweep_dir = None
-    argv = sys.argv[1:] if argv is None else argv
     try:
         preflight(argv, config_dir)
     except CommandLineError as error:

@@ -196,15 +196,20 @@ def test_help_lists_the_same_groups_without_hydras_private_helper(monkeypatch):
 
 
 def test_a_command_run_in_process_puts_back_what_it_changed(tmp_path):
-    """runner.run (``python runner.py ARGS`` in this process, as the tests run it), twice: each
-    command's output goes to the streams of its own call, and afterwards Hydra's global state,
-    sys.argv, the working directory and the loggers are as before, and its log file is closed."""
+    """runner.run (``python runner.py ARGS`` in this process, as the tests run it), after a call of
+    cli.main and twice: each command's output goes to the streams of its own call, and afterwards
+    Hydra's global state, sys.argv, the working directory and the loggers are as before, and its
+    log file is closed."""
     import runner
 
     root, console = logging.getLogger(), logging.getLogger("gmcnn.cli")
     state = lambda: (list(root.handlers), root.level, list(console.handlers), console.propagate, sys.argv,
                      os.getcwd(), GlobalHydra.instance().is_initialized())
     before = state()
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        assert cli.main(lambda: None, CONFIGS, ["+no_such_key=1"]) == 1
+    assert stderr.getvalue().startswith("error: +no_such_key=1: nothing reads") and state() == before
     for _ in range(2):
         stdout, stderr = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
