@@ -114,7 +114,7 @@ def python_without_plugins(tmp_path_factory):
     this venv's but ``hydra_plugins/`` and the plugins' dist-info. Installing the packages into it
     instead would take minutes and the network, and ``venv --system-site-packages`` would see the
     base interpreter's packages (no torch), not this venv's. Monkeypatching the import check in
-    process (tests/test_cli.py) missed that without any plugin ``hydra_plugins`` itself is gone."""
+    process (tests/app/test_cli.py) missed that without any plugin ``hydra_plugins`` itself is gone."""
     root = tmp_path_factory.mktemp("venv-without-plugins")
     venv.create(root, with_pip=False)
     source = sysconfig.get_path("purelib")
