@@ -3,7 +3,8 @@
 :mod:`gmcnn.cli` checks the command line before Hydra composes the configuration from configs/;
 :func:`gmcnn.training.command.run_command` then runs it (lock, plan or resume, train, status) and
 returns the best monitored validation value, which sweepers such as Optuna optimise. Exit status
-0 done, 1 an error the user can fix (one line), 3 interrupted and resumable.
+0 done, 1 an error the user can fix (one line), 3 interrupted and resumable. :func:`run` is the
+same command in the calling process (the tests), without the interpreter's start.
 """
 # ruff: noqa: E402  (the OpenMP setting below must precede the first import of torch)
 
@@ -22,15 +23,23 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from gmcnn import cli
 from gmcnn.training.command import run_command
 
+CONFIGS = Path(__file__).resolve().parent / "configs"
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="config")
+
+@hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name="config")  # found when imported too
 def main(cfg: DictConfig) -> float | None:
     return run_command(cfg, HydraConfig.get())
 
 
-if __name__ == "__main__":
-    from gmcnn import cli
+def run(args: list[str], cwd: str | os.PathLike[str] | None = None) -> int:
+    """``python runner.py *args`` from ``cwd`` (default: the working directory), in this process:
+    the exit status; what the command changed in the process is put back (gmcnn.cli.in_process)."""
+    where = os.fspath(cwd) if cwd is not None else os.getcwd()
+    return cli.in_process(main, CONFIGS, [os.path.relpath(__file__, where), *args], where)
 
-    sys.exit(cli.main(main, Path(__file__).resolve().parent / "configs"))
+
+if __name__ == "__main__":
+    sys.exit(cli.in_process(main, CONFIGS, sys.argv))

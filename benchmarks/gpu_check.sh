@@ -25,8 +25,8 @@ step() {  # step NAME SECONDS COMMAND...: run it with a time limit, output to th
     echo "== $name: exit status ${PIPESTATUS[0]}"
 }
 step gpu.txt 20 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-step tests.log 150 python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_layers.py tests/test_benchmarks.py \
-    tests/test_p4_models.py
+step tests.log 150 python3 -m pytest -q -p no:cacheprovider -k cuda tests/nn/test_layers.py tests/benchmarks/test_benchmarks.py \
+    tests/models/test_p4_models.py
 step bench_gmconv.md 120 python3 benchmarks/bench_gmconv.py --device cuda --repeats 10
 step bench_training.md 240 python3 benchmarks/bench_training.py --device cuda --rounds 3
 # the p4 classifier against the hand-written conv2d G-CNN, training and inference, both boundaries

@@ -2,7 +2,8 @@
 runs, gives every sweep job its share of the CPU, and ends a sweep with a summary and an exit
 status.
 
-:func:`main` (``sys.exit(gmcnn.cli.main(task, config_dir))``):
+:func:`main` (``sys.exit(gmcnn.cli.in_process(task, config_dir, sys.argv))``; :func:`in_process` runs
+it in this process, as ``runner.run`` does for the tests, and puts back what it changed):
 
 1. :func:`preflight` composes the configuration from the same overrides with Hydra's compose API
    and turns what a user mistypes into one line with the closest valid names (difflib): an
@@ -529,22 +530,34 @@ def summarise(sweep_dir: Path, interrupted: bool = False) -> int:
     return OK
 
 
-def _console() -> None:
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False  # not into a job's log file
+@contextlib.contextmanager
+def _console() -> Iterator[None]:
+    """This module's messages, while a command runs, to its standard error (``sys.stderr`` as it
+    starts), not into a job's log file; as before afterwards."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level, propagate = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate
 
 
 def main(task: Callable[[], Any], config_dir: Path, argv: list[str] | None = None) -> int:
     """Check the command line, run ``task`` (a ``hydra.main`` function), summarise a sweep;
     the process's exit status."""
+    with _console():
+        return _command(task, config_dir, sys.argv[1:] if argv is None else argv)
+
+
+def _command(task: Callable[[], Any], config_dir: Path, argv: list[str]) -> int:
     global _sweep_dir
-    _console()
     _sweep_dir = None
-    argv = sys.argv[1:] if argv is None else argv
     try:
         preflight(argv, config_dir)
     except CommandLineError as error:
@@ -564,5 +577,52 @@ def main(task: Callable[[], Any], config_dir: Path, argv: list[str] | None = Non
     return INTERRUPTED if INTERRUPTED in (status, verdict) else max(verdict, min(status, FAILED))
 
 
-__all__ = ["CommandLineError", "SweepCallback", "config_groups", "main", "preflight", "selectable_options",
-           "summarise", "threads_per_job"]
+def in_process(task: Callable[[], Any], config_dir: Path, argv: list[str],
+               cwd: str | os.PathLike[str] | None = None) -> int:
+    """``python ARGV`` (``argv[0]``: the script that defines ``task``), from ``cwd``, in this
+    process: :func:`main` with ``sys.argv`` set for Hydra's parser; its exit status. What a command
+    changes in the process is put back afterwards (``sys.argv``, the working directory, Hydra's
+    global state, every logger's handlers, level and propagation, the handlers it added closed:
+    its log file), so that commands run one after another in one process (the tests, through
+    ``runner.run``) each start as ``python runner.py`` does and leave nothing open."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    saved_argv, saved_cwd, saved_loggers = sys.argv, os.getcwd(), _logger_state()
+    try:
+        GlobalHydra.instance().clear()
+        sys.argv = list(argv)
+        if cwd is not None:
+            os.chdir(cwd)
+        return main(task, config_dir, sys.argv[1:])
+    finally:
+        GlobalHydra.instance().clear()
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        _restore_loggers(saved_loggers)
+
+
+LoggerState = dict[logging.Logger, tuple[list[logging.Handler], int, bool, bool]]
+
+
+def _logger_state() -> LoggerState:
+    loggers = [logging.getLogger(), *(logger for logger in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(logger, logging.Logger))]
+    return {logger: (list(logger.handlers), logger.level, logger.propagate, logger.disabled) for logger in loggers}
+
+
+def _restore_loggers(saved: LoggerState) -> None:
+    """Every logger as in ``saved`` (a logger made since: as made, without handlers); the handlers
+    added since are closed."""
+    kept = {handler for handlers, *_ in saved.values() for handler in handlers}
+    for logger in _logger_state():
+        handlers, level, propagate, disabled = saved.get(logger, ([], logging.NOTSET, True, False))
+        for handler in logger.handlers:
+            if handler not in kept:
+                handler.close()
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate, logger.disabled = propagate, disabled
+
+
+__all__ = ["CommandLineError", "SweepCallback", "config_groups", "in_process", "main", "preflight",
+           "selectable_options", "summarise", "threads_per_job"]

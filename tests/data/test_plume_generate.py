@@ -20,7 +20,7 @@ from dataset import DatasetError, plume
 from tests import fakes
 from tools import plume_generate as gen
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 STEPS = 6  # translation fixture: T = 6
 
@@ -225,7 +225,7 @@ def test_bad_arguments(tmp_path, caplog):
 @pytest.mark.slow
 def test_command_line_runs_from_the_repository_root():
     """The command the README and the loaders' error message give: ``python -m tools.plume_generate``."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run([sys.executable, "-m", "tools.plume_generate", "--variant", "vortex", "--out",
                              "unused", "--quiet"], cwd=root, env=env, capture_output=True, text=True, timeout=120)

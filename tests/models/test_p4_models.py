@@ -261,8 +261,7 @@ def test_p4_model_learns_on_a_small_subset(tmp_path):
     above the 0.1 of chance on the 300 test images."""
     overrides = [o for o in FAST if not o.startswith("data.options.train_size")]
     result = runner("exp=rot-mnist-generated-p4", *overrides, "data.options.train_size=500",
-                    "trainer.epochs=8", "trainer.batch_size=32", f"hydra.run.dir={tmp_path}",
-                    timeout=600)
+                    "trainer.epochs=8", "trainer.batch_size=32", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = metrics_of(tmp_path)
     assert metrics["num_params"] == 45_566

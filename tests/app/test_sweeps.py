@@ -74,7 +74,7 @@ def test_a_sweep_with_a_failed_job_ends_with_the_summary_and_status_1(tmp_path):
 def test_a_parallel_sweep_splits_the_cores_and_reports_the_best_metric(tmp_path):
     sweep = tmp_path / "sweep"
     result = runner("-m", *FAST, "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
-                    "model.channels=4", "seed=1,2", f"hydra.sweep.dir={sweep}")
+                    "model.channels=4", "seed=1,2", f"hydra.sweep.dir={sweep}", fresh=True)  # joblib's workers
     assert result.returncode == 0, output_of(result)[-3000:]
     threads = max(1, len(os.sched_getaffinity(0)) // 2)
     for job in ("0", "1"):
@@ -114,7 +114,7 @@ def python_without_plugins(tmp_path_factory):
     this venv's but ``hydra_plugins/`` and the plugins' dist-info. Installing the packages into it
     instead would take minutes and the network, and ``venv --system-site-packages`` would see the
     base interpreter's packages (no torch), not this venv's. Monkeypatching the import check in
-    process (tests/test_cli.py) missed that without any plugin ``hydra_plugins`` itself is gone."""
+    process (tests/app/test_cli.py) missed that without any plugin ``hydra_plugins`` itself is gone."""
     root = tmp_path_factory.mktemp("venv-without-plugins")
     venv.create(root, with_pip=False)
     source = sysconfig.get_path("purelib")

@@ -7,7 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.helpers import ROOT, compose_config
-from tests.test_p4_models import EXPERIMENTS as IMAGE_GROUP_EXPERIMENTS  # p4 / p4m: checked there
+from tests.models.test_p4_models import EXPERIMENTS as IMAGE_GROUP_EXPERIMENTS  # p4 / p4m: checked there
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "exp").glob("*.yaml") if not p.stem.startswith("_"))
 

@@ -13,7 +13,7 @@ from gmcnn.nn import GMConv, GMLifting, GMPool, GMProjection, GMUnpool
 from gmcnn.nn.lifting import box_offsets, group_conv2d, lifting_conv2d
 from gmcnn.spaces import PixelGrid, VectorField
 from gmcnn.testing import assert_equivariant
-from tests.test_groups import assert_group_axioms
+from tests.groups.test_groups import assert_group_axioms
 
 SMALL = [f"{kind}({n})" for kind in ("p4", "p4m") for n in (3, 4, 5)]
 R = np.array([[0, -1], [1, 0]])

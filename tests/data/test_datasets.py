@@ -25,7 +25,7 @@ from dataset import DatasetError, build_dataset, cache, cifar, files, larochelle
 from tests import fakes
 from tests.fakes import amat_bytes, make_fakes, patched, write_archive, write_norb_file
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "data"
 REAL = ["cifar10", "rot-mnist", "mnist-bg-rot", "mnist-noise", "rectangles", "norb", "smallnorb"]
 
 

@@ -1,9 +1,14 @@
 """The command-line front end in-process: the pre-flight messages, threads per job, the sweep
-summary's exit status (subprocess runs of runner.py are in tests/test_sweeps.py)."""
+summary's exit status, a command run in this process (runs of runner.py as a user types them are
+in tests/app/test_sweeps.py)."""
 
+import contextlib
 import importlib.util
+import io
 import json
+import logging
 import os
+import sys
 import time
 
 import pytest
@@ -188,3 +193,31 @@ def test_help_lists_the_same_groups_without_hydras_private_helper(monkeypatch):
 
         monkeypatch.setattr(hydra, "config_loader", WithoutHelper(hydra.config_loader))
         assert cli.config_groups() == fast and "debug: fast" in fast
+
+
+def test_a_command_run_in_process_puts_back_what_it_changed(tmp_path):
+    """runner.run (``python runner.py ARGS`` in this process, as the tests run it), after a call of
+    cli.main and twice: each command's output goes to the streams of its own call, and afterwards
+    Hydra's global state, sys.argv, the working directory and the loggers are as before, and its
+    log file is closed."""
+    import runner
+
+    root, console = logging.getLogger(), logging.getLogger("gmcnn.cli")
+    state = lambda: (list(root.handlers), root.level, list(console.handlers), console.propagate, sys.argv,
+                     os.getcwd(), GlobalHydra.instance().is_initialized())
+    before = state()
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        assert cli.main(lambda: None, CONFIGS, ["+no_such_key=1"]) == 1
+    assert stderr.getvalue().startswith("error: +no_such_key=1: nothing reads") and state() == before
+    for _ in range(2):
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            status = runner.run(["logger=none", "summary_only=true", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+        assert status == 0 and "[gmcnn.training.engine][INFO] - parameters: 12,483" in stdout.getvalue()
+        assert state() == before
+        open_files = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(FileNotFoundError):  # the listing's own descriptor, closed since
+                open_files.append(os.readlink(f"/proc/self/fd/{fd}"))
+        assert not [name for name in open_files if name.startswith(str(tmp_path))], open_files

@@ -10,7 +10,7 @@ import torch
 
 from dataset import cache, larochelle
 from dataset.registry import build_dataset
-from tests.test_datasets import write_variant
+from tests.data.test_datasets import write_variant
 
 
 class Decoder:

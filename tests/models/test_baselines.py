@@ -19,7 +19,7 @@ from gmcnn.training import targets
 from gmcnn.training.build import build_model, count_parameters
 from gmcnn.training.config import ConfigError, validate
 from tests.helpers import ROOT, compose_config, runner
-from tests.test_dynamics import SMALL_WINDOWS, write_translating_fields
+from tests.models.test_dynamics import SMALL_WINDOWS, write_translating_fields
 
 # upstream counts (docs/baselines, measured on the upstream classes) minus the parameters of batch
 # norms that upstream builds and never applies (RSteer: 4 x 2 x channels; RPP: the last layer's 8)
