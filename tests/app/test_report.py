@@ -63,10 +63,10 @@ def test_a_failed_job_is_recorded_and_the_sweep_goes_on(sweeps):
 def test_an_unexpected_error_is_recorded_and_the_other_jobs_still_run(tmp_path, monkeypatch):
     real_run = command.run
 
-    def crash_at_4_channels(cfg, run_dir, **options):
-        if cfg.model.channels == 4:
+    def crash_at_4_channels(plan, **options):
+        if plan.cfg.model.channels == 4:
             raise RuntimeError("simulated crash")
-        return real_run(cfg, run_dir, **options)
+        return real_run(plan, **options)
 
     monkeypatch.setattr(command, "run", crash_at_4_channels)
     result = runner("-m", "logger=none", "summary_only=true", "model.channels=4,8", f"hydra.sweep.dir={tmp_path}")
