@@ -50,7 +50,7 @@ def test_library_example_prints_what_its_comments_claim(one_thread):
 
 
 def experiments_table() -> list[list[str]]:
-    section = README[README.index("## Experiments"):README.index("Dynamics (regression")]
+    section = README[README.index("## Experiments"):README.index("Image symmetries")]
     rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("| `")]
     return [[cell.strip() for cell in row] for row in rows]
 
