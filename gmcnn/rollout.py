@@ -44,16 +44,21 @@ class RolloutError(Exception):
     """A run directory or choice the figure cannot be made from (one line, what to do)."""
 
 
-def load_run(run_dir: Path) -> tuple[DictConfig, torch.nn.Module]:
-    """The run's config and its model with the best-validation weights, in eval mode on the CPU."""
-    files = RunFiles(run_dir)
-    config_path, best = files.config, files.best
+def load_config(run_dir: Path) -> DictConfig:
+    """The composed config of a dynamics run directory (RolloutError, one line, for anything else)."""
+    config_path = RunFiles(run_dir).config
     if not config_path.is_file():
         raise RolloutError(f"{run_dir} is not a run directory (no .hydra/config.yaml)")
     cfg = OmegaConf.load(config_path)
     if cfg.get("task") != "dynamics":
-        raise RolloutError(f"{run_dir} is a {cfg.get('task')} run; a roll-out figure needs a dynamics "
+        raise RolloutError(f"{run_dir} is a {cfg.get('task')} run; roll-outs need a dynamics "
                            "experiment (exp=plume-*, jetflow)")
+    return cfg
+
+
+def load_run(run_dir: Path) -> tuple[DictConfig, torch.nn.Module]:
+    """The run's config and its model with the best-validation weights, in eval mode on the CPU."""
+    cfg, best = load_config(run_dir), RunFiles(run_dir).best
     if not best.is_file():
         raise RolloutError(f"{run_dir} has no checkpoints/best.pt: the run has not finished an epoch")
     model = build_model(cfg)

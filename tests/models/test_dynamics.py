@@ -9,10 +9,12 @@ import torch
 
 from dataset import DatasetError, build_dataset
 from dataset.plume import WindowDataset
+from gmcnn import reference
 from gmcnn import rollout as figure
 from gmcnn.equivariance import equivariance_error
 from gmcnn.models import GMDynamics
 from gmcnn.training import engine
+from gmcnn.training.data import load_data
 from gmcnn.training.diagnostics import plot_step_scores
 from gmcnn.training.engine import Trainer, build_model, window_stalled
 from gmcnn.training.objectives import Dynamics, rollout
@@ -220,4 +222,25 @@ def test_rollout_figure_of_a_run(small_run, tmp_path, capsys):
     assert figure.main([str(run_dir), "--out", str(out), "--steps", "1", "21"]) == 1
     assert "--steps must lie in 1..20" in capsys.readouterr().err
     assert figure.main([str(data), "--out", str(out)]) == 1
+    assert "not a run directory" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_reference_forecasts_of_a_run(small_run, capsys):
+    """python -m gmcnn.reference: zeros and the last input frame, scored as the runner scores a
+    model, against a hand computation on the held-out windows; one line for a non-run."""
+    data, run_dir, _ = small_run
+    assert reference.main([str(run_dir)]) == 0
+    table = capsys.readouterr().out
+    cfg = figure.load_config(run_dir)
+    domain = load_data(cfg).test_sets["domain"]
+    inputs, targets = zip(*(domain[i] for i in range(len(domain))))
+    inputs, targets = torch.stack(inputs).double(), torch.stack(targets).double()  # (N, 20, 2, 64, 64)
+    held = inputs[:, -2:, None].transpose(1, 2)                              # the last frame, (N, 1, 2, 64, 64)
+    errors = (held - targets).pow(2).mean((0, 2, 3, 4))                      # per step
+    row = (f"| domain | {len(domain)} | 20 | last frame | {errors.mean().sqrt():.3f} | "
+           f"{errors[0].sqrt():.3f} | {errors[-1].sqrt():.3f} |")
+    assert row in table.splitlines()
+    assert f"| domain | {len(domain)} | 20 | zeros | {targets.pow(2).mean().sqrt():.3f} |" in table
+    assert reference.main([str(data)]) == 1
     assert "not a run directory" in capsys.readouterr().err
