@@ -65,16 +65,17 @@ class GMConv(GroupMatrixLayer):
             self.register_buffer("dense_index", group_kernel_index(self.group, self.t), persistent=False)
 
     def _boundary_subgroup(self, boundary: str, backend: str):
-        """None for the circular boundary; for "zero" (wallpaper groups, conv backend, rank 0,
-        the standard neighbourhood) the point group about the image centre that the layer keeps."""
+        """None for the circular boundary; for "zero" (wallpaper groups, conv backend, the
+        standard neighbourhood) the point group about the image centre that the layer keeps
+        (exactly at rank 0; a relaxation is the sum of position-profiled zero-boundary layers)."""
         if boundary == "zero" and not isinstance(self.group, WallpaperGroup):
             raise ValueError(f"boundary must be 'circular' on {self.group.name}; boundary='zero' "
                              "(a finite image patch) needs a wallpaper group p4(n) / p4m(n)")
         kept = boundary_subgroup(self.group, boundary, "GMConv")
-        if kept is not None and (backend == "gather" or self.rank or self.t is None):
-            raise ValueError("GMConv with boundary='zero' runs the conv backend with rank 0 and the "
-                             "standard radius-t neighbourhood; use boundary='circular' for the gather "
-                             "backend, a relaxation or a custom neighbourhood")
+        if kept is not None and (backend == "gather" or self.t is None):
+            raise ValueError("GMConv with boundary='zero' runs the conv backend with the standard "
+                             "radius-t neighbourhood; use boundary='circular' for the gather backend "
+                             "or a custom neighbourhood")
         return kept
 
     def _resolve_backend(self, backend: str) -> str:

@@ -150,7 +150,7 @@ class GMLifting(GroupMatrixLayer):
     for scalar full mode or a zero boundary and "gather" otherwise.
     ``boundary`` "circular" (the pixel torus: equivariant to all of G) or "zero" (a finite patch,
     zeros outside: equivariant to the point group about the image centre, conv backend, scalar
-    fields, rank 0).
+    fields; a relaxation's profiles then vary over the same |G| points).
     """
 
     def __init__(self, group: WallpaperGroup | str, in_channels: int, out_channels: int,
@@ -159,10 +159,9 @@ class GMLifting(GroupMatrixLayer):
                  backend: str = "auto", boundary: str = "circular"):
         group = wallpaper_group(group, "GMLifting")
         kept = boundary_subgroup(group, boundary, "GMLifting")
-        if kept is not None and (field != "scalar" or backend == "gather" or rank):
-            raise ValueError("GMLifting with boundary='zero' lifts scalar fields with the conv backend "
-                             "and rank 0; use boundary='circular' for vector fields, the gather "
-                             "backend or a relaxation")
+        if kept is not None and (field != "scalar" or backend == "gather"):
+            raise ValueError("GMLifting with boundary='zero' lifts scalar fields with the conv backend; "
+                             "use boundary='circular' for vector fields or the gather backend")
         space = make_space(group, field)
         if in_channels % space.components:
             raise ValueError(f"a vector-field lifting needs an even number of input channels "

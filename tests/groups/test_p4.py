@@ -396,10 +396,37 @@ def test_zero_boundary_layers_keep_the_point_group_about_the_centre_only(spec):
     assert equivariance_error(torus, x, PixelGrid(group), group, elements=shift) < 1e-12
 
 
+@pytest.mark.parametrize("spec", ["p4(6)", "p4m(5)"])
+@pytest.mark.parametrize("relaxation", ["additive", "multiplicative"])
+def test_relaxed_zero_boundary_layers_are_profiled_sums_of_exact_ones(spec, relaxation):
+    """A rank-r relaxed zero-boundary layer = sum_i P_i(u) (exact zero-boundary layer with the
+    weight set W_i)(u) + b, the relaxation's own decomposition; with the relaxation away from its
+    exact point it is no longer invariant to rot90 about the centre, and at it, it is."""
+    rank = 2 if relaxation == "additive" else 1
+    for exact, relaxed in (
+            (GMLifting(spec, 2, 3, t=2, channel_mode="full", boundary="zero"),
+             GMLifting(spec, 2, 3, t=2, channel_mode="full", boundary="zero", rank=rank, relaxation=relaxation)),
+            (GMConv(spec, 3, 2, t=1, channel_mode="full", boundary="zero"),
+             GMConv(spec, 3, 2, t=1, channel_mode="full", boundary="zero", rank=rank, relaxation=relaxation))):
+        exact, relaxed = exact.double(), relaxed.double()
+        x = relaxed.example_input(2)
+        assert_equivariant(relaxed, x, atol=1e-12)          # the exact point (a = 0, e constant)
+        with torch.no_grad():
+            for parameter in relaxed.relaxation.parameters():
+                parameter.normal_()
+        weights, profiles = relaxed.relaxation.profiled_weights(relaxed.weight)
+        expected = relaxed.bias[:, None].clone()
+        for i in range(profiles.shape[0]):
+            exact.load_state_dict({"weight": weights[:, i], "bias": torch.zeros_like(relaxed.bias)})
+            expected = expected + profiles[i] * exact(x)
+        torch.testing.assert_close(relaxed(x), expected, rtol=0, atol=1e-10)
+        with pytest.raises(AssertionError):
+            assert_equivariant(relaxed, x, atol=1e-3)
+
+
 @pytest.mark.parametrize("make,message", [
     (lambda: GMConv("C8xC8", 1, 1, boundary="zero"), "needs a wallpaper group"),
     (lambda: GMConv("p4(8)", 1, 1, boundary="zero", backend="gather"), "runs the conv backend"),
-    (lambda: GMConv("p4(8)", 1, 1, boundary="zero", rank=1), "rank 0"),
     (lambda: GMConv("p4(8)", 1, 1, boundary="reflect"), "boundary must be one of"),
     (lambda: GMLifting("p4(8)", 2, 1, field="vector", boundary="zero"), "scalar fields"),
     (lambda: GMLifting("p4(8)", 1, 1, boundary="reflect"), "boundary must be one of"),
