@@ -246,7 +246,8 @@ def _quarters(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 def _max_pool2x2_with_index(x: Tensor) -> tuple[Tensor, Tensor]:
     """The 2 x 2 maxima of the last two axes and their argmax (ties to the first entry in
     row-major order) in F.max_pool2d's index format (the flat position in each image), from three
-    quarter-size comparisons (one int64 buffer, its offsets added in place)."""
+    quarter-size comparisons; the offset within the window (0, 1, W or W + 1) in one byte where it
+    fits, so that the int64 index is written once, by one broadcast add of the windows' corners."""
     top_left, top_right, bottom_left, bottom_right = _quarters(x)
     right_top, right_bottom = top_right > top_left, bottom_right > bottom_left
     top, bottom = torch.maximum(top_left, top_right), torch.maximum(bottom_left, bottom_right)
@@ -255,8 +256,8 @@ def _max_pool2x2_with_index(x: Tensor) -> tuple[Tensor, Tensor]:
     rows = torch.arange(0, height, 2, device=x.device)[:, None] * width
     corner = rows + torch.arange(0, width, 2, device=x.device)                 # (H/2, W/2)
     right = right_top ^ (lower & (right_top ^ right_bottom))    # where(lower, ...): bitwise, far faster on CPU
-    index = right.long().add_(lower, alpha=width).add_(corner)
-    return torch.maximum(top, bottom), index
+    offset = lower.to(torch.uint8 if width < 255 else torch.int32).mul_(width).add_(right)
+    return torch.maximum(top, bottom), torch.add(corner, offset)
 
 
 class _MaxPool2x2(torch.autograd.Function):
@@ -313,7 +314,8 @@ class _BatchNormMaxPool2x2(torch.autograd.Function):
     a_c h + b_c is a_c h* + b_c, h* its entry maximal in s_c h (s_c the sign of a_c; a_c = 0: the
     first entry, a tie of the whole window). The backward is the batch norm's on the scattered
     gradient: dy is g at the argmax and 0 elsewhere, so its channel sums over dy and dy xhat are
-    quarter-size, and dh = a dy + k_c h + k'_c is one pass over h and a scatter-add (``consume``:
+    quarter-size (h* = s times the saved window maxima of s h; gathered from h where some a_c = 0),
+    and dh = a dy + k_c h + k'_c is one pass over h and a scatter-add (``consume``:
     written over h, which then must not be read elsewhere; a second backward finds h modified and
     autograd raises)."""
 
@@ -332,7 +334,7 @@ class _BatchNormMaxPool2x2(torch.autograd.Function):
         points = h.shape[1] // channels
         out = torch.addcmul(shift.repeat_interleave(points)[:, None, None], values,
                             scale.abs().repeat_interleave(points)[:, None, None])
-        ctx.save_for_backward(h, index, mean, invstd, scale)
+        ctx.save_for_backward(h, index, values, mean, invstd, scale)
         ctx.channels, ctx.affine, ctx.consume = channels, (weight is not None, bias is not None), consume
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var
@@ -340,14 +342,18 @@ class _BatchNormMaxPool2x2(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor, _grad_mean: Tensor, _grad_var: Tensor):
-        h, index, mean, invstd, scale = ctx.saved_tensors
+        h, index, values, mean, invstd, scale = ctx.saved_tensors
         batch, channels = h.shape[0], ctx.channels
         grouped = h.view(batch, channels, -1)
         count = grouped.shape[0] * grouped.shape[2]
-        at_max = h.flatten(-2).gather(-1, index.flatten(-2)).view(batch, channels, -1)
+        at_max = values.view(batch, channels, -1)                  # max of s h = s h*, s = +-1
+        if (scale == 0).any():     # a window's tie: h* is its first entry, not 0 s
+            at_max = h.flatten(-2).gather(-1, index.flatten(-2)).view(batch, channels, -1)
+        elif not (scale > 0).all():
+            at_max = at_max * scale.sign()[:, None]
         g = grad.reshape(batch, channels, -1)
         sum_g = g.sum((0, 2))
-        sum_g_xhat = (at_max.mul_(g).sum((0, 2)) - mean * sum_g) * invstd
+        sum_g_xhat = ((at_max * g).sum((0, 2)) - mean * sum_g) * invstd
         k_h = -scale * invstd * sum_g_xhat / count
         k_0 = -scale * sum_g / count - k_h * mean
         grad_h = torch.addcmul(k_0[:, None], grouped, k_h[:, None], out=grouped if ctx.consume else None)

@@ -461,6 +461,16 @@ def test_max_pool2x2_is_max_pool2d_values_and_gradient():
     torch.testing.assert_close(ties.grad, reference.grad, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("width", [8, 254, 256])
+def test_max_pool2x2_index_is_max_pool2d_index(width):
+    """The argmax in F.max_pool2d's index format, on both sides of the one-byte offset's limit."""
+    x = torch.randn(2, 3, 4, width).round(decimals=1)                  # some ties
+    values, index = GF._max_pool2x2_with_index(x)
+    expected_values, expected_index = F.max_pool2d(x, 2, return_indices=True)
+    torch.testing.assert_close(values, expected_values, rtol=0, atol=0)
+    assert index.dtype == torch.int64 and torch.equal(index, expected_index)
+
+
 @pytest.mark.parametrize("weight", [(1.3, -0.7, 0.0), None])
 def test_batch_norm_max_pool2x2_is_max_pool2d_of_batch_norm(weight):
     """Values, batch statistics and every gradient of F.max_pool2d(batch_norm(h)) (batch
