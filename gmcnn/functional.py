@@ -336,6 +336,7 @@ class _BatchNormMaxPool2x2(torch.autograd.Function):
                             scale.abs().repeat_interleave(points)[:, None, None])
         ctx.save_for_backward(h, index, values, mean, invstd, scale)
         ctx.channels, ctx.affine, ctx.consume = channels, (weight is not None, bias is not None), consume
+        ctx.positive = positive
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var
 
@@ -347,10 +348,11 @@ class _BatchNormMaxPool2x2(torch.autograd.Function):
         grouped = h.view(batch, channels, -1)
         count = grouped.shape[0] * grouped.shape[2]
         at_max = values.view(batch, channels, -1)                  # max of s h = s h*, s = +-1
-        if (scale == 0).any():     # a window's tie: h* is its first entry, not 0 s
-            at_max = h.flatten(-2).gather(-1, index.flatten(-2)).view(batch, channels, -1)
-        elif not (scale > 0).all():
-            at_max = at_max * scale.sign()[:, None]
+        if not ctx.positive:
+            if (scale == 0).any():     # a window's tie: h* is its first entry, not 0 s
+                at_max = h.flatten(-2).gather(-1, index.flatten(-2)).view(batch, channels, -1)
+            else:
+                at_max = at_max * scale.sign()[:, None]
         g = grad.reshape(batch, channels, -1)
         sum_g = g.sum((0, 2))
         sum_g_xhat = ((at_max * g).sum((0, 2)) - mean * sum_g) * invstd
