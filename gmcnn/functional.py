@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gmcnn import native
 from gmcnn.groups import CyclicGroup, FiniteGroup, ProductGroup
 
 
@@ -243,6 +244,14 @@ def _quarters(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return x[..., 0::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 0::2], x[..., 1::2, 1::2]
 
 
+def _index_from_code(code: Tensor, width: int) -> Tensor:
+    """F.max_pool2d's argmax index from :func:`gmcnn.native.max_pool2x2`'s offset code
+    (2 lower + right) of the windows of images ``width`` wide."""
+    rows = torch.arange(0, 2 * code.shape[-2], 2, device=code.device)[:, None] * width
+    corner = rows + torch.arange(0, width, 2, device=code.device)
+    return corner + (code >> 1).long() * width + (code & 1)
+
+
 def _max_pool2x2_with_index(x: Tensor) -> tuple[Tensor, Tensor]:
     """The 2 x 2 maxima of the last two axes and their argmax (ties to the first entry in
     row-major order) in F.max_pool2d's index format (the flat position in each image), from three
@@ -264,10 +273,16 @@ class _MaxPool2x2(torch.autograd.Function):
     """2 x 2 stride-2 max pooling of the last two axes (even sizes) from the four strided
     sub-images; the argmax (ties to the first entry in row-major order, as F.max_pool2d) from
     three quarter-size comparisons, in F.max_pool2d's index format, so that its backward kernel
-    applies."""
+    applies. Where :func:`gmcnn.native.applies`, the compiled kernels instead, with the argmax's
+    offset in one byte."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
+        ctx.native = native.applies(x)
+        if ctx.native:        # the argmax as one byte per window, from one pass over x
+            values, code = native.max_pool2x2(x)
+            ctx.save_for_backward(code)
+            return values
         values, index = _max_pool2x2_with_index(x)
         ctx.save_for_backward(x, index)
         return values
@@ -275,6 +290,8 @@ class _MaxPool2x2(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
+        if ctx.native:
+            return native.max_unpool2x2(grad, *ctx.saved_tensors)
         x, index = ctx.saved_tensors
         return torch.ops.aten.max_pool2d_with_indices_backward(grad, x, [2, 2], [2, 2], [0, 0], [1, 1],
                                                                False, index)
@@ -315,7 +332,8 @@ class _BatchNormMaxPool2x2(torch.autograd.Function):
     first entry, a tie of the whole window). The backward is the batch norm's on the scattered
     gradient: dy is g at the argmax and 0 elsewhere, so its channel sums over dy and dy xhat are
     quarter-size (h* = s times the saved window maxima of s h; gathered from h where some a_c = 0),
-    and dh = a dy + k_c h + k'_c is one pass over h and a scatter-add (``consume``:
+    and dh = a dy + k_c h + k'_c is one pass over h and a scatter-add (one pass of the compiled
+    kernel where :func:`gmcnn.native.applies`, the argmax then a byte per window; ``consume``:
     written over h, which then must not be read elsewhere; a second backward finds h modified and
     autograd raises)."""
 
@@ -330,7 +348,8 @@ class _BatchNormMaxPool2x2(torch.autograd.Function):
         shift = -mean * scale if bias is None else bias - mean * scale
         positive = bool((scale > 0).all())
         signed = h if positive else (grouped * scale.sign()[:, None]).view_as(h)
-        values, index = _max_pool2x2_with_index(signed)
+        ctx.native = native.applies(signed)       # index: the argmax's offset code (uint8)
+        values, index = (native.max_pool2x2 if ctx.native else _max_pool2x2_with_index)(signed)
         points = h.shape[1] // channels
         out = torch.addcmul(shift.repeat_interleave(points)[:, None, None], values,
                             scale.abs().repeat_interleave(points)[:, None, None])
@@ -350,7 +369,8 @@ class _BatchNormMaxPool2x2(torch.autograd.Function):
         at_max = values.view(batch, channels, -1)                  # max of s h = s h*, s = +-1
         if not ctx.positive:
             if (scale == 0).any():     # a window's tie: h* is its first entry, not 0 s
-                at_max = h.flatten(-2).gather(-1, index.flatten(-2)).view(batch, channels, -1)
+                flat = _index_from_code(index, h.shape[-1]) if ctx.native else index
+                at_max = h.flatten(-2).gather(-1, flat.flatten(-2)).view(batch, channels, -1)
             else:
                 at_max = at_max * scale.sign()[:, None]
         g = grad.reshape(batch, channels, -1)
@@ -358,6 +378,13 @@ class _BatchNormMaxPool2x2(torch.autograd.Function):
         sum_g_xhat = ((at_max * g).sum((0, 2)) - mean * sum_g) * invstd
         k_h = -scale * invstd * sum_g_xhat / count
         k_0 = -scale * sum_g / count - k_h * mean
+        if ctx.native:
+            target = h if ctx.consume else h.clone()
+            grad_h = native.batch_norm_unpool2x2_(target, (g * scale[:, None]).view(grad.shape), index,
+                                                  k_0, k_h, channels)
+            has_weight, has_bias = ctx.affine
+            return (grad_h, sum_g_xhat if has_weight else None, sum_g if has_bias else None,
+                    None, None, None)
         grad_h = torch.addcmul(k_0[:, None], grouped, k_h[:, None], out=grouped if ctx.consume else None)
         grad_h.view(h.shape[0], h.shape[1], -1).scatter_add_(
             -1, index.flatten(-2), (g * scale[:, None]).view(index.shape[0], index.shape[1], -1))

@@ -57,6 +57,7 @@ def test_the_wheel_installs_next_to_the_pypi_dataset_package(tmp_path):
     wheel = build_wheel(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
     assert {name.split("/")[0] for name in names} == {"gmcnn", wheel.name.split("-")[0] + "-0.1.0.dist-info"}
+    assert "gmcnn/native.c" in names                      # the pooling kernels' source, built on first use
     top_level = [n for n in names if n.endswith("top_level.txt")]
     assert not top_level or zipfile.ZipFile(wheel).read(top_level[0]).split() == [b"gmcnn"]
 

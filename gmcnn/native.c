@@ -1,0 +1,123 @@
+/* 2 x 2 max pooling kernels for the image-grid fast path (gmcnn/native.py, which compiles
+ * this file with the system C compiler and falls back to the torch composition without one).
+ *
+ * Every array is contiguous: `planes` images of height x width (both even), and per image the
+ * (height / 2) x (width / 2) windows. A window's entries are tl, tr (upper row) and bl, br
+ * (lower row); its code is 2 * lower + right, the offset of its argmax (0 tl, 1 tr, 2 bl, 3 br).
+ * The argmax is F.max_pool2d's: the first maximum in row-major order, from the comparisons
+ * tr > tl, br > bl and bottom > top; a window with a NaN has the value NaN.
+ *
+ * The loops over images run on `threads` OpenMP threads (torch's, the same runtime).
+ *
+ * Selections are bit blends, so that the compiler vectorises the loops (a branch per window is
+ * mispredicted on random data); with GMCNN_CLONES the loops are also built for AVX2 and AVX-512
+ * and the loader picks the CPU's best (GCC's target_clones).
+ */
+#include <stdint.h>
+#include <string.h>
+
+#ifdef GMCNN_CLONES
+#define KERNEL __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define KERNEL
+#endif
+
+static inline uint32_t bits_f32(float v) { uint32_t u; memcpy(&u, &v, sizeof u); return u; }
+static inline float from_bits_f32(uint32_t u) { float v; memcpy(&v, &u, sizeof v); return v; }
+static inline float select_f32(int condition, float a, float b) {          /* condition ? a : b */
+    uint32_t mask = -(uint32_t)condition;
+    return from_bits_f32((bits_f32(a) & mask) | (bits_f32(b) & ~mask));
+}
+static inline uint64_t bits_f64(double v) { uint64_t u; memcpy(&u, &v, sizeof u); return u; }
+static inline double from_bits_f64(uint64_t u) { double v; memcpy(&v, &u, sizeof v); return v; }
+static inline double select_f64(int condition, double a, double b) {
+    uint64_t mask = -(uint64_t)condition;
+    return from_bits_f64((bits_f64(a) & mask) | (bits_f64(b) & ~mask));
+}
+
+/* values[window] = max of the window (NaN if it holds one), code[window] = its argmax's offset */
+#define MAX_POOL(T, SUFFIX)                                                                         \
+KERNEL void max_pool2x2_##SUFFIX(const T *restrict x, T *restrict values, uint8_t *restrict code,   \
+                                 int64_t planes, int64_t height, int64_t width, int threads) {      \
+    const int64_t rows = height / 2, cols = width / 2;                                              \
+    _Pragma("omp parallel for schedule(static) num_threads(threads)")                               \
+    for (int64_t p = 0; p < planes; p++) {                                                          \
+        for (int64_t i = 0; i < rows; i++) {                                                        \
+            const T *restrict upper = x + (p * height + 2 * i) * width;                             \
+            const T *restrict lower_row = upper + width;                                            \
+            T *restrict out = values + (p * rows + i) * cols;                                       \
+            uint8_t *restrict where = code + (p * rows + i) * cols;                                 \
+            for (int64_t j = 0; j < cols; j++) {                                                    \
+                T tl = upper[2 * j], tr = upper[2 * j + 1];                                         \
+                T bl = lower_row[2 * j], br = lower_row[2 * j + 1];                                 \
+                int right_top = tr > tl, right_bottom = br > bl;                                    \
+                T top = select_##SUFFIX(right_top, tr, tl);                                         \
+                T bottom = select_##SUFFIX(right_bottom, br, bl);                                   \
+                int lower = bottom > top;                                                           \
+                int nan = (tl != tl) | (tr != tr) | (bl != bl) | (br != br);                        \
+                out[j] = select_##SUFFIX(nan, tl + tr + bl + br, select_##SUFFIX(lower, bottom, top)); \
+                where[j] = (uint8_t)(2 * lower + ((lower & right_bottom) | ((1 - lower) & right_top))); \
+            }                                                                                       \
+        }                                                                                           \
+    }                                                                                               \
+}
+
+/* grad_x = grad at each window's argmax, 0 elsewhere (F.max_pool2d's backward) */
+#define MAX_UNPOOL(T, SUFFIX)                                                                       \
+KERNEL void max_unpool2x2_##SUFFIX(const T *restrict grad, const uint8_t *restrict code,            \
+                                   T *restrict grad_x, int64_t planes, int64_t height, int64_t width, int threads) { \
+    const int64_t rows = height / 2, cols = width / 2;                                              \
+    _Pragma("omp parallel for schedule(static) num_threads(threads)")                               \
+    for (int64_t p = 0; p < planes; p++) {                                                          \
+        for (int64_t i = 0; i < rows; i++) {                                                        \
+            const T *restrict g = grad + (p * rows + i) * cols;                                     \
+            const uint8_t *restrict where = code + (p * rows + i) * cols;                           \
+            T *restrict upper = grad_x + (p * height + 2 * i) * width;                              \
+            T *restrict lower_row = upper + width;                                                  \
+            for (int64_t j = 0; j < cols; j++) {                                                    \
+                uint32_t c = where[j];                                                              \
+                T v = g[j];                                                                         \
+                upper[2 * j] = select_##SUFFIX(c == 0, v, 0);                                       \
+                upper[2 * j + 1] = select_##SUFFIX(c == 1, v, 0);                                   \
+                lower_row[2 * j] = select_##SUFFIX(c == 2, v, 0);                                   \
+                lower_row[2 * j + 1] = select_##SUFFIX(c == 3, v, 0);                               \
+            }                                                                                       \
+        }                                                                                           \
+    }                                                                                               \
+}
+
+/* The batch norm's backward after the pooling, over h in place: h = shift[c] + slope[c] h, plus
+ * grad at each window's argmax, for the channel c = (p / points) % channels of image p. */
+#define NORM_UNPOOL(T, SUFFIX)                                                                      \
+KERNEL void batch_norm_unpool2x2_##SUFFIX(T *restrict h, const T *restrict grad,                    \
+                                          const uint8_t *restrict code, const T *restrict shift,    \
+                                          const T *restrict slope, int64_t planes, int64_t channels, \
+                                          int64_t points, int64_t height, int64_t width, int threads) { \
+    const int64_t rows = height / 2, cols = width / 2;                                              \
+    _Pragma("omp parallel for schedule(static) num_threads(threads)")                               \
+    for (int64_t p = 0; p < planes; p++) {                                                          \
+        const int64_t channel = (p / points) % channels;                                            \
+        const T a = slope[channel], b = shift[channel];                                             \
+        for (int64_t i = 0; i < rows; i++) {                                                        \
+            T *restrict upper = h + (p * height + 2 * i) * width;                                   \
+            T *restrict lower_row = upper + width;                                                  \
+            const T *restrict g = grad + (p * rows + i) * cols;                                     \
+            const uint8_t *restrict where = code + (p * rows + i) * cols;                           \
+            for (int64_t j = 0; j < cols; j++) {                                                    \
+                uint32_t c = where[j];                                                              \
+                T v = g[j];                                                                         \
+                upper[2 * j] = (b + a * upper[2 * j]) + select_##SUFFIX(c == 0, v, 0);              \
+                upper[2 * j + 1] = (b + a * upper[2 * j + 1]) + select_##SUFFIX(c == 1, v, 0);      \
+                lower_row[2 * j] = (b + a * lower_row[2 * j]) + select_##SUFFIX(c == 2, v, 0);      \
+                lower_row[2 * j + 1] = (b + a * lower_row[2 * j + 1]) + select_##SUFFIX(c == 3, v, 0); \
+            }                                                                                       \
+        }                                                                                           \
+    }                                                                                               \
+}
+
+MAX_POOL(float, f32)
+MAX_POOL(double, f64)
+MAX_UNPOOL(float, f32)
+MAX_UNPOOL(double, f64)
+NORM_UNPOOL(float, f32)
+NORM_UNPOOL(double, f64)

@@ -1,0 +1,136 @@
+"""Native CPU kernels (native.c) for the 2 x 2 max pooling of the image-grid fast path.
+
+The torch composition of :func:`gmcnn.functional.max_pool2x2` and
+:func:`gmcnn.functional.batch_norm_max_pool2x2` reads the four strided quarter images a dozen
+times to find each window's argmax; native.c does it in one pass and keeps the argmax as one
+byte per window, its offset ``code = 2 * lower + right`` (0 top left, 1 top right, 2 bottom left,
+3 bottom right, F.max_pool2d's tie rule). The backward passes read the byte instead of an int64
+index.
+
+The first call in a process compiles native.c with the system C compiler (``$CC``, else ``cc``
+or ``gcc``; about a second) into a private temporary directory, never a shared cache that
+another user could write, and loads it with ctypes. OpenMP is the one torch loaded (the same
+``libgomp.so.1``), and the kernels run on ``torch.get_num_threads()`` threads. Without a compiler,
+or with ``GMCNN_NATIVE=0``, :func:`applies` is False and the callers take the torch path, which
+computes the same values and gradients.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("native.c")
+# tried in order: per-CPU clones (GCC's target_clones) with OpenMP, OpenMP only, plain C
+FLAG_SETS = (["-fopenmp", "-DGMCNN_CLONES"], ["-fopenmp"], [])
+SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+_lock = threading.Lock()
+_library: list[ctypes.CDLL | None] = []          # empty until the first call has tried
+
+
+def _compile() -> ctypes.CDLL | None:
+    """native.c built and loaded, or None (no compiler, or every flag set failed: logged once)."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        log.info("no C compiler found: the 2 x 2 pooling uses its torch composition")
+        return None
+    directory = tempfile.mkdtemp(prefix="gmcnn-native-")
+    try:
+        target = os.path.join(directory, "native.so")
+        for flags in FLAG_SETS:
+            command = [compiler, "-O3", "-shared", "-fPIC", *flags, str(SOURCE), "-o", target]
+            try:
+                subprocess.run(command, check=True, capture_output=True, timeout=300)
+                library = ctypes.CDLL(target)
+            except (OSError, subprocess.SubprocessError):
+                continue
+            for name in ("max_pool2x2", "max_unpool2x2", "batch_norm_unpool2x2"):
+                for suffix in SUFFIX.values():
+                    getattr(library, f"{name}_{suffix}").restype = None
+            return library
+        log.warning("could not compile %s with %s: the 2 x 2 pooling uses its torch composition",
+                    SOURCE.name, compiler)
+        return None
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)     # the loaded library stays mapped
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels (compiled on the first call), or None where they are unavailable or
+    turned off with ``GMCNN_NATIVE=0``."""
+    if os.environ.get("GMCNN_NATIVE", "1") == "0":
+        return None
+    with _lock:
+        if not _library:
+            _library.append(_compile())
+        return _library[0]
+
+
+def applies(x: Tensor) -> bool:
+    """Whether the kernels take x: a plain contiguous float32 / float64 CPU tensor (B, C, H, W)
+    with even, non-zero H and W, outside torch.compile, and the library compiled."""
+    return (type(x) is Tensor and x.device.type == "cpu" and x.dtype in SUFFIX and x.dim() == 4
+            and x.numel() > 0 and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0
+            and x.is_contiguous() and not torch.compiler.is_compiling() and library() is not None)
+
+
+def _pointer(t: Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr())
+
+
+def _sizes(x: Tensor) -> tuple[ctypes.c_int64, ...]:
+    planes = x.shape[0] * x.shape[1]
+    return ctypes.c_int64(planes), ctypes.c_int64(x.shape[2]), ctypes.c_int64(x.shape[3])
+
+
+def _threads() -> ctypes.c_int:
+    return ctypes.c_int(torch.get_num_threads())
+
+
+def max_pool2x2(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(values, code) of the 2 x 2 windows of x (:func:`applies`): F.max_pool2d(x, 2)'s values,
+    and per window the offset of its argmax in one byte (uint8)."""
+    batch, channels, height, width = x.shape
+    values = x.new_empty(batch, channels, height // 2, width // 2)
+    code = torch.empty(values.shape, dtype=torch.uint8)
+    getattr(library(), f"max_pool2x2_{SUFFIX[x.dtype]}")(_pointer(x), _pointer(values), _pointer(code),
+                                                         *_sizes(x), _threads())
+    return values, code
+
+
+def max_unpool2x2(grad: Tensor, code: Tensor) -> Tensor:
+    """F.max_pool2d's backward: ``grad`` (B, C, H/2, W/2) at each window's argmax ``code``, 0
+    elsewhere, (B, C, H, W)."""
+    grad = grad.contiguous()
+    batch, channels, rows, cols = grad.shape
+    grad_x = grad.new_empty(batch, channels, 2 * rows, 2 * cols)
+    getattr(library(), f"max_unpool2x2_{SUFFIX[grad.dtype]}")(_pointer(grad), _pointer(code),
+                                                              _pointer(grad_x), *_sizes(grad_x), _threads())
+    return grad_x
+
+
+def batch_norm_unpool2x2_(h: Tensor, grad: Tensor, code: Tensor, shift: Tensor, slope: Tensor,
+                          channels: int) -> Tensor:
+    """h (B, channels P, H, W), in place: ``shift[c] + slope[c] h`` plus ``grad`` (B, channels P,
+    H/2, W/2) at each window's argmax ``code``, for the channel c of the (B, channels, P, H, W)
+    view; returns h."""
+    grad = grad.contiguous()
+    shift, slope = shift.to(h.dtype).contiguous(), slope.to(h.dtype).contiguous()
+    planes, height, width = _sizes(h)
+    getattr(library(), f"batch_norm_unpool2x2_{SUFFIX[h.dtype]}")(
+        _pointer(h), _pointer(grad), _pointer(code), _pointer(shift), _pointer(slope), planes,
+        ctypes.c_int64(channels), ctypes.c_int64(h.shape[1] // channels), height, width, _threads())
+    torch.autograd.graph.increment_version(h)       # an in-place write, as autograd must see it
+    return h

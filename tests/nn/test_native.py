@@ -1,0 +1,117 @@
+"""The compiled 2 x 2 pooling kernels (gmcnn/native.py) against F.max_pool2d and against the torch
+composition they replace, and the fallback to that composition where they cannot be built."""
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gmcnn import functional as GF
+from gmcnn import native
+
+requires_native = pytest.mark.skipif(native.library() is None, reason="no C compiler")
+
+
+def test_the_kernels_are_built_where_there_is_a_compiler():
+    """A machine with a C compiler builds them: a silent fallback would leave the other tests
+    of this module skipped and the fast path slow."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler")
+    assert native.library() is not None
+
+
+@requires_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("width", [2, 8, 254, 256])
+def test_max_pool2x2_is_max_pool2d_values_and_index(dtype, width):
+    """F.max_pool2d's values and argmax, ties to the first entry in row-major order (the rounded
+    values and a zero block tie often), on both sides of a byte's range of offsets."""
+    x = torch.randn(3, 5, 6, width, dtype=dtype).round(decimals=1)
+    x[:, :2, :4] = 0.0
+    values, code = native.max_pool2x2(x)
+    expected_values, expected_index = F.max_pool2d(x, 2, return_indices=True)
+    assert code.dtype == torch.uint8
+    torch.testing.assert_close(values, expected_values, rtol=0, atol=0)
+    assert torch.equal(GF._index_from_code(code, width), expected_index)
+    grad = torch.randn_like(values)
+    expected = torch.ops.aten.max_pool2d_with_indices_backward(grad, x, [2, 2], [2, 2], [0, 0], [1, 1],
+                                                               False, expected_index)
+    torch.testing.assert_close(native.max_unpool2x2(grad, code), expected, rtol=0, atol=0)
+
+
+@requires_native
+def test_a_window_with_a_nan_pools_to_nan():
+    x = torch.randn(1, 2, 4, 4)
+    x[0, 0, 1, 1] = float("nan")
+    values, _ = native.max_pool2x2(x)
+    assert values[0, 0, 0, 0].isnan() and not values[0, 0, 1:].isnan().any() and not values[0, 1].isnan().any()
+
+
+@requires_native
+def test_batch_norm_unpool_is_the_torch_composition():
+    """shift + slope h plus the gradient at each window's argmax, per channel of the
+    (B, channels, P, H, W) view, written over h, which autograd then sees as modified."""
+    batch, channels, points, n = 4, 3, 4, 6
+    h = torch.randn(batch, channels * points, n, n, dtype=torch.float64)
+    grad = torch.randn(batch, channels * points, n // 2, n // 2, dtype=torch.float64)
+    shift, slope = torch.randn(channels, dtype=torch.float64), torch.randn(channels, dtype=torch.float64)
+    _, code = native.max_pool2x2(h)
+    _, index = F.max_pool2d(h, 2, return_indices=True)
+    expected = torch.addcmul(shift[:, None], h.view(batch, channels, -1), slope[:, None]).view_as(h)
+    expected = expected.flatten(-2).scatter_add(-1, index.flatten(-2), grad.flatten(-2)).view_as(h)
+    version = h._version
+    out = native.batch_norm_unpool2x2_(h, grad, code, shift, slope, channels)
+    assert out.data_ptr() == h.data_ptr() and h._version > version
+    torch.testing.assert_close(out, expected, rtol=1e-15, atol=1e-15)
+
+
+@requires_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pooling_functions_take_the_kernels_and_match_the_torch_path(dtype, monkeypatch):
+    """max_pool2x2 and batch_norm_max_pool2x2 call the kernels on contiguous CPU inputs and give
+    the values and gradients of their torch composition (GMCNN_NATIVE=0)."""
+    calls = []
+    pool = native.max_pool2x2
+    monkeypatch.setattr(native, "max_pool2x2", lambda x: calls.append(x.shape) or pool(x))
+    h = torch.randn(4, 12, 8, 8, dtype=dtype).round(decimals=1).requires_grad_(True)
+    weight = torch.tensor([1.3, 0.5, 2.0], dtype=dtype, requires_grad=True)
+    bias = torch.randn(3, dtype=dtype, requires_grad=True)
+
+    def run():
+        pooled = GF.max_pool2x2(h)
+        normalised = GF.batch_norm_max_pool2x2(h, weight, bias, 3, 1e-5)[0]
+        grads = torch.autograd.grad((pooled * pooled).sum() + (normalised ** 3).sum(), [h, weight, bias])
+        return pooled, normalised, *grads
+
+    fast = run()
+    assert len(calls) == 2
+    monkeypatch.setenv("GMCNN_NATIVE", "0")
+    composed = run()
+    assert len(calls) == 2
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    for got, expected in zip(fast, composed):
+        torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
+
+
+def test_without_a_compiler_the_torch_path_runs(monkeypatch, caplog):
+    """A compiler that fails: one warning, no library, and pooling still F.max_pool2d's."""
+    monkeypatch.setattr(native, "_library", [])
+    monkeypatch.setenv("CC", "false")
+    with caplog.at_level("WARNING", logger="gmcnn.native"):
+        assert native.library() is None
+    assert "could not compile native.c with false" in caplog.text
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert not native.applies(x)
+    torch.testing.assert_close(GF.max_pool2x2(x), F.max_pool2d(x, 2), rtol=0, atol=0)
+
+
+@requires_native
+def test_inputs_the_kernels_do_not_take():
+    """Odd sizes, non-contiguous and integer tensors go to the torch path."""
+    assert native.applies(torch.randn(2, 3, 4, 6))
+    assert not native.applies(torch.randn(2, 3, 5, 6))
+    assert not native.applies(torch.randn(2, 3, 6, 4).transpose(-1, -2))
+    assert not native.applies(torch.zeros(2, 3, 4, 4, dtype=torch.int64))
+    assert not native.applies(torch.randn(2, 3, 4, 4, dtype=torch.float16))
+    assert not native.applies(torch.randn(0, 3, 4, 4))
