@@ -311,8 +311,11 @@ def channel_mean_var(x: Tensor, chunk: int = 2 ** 20) -> tuple[Tensor, Tensor]:
     """The mean and the biased variance of every channel of x (B, C, ...) over all other axes, in
     two passes: the mean, then the mean square about it, through a reused buffer of about
     ``chunk`` values (as accurate as the input's precision allows; on CPU several times faster
-    than ``torch.var_mean`` over non-trailing axes, and no activation-sized temporary)."""
+    than ``torch.var_mean`` over non-trailing axes, and no activation-sized temporary; where
+    :func:`gmcnn.native.takes` the input, the compiled kernel, with sums in double)."""
     rows = x.reshape(x.shape[0], x.shape[1], -1)
+    if native.takes(rows):
+        return native.channel_mean_var(rows)
     mean = rows.mean((0, 2), keepdim=True)
     step = max(1, chunk // (rows.shape[1] * rows.shape[2]))
     buffer = torch.empty_like(rows[:step])
@@ -403,6 +406,51 @@ def batch_norm_max_pool2x2(h: Tensor, weight: Tensor | None, bias: Tensor | None
     differentiable). ``consume``: the backward writes h's gradient over h (no new buffer; for an h
     that nothing else reads, such as a convolution's output; a second backward raises)."""
     return _BatchNormMaxPool2x2.apply(h, weight, bias, channels, eps, consume)
+
+
+class _BatchNormReLU(torch.autograd.Function):
+    """relu(batch_norm(x)) with batch statistics per channel of x (B, C, L), by the compiled
+    kernels (:func:`gmcnn.native.takes` x): with a_c = gamma_c / sqrt(var_c + eps) and
+    b_c = beta_c - a_c mean_c, y = relu(a_c x + b_c) in one pass; the backward, with g the output
+    gradient where a x + b > 0 (recomputed from x, so that only x is saved) and
+    xhat = (x - mean) / sqrt(var + eps), is the batch norm's: dgamma = sum g xhat, dbeta = sum g
+    (one pass), dx = a g + k_c x + k'_c (one pass, written over x: ``consume``, as
+    :class:`_BatchNormMaxPool2x2`)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
+                consume: bool) -> tuple[Tensor, Tensor, Tensor]:
+        mean, var = channel_mean_var(x)
+        invstd = torch.rsqrt(var + eps)
+        scale = invstd if weight is None else invstd * weight
+        shift = -mean * scale if bias is None else bias - mean * scale
+        ctx.save_for_backward(x, mean, invstd, scale, shift)
+        ctx.affine, ctx.consume = (weight is not None, bias is not None), consume
+        ctx.mark_non_differentiable(mean, var)
+        return native.batch_norm_relu(x, scale, shift), mean, var
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor, _grad_mean: Tensor, _grad_var: Tensor):
+        x, mean, invstd, scale, shift = ctx.saved_tensors
+        count = x.shape[0] * x.shape[2]
+        sum_g, sum_g_centred = native.batch_norm_relu_sums(grad, x, scale, shift, mean)
+        sum_g_xhat = sum_g_centred * invstd
+        k_x = -scale * invstd * sum_g_xhat / count
+        k_0 = -scale * sum_g / count - k_x * mean
+        grad_x = native.batch_norm_relu_backward_(x if ctx.consume else x.clone(), grad, scale, shift,
+                                                  k_x, k_0)
+        has_weight, has_bias = ctx.affine
+        return grad_x, sum_g_xhat if has_weight else None, sum_g if has_bias else None, None, None
+
+
+def batch_norm_relu(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
+                    consume: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """``relu(F.batch_norm(x, None, None, weight, bias, True, 0, eps))`` of x (B, C, L) where
+    :func:`gmcnn.native.takes` x, and the batch statistics: (output, mean, biased variance); once
+    differentiable, the gradients of that composition (:class:`_BatchNormReLU`). ``consume``: the
+    backward writes x's gradient over x (for an x nothing else reads; a second backward raises)."""
+    return _BatchNormReLU.apply(x, weight, bias, eps, consume)
 
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}

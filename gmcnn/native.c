@@ -115,9 +115,137 @@ KERNEL void batch_norm_unpool2x2_##SUFFIX(T *restrict h, const T *restrict grad,
     }                                                                                               \
 }
 
+/* Sums of a row in LANES interleaved partial sums (each one in order, so that the compiler
+ * vectorises them without reassociating), then in double. */
+#define LANES 16
+#define ROW_SUMS(T, SUFFIX)                                                                        \
+static inline double row_sum_##SUFFIX(const T *restrict x, int64_t n) {                            \
+    T partial[LANES] = {0};                                                                        \
+    int64_t j = 0;                                                                                 \
+    for (; j + LANES <= n; j += LANES)                                                             \
+        for (int k = 0; k < LANES; k++) partial[k] += x[j + k];                                    \
+    double total = 0;                                                                              \
+    for (int k = 0; k < LANES; k++) total += partial[k];                                           \
+    for (; j < n; j++) total += x[j];                                                              \
+    return total;                                                                                  \
+}                                                                                                  \
+static inline double row_square_sum_##SUFFIX(const T *restrict x, int64_t n, T centre) {          \
+    T partial[LANES] = {0};                                                                        \
+    int64_t j = 0;                                                                                 \
+    for (; j + LANES <= n; j += LANES)                                                             \
+        for (int k = 0; k < LANES; k++) partial[k] += (x[j + k] - centre) * (x[j + k] - centre);   \
+    double total = 0;                                                                              \
+    for (int k = 0; k < LANES; k++) total += partial[k];                                           \
+    for (; j < n; j++) total += (double)(x[j] - centre) * (x[j] - centre);                         \
+    return total;                                                                                  \
+}
+
+/* The mean and the biased variance of every channel c of x (batch, channels, inner) over the
+ * batch and the inner axis, in two passes (the mean, then the squares about it). */
+#define CHANNEL_MEAN_VAR(T, SUFFIX)                                                                \
+KERNEL void channel_mean_var_##SUFFIX(const T *restrict x, double *restrict mean,                  \
+                                      double *restrict var, int64_t batch, int64_t channels,       \
+                                      int64_t inner, int threads) {                                \
+    const double count = (double)batch * (double)inner;                                            \
+    _Pragma("omp parallel for schedule(static) num_threads(threads)")                              \
+    for (int64_t c = 0; c < channels; c++) {                                                       \
+        double total = 0, squares = 0;                                                             \
+        for (int64_t b = 0; b < batch; b++) total += row_sum_##SUFFIX(x + (b * channels + c) * inner, inner); \
+        const double centre = total / count;                                                       \
+        for (int64_t b = 0; b < batch; b++)                                                        \
+            squares += row_square_sum_##SUFFIX(x + (b * channels + c) * inner, inner, (T)centre);  \
+        mean[c] = centre;                                                                          \
+        var[c] = squares / count;                                                                  \
+    }                                                                                              \
+}
+
+/* The training batch norm of x (batch, channels, inner) followed by a ReLU, with the per-channel
+ * affine map z = scale[c] x + shift[c] (scale = gamma / sqrt(var + eps), shift = beta - scale mean):
+ * y = relu(z), where relu keeps a NaN (z <= 0 ? 0 : z, as torch's threshold). */
+#define NORM_RELU(T, SUFFIX)                                                                       \
+KERNEL void batch_norm_relu_##SUFFIX(const T *restrict x, const T *restrict scale,                 \
+                                     const T *restrict shift, T *restrict y, int64_t batch,        \
+                                     int64_t channels, int64_t inner, int threads) {               \
+    _Pragma("omp parallel for schedule(static) num_threads(threads)")                              \
+    for (int64_t p = 0; p < batch * channels; p++) {                                               \
+        const T a = scale[p % channels], b = shift[p % channels];                                  \
+        const T *restrict row = x + p * inner;                                                     \
+        T *restrict out = y + p * inner;                                                           \
+        for (int64_t j = 0; j < inner; j++) {                                                      \
+            T z = a * row[j] + b;                                                                  \
+            out[j] = select_##SUFFIX(z <= 0, 0, z);                                                \
+        }                                                                                          \
+    }                                                                                              \
+}
+
+/* Its backward's channel sums, over the entries the ReLU passed (z recomputed from x as in the
+ * forward): sum_g[c] = sum g, sum_gx[c] = sum g (x - mean[c]). */
+#define NORM_RELU_SUMS(T, SUFFIX)                                                                  \
+KERNEL void batch_norm_relu_sums_##SUFFIX(const T *restrict grad, const T *restrict x,            \
+                                          const T *restrict scale, const T *restrict shift,        \
+                                          const T *restrict mean, double *restrict sum_g,          \
+                                          double *restrict sum_gx, int64_t batch, int64_t channels, \
+                                          int64_t inner, int threads) {                            \
+    _Pragma("omp parallel for schedule(static) num_threads(threads)")                              \
+    for (int64_t c = 0; c < channels; c++) {                                                       \
+        const T a = scale[c], b = shift[c], m = mean[c];                                           \
+        double total_g = 0, total_gx = 0;                                                          \
+        for (int64_t n = 0; n < batch; n++) {                                                      \
+            const T *restrict g = grad + (n * channels + c) * inner;                               \
+            const T *restrict row = x + (n * channels + c) * inner;                                \
+            T partial_g[LANES] = {0}, partial_gx[LANES] = {0};                                     \
+            int64_t j = 0;                                                                         \
+            for (; j + LANES <= inner; j += LANES)                                                 \
+                for (int k = 0; k < LANES; k++) {                                                  \
+                    T passed = select_##SUFFIX(a * row[j + k] + b <= 0, 0, g[j + k]);              \
+                    partial_g[k] += passed;                                                        \
+                    partial_gx[k] += passed * (row[j + k] - m);                                    \
+                }                                                                                  \
+            for (int k = 0; k < LANES; k++) { total_g += partial_g[k]; total_gx += partial_gx[k]; } \
+            for (; j < inner; j++) {                                                               \
+                T passed = select_##SUFFIX(a * row[j] + b <= 0, 0, g[j]);                          \
+                total_g += passed;                                                                 \
+                total_gx += (double)passed * (row[j] - m);                                         \
+            }                                                                                      \
+        }                                                                                          \
+        sum_g[c] = total_g;                                                                        \
+        sum_gx[c] = total_gx;                                                                      \
+    }                                                                                              \
+}
+
+/* Its input gradient, written over x: scale[c] g (where the ReLU passed) + k_x[c] x + k_0[c]. */
+#define NORM_RELU_BACKWARD(T, SUFFIX)                                                              \
+KERNEL void batch_norm_relu_backward_##SUFFIX(T *restrict x, const T *restrict grad,               \
+                                              const T *restrict scale, const T *restrict shift,    \
+                                              const T *restrict k_x, const T *restrict k_0,        \
+                                              int64_t batch, int64_t channels, int64_t inner,      \
+                                              int threads) {                                       \
+    _Pragma("omp parallel for schedule(static) num_threads(threads)")                              \
+    for (int64_t p = 0; p < batch * channels; p++) {                                               \
+        const int64_t c = p % channels;                                                            \
+        const T a = scale[c], b = shift[c], kx = k_x[c], k0 = k_0[c];                              \
+        T *restrict row = x + p * inner;                                                           \
+        const T *restrict g = grad + p * inner;                                                    \
+        for (int64_t j = 0; j < inner; j++) {                                                      \
+            T passed = select_##SUFFIX(a * row[j] + b <= 0, 0, g[j]);                              \
+            row[j] = a * passed + (kx * row[j] + k0);                                              \
+        }                                                                                          \
+    }                                                                                              \
+}
+
 MAX_POOL(float, f32)
 MAX_POOL(double, f64)
 MAX_UNPOOL(float, f32)
 MAX_UNPOOL(double, f64)
 NORM_UNPOOL(float, f32)
 NORM_UNPOOL(double, f64)
+ROW_SUMS(float, f32)
+ROW_SUMS(double, f64)
+CHANNEL_MEAN_VAR(float, f32)
+CHANNEL_MEAN_VAR(double, f64)
+NORM_RELU(float, f32)
+NORM_RELU(double, f64)
+NORM_RELU_SUMS(float, f32)
+NORM_RELU_SUMS(double, f64)
+NORM_RELU_BACKWARD(float, f32)
+NORM_RELU_BACKWARD(double, f64)

@@ -1,4 +1,5 @@
-"""Native CPU kernels (native.c) for the 2 x 2 max pooling of the image-grid fast path.
+"""Native CPU kernels (native.c) for the 2 x 2 max pooling of the image-grid fast path and the
+batch norms of its layers.
 
 The torch composition of :func:`gmcnn.functional.max_pool2x2` and
 :func:`gmcnn.functional.batch_norm_max_pool2x2` reads the four strided quarter images a dozen
@@ -56,7 +57,8 @@ def _compile() -> ctypes.CDLL | None:
                 library = ctypes.CDLL(target)
             except (OSError, subprocess.SubprocessError):
                 continue
-            for name in ("max_pool2x2", "max_unpool2x2", "batch_norm_unpool2x2"):
+            for name in ("max_pool2x2", "max_unpool2x2", "batch_norm_unpool2x2", "channel_mean_var",
+                         "batch_norm_relu", "batch_norm_relu_sums", "batch_norm_relu_backward"):
                 for suffix in SUFFIX.values():
                     getattr(library, f"{name}_{suffix}").restype = None
             return library
@@ -78,12 +80,16 @@ def library() -> ctypes.CDLL | None:
         return _library[0]
 
 
-def applies(x: Tensor) -> bool:
-    """Whether the kernels take x: a plain contiguous float32 / float64 CPU tensor (B, C, H, W)
-    with even, non-zero H and W, outside torch.compile, and the library compiled."""
-    return (type(x) is Tensor and x.device.type == "cpu" and x.dtype in SUFFIX and x.dim() == 4
-            and x.numel() > 0 and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0
+def takes(x: Tensor) -> bool:
+    """Whether the kernels can read x: a plain contiguous float32 / float64 CPU tensor, not empty,
+    outside torch.compile, and the library compiled."""
+    return (type(x) is Tensor and x.device.type == "cpu" and x.dtype in SUFFIX and x.numel() > 0
             and x.is_contiguous() and not torch.compiler.is_compiling() and library() is not None)
+
+
+def applies(x: Tensor) -> bool:
+    """Whether the pooling kernels take x: :func:`takes` and (B, C, H, W) with even H and W."""
+    return x.dim() == 4 and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0 and takes(x)
 
 
 def _pointer(t: Tensor) -> ctypes.c_void_p:
@@ -134,3 +140,59 @@ def batch_norm_unpool2x2_(h: Tensor, grad: Tensor, code: Tensor, shift: Tensor, 
         ctypes.c_int64(channels), ctypes.c_int64(h.shape[1] // channels), height, width, _threads())
     torch.autograd.graph.increment_version(h)       # an in-place write, as autograd must see it
     return h
+
+
+def channel_mean_var(rows: Tensor) -> tuple[Tensor, Tensor]:
+    """The mean and the biased variance of every channel of rows (B, C, L) (:func:`takes`) over
+    B and L, in two passes, the sums in double (as :func:`gmcnn.functional.channel_mean_var`)."""
+    batch, channels, inner = rows.shape
+    mean = torch.empty(channels, dtype=torch.float64)
+    var = torch.empty(channels, dtype=torch.float64)
+    getattr(library(), f"channel_mean_var_{SUFFIX[rows.dtype]}")(
+        _pointer(rows), _pointer(mean), _pointer(var), ctypes.c_int64(batch), ctypes.c_int64(channels),
+        ctypes.c_int64(inner), _threads())
+    return mean.to(rows.dtype), var.to(rows.dtype)
+
+
+def _channels(*values: Tensor, dtype: torch.dtype) -> list[Tensor]:
+    return [v.to(dtype).contiguous() for v in values]
+
+
+def _rows(x: Tensor) -> tuple[ctypes.c_int64, ...]:
+    return tuple(ctypes.c_int64(size) for size in x.shape)
+
+
+def batch_norm_relu(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """relu(scale[c] x + shift[c]) of x (B, C, L) (:func:`takes`), a new tensor."""
+    scale, shift = _channels(scale, shift, dtype=x.dtype)
+    y = torch.empty_like(x)
+    getattr(library(), f"batch_norm_relu_{SUFFIX[x.dtype]}")(
+        _pointer(x), _pointer(scale), _pointer(shift), _pointer(y), *_rows(x), _threads())
+    return y
+
+
+def batch_norm_relu_sums(grad: Tensor, x: Tensor, scale: Tensor, shift: Tensor,
+                         mean: Tensor) -> tuple[Tensor, Tensor]:
+    """Per channel, over the entries where scale x + shift > 0: (sum grad, sum grad (x - mean)),
+    summed in double, in x's dtype."""
+    grad = grad.contiguous()
+    scale, shift, mean = _channels(scale, shift, mean, dtype=x.dtype)
+    sum_g = torch.empty(x.shape[1], dtype=torch.float64)
+    sum_gx = torch.empty(x.shape[1], dtype=torch.float64)
+    getattr(library(), f"batch_norm_relu_sums_{SUFFIX[x.dtype]}")(
+        _pointer(grad), _pointer(x), _pointer(scale), _pointer(shift), _pointer(mean), _pointer(sum_g),
+        _pointer(sum_gx), *_rows(x), _threads())
+    return sum_g.to(x.dtype), sum_gx.to(x.dtype)
+
+
+def batch_norm_relu_backward_(x: Tensor, grad: Tensor, scale: Tensor, shift: Tensor, k_x: Tensor,
+                              k_0: Tensor) -> Tensor:
+    """x (B, C, L), in place: scale[c] grad (where scale x + shift > 0, else 0) + k_x[c] x +
+    k_0[c]; returns x."""
+    grad = grad.contiguous()
+    scale, shift, k_x, k_0 = _channels(scale, shift, k_x, k_0, dtype=x.dtype)
+    getattr(library(), f"batch_norm_relu_backward_{SUFFIX[x.dtype]}")(
+        _pointer(x), _pointer(grad), _pointer(scale), _pointer(shift), _pointer(k_x), _pointer(k_0),
+        *_rows(x), _threads())
+    torch.autograd.graph.increment_version(x)
+    return x

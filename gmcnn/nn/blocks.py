@@ -83,6 +83,7 @@ from torch import Tensor, nn
 
 from gmcnn import functional as GF
 from gmcnn import fused as kernels
+from gmcnn import native
 from gmcnn.groups import WallpaperGroup
 from gmcnn.nn.conv import GMConv
 from gmcnn.nn.lifting import GMLifting, conv2d_on_grid, group_kernel
@@ -543,6 +544,12 @@ def grid_conv_norm_act(layer: ConvNormAct, x: Tensor, activate: bool = True, nor
         bias = shift if norm.bias is None else shift + norm.bias
         kernel = kernel * scale.repeat_interleave(points)[:, None, None, None]
     h = conv2d_on_grid(x, kernel, conv.group.n, t, bias, points, conv.boundary, fast_pad=True)
+    if (activate and type(activation) is nn.ReLU and batch_statistics_norm(norm, h)
+            and norm.num_features == h.shape[1] and native.takes(h)):
+        out, mean, var = GF.batch_norm_relu(h, norm.weight, norm.bias, norm.eps, consume=True)
+        if norm.training and norm.track_running_stats:
+            update_running_statistics(norm, mean, var, h.numel() // h.shape[1])
+        return out                       # normalised and activated in one pass (compiled kernels)
     if norm is not None and not folded:
         h = norm(h)
     if not activate:

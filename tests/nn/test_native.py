@@ -115,3 +115,57 @@ def test_inputs_the_kernels_do_not_take():
     assert not native.applies(torch.zeros(2, 3, 4, 4, dtype=torch.int64))
     assert not native.applies(torch.randn(2, 3, 4, 4, dtype=torch.float16))
     assert not native.applies(torch.randn(0, 3, 4, 4))
+
+
+@requires_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("inner", [1, 15, 3136])
+def test_channel_mean_var_is_the_exact_statistics(dtype, inner):
+    """The mean and biased variance per channel over (batch, inner), far from zero (where a one-pass
+    sum of squares would cancel), against float64 (the inner lengths around the 16 partial sums)."""
+    rows = (torch.randn(5, 3, inner, dtype=torch.float64) * 0.01 + 100).to(dtype)
+    mean, var = native.channel_mean_var(rows)
+    exact = rows.double()
+    assert mean.dtype == var.dtype == dtype
+    tolerance = 1e-13 if dtype == torch.float64 else 1e-7
+    torch.testing.assert_close(mean.double(), exact.mean((0, 2)), rtol=tolerance, atol=0)
+    torch.testing.assert_close(var.double(), exact.var((0, 2), correction=0), rtol=1e-5 if dtype == torch.float32 else 1e-11, atol=0)
+    torch.testing.assert_close(GF.channel_mean_var(rows)[1], var, rtol=0, atol=0)
+
+
+@requires_native
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_relu_is_relu_of_batch_norm(affine):
+    """Values, batch statistics and every gradient of relu(F.batch_norm(x)) with batch statistics
+    (a negative scale too), in float64; gradcheck; consume writes x's gradient over x once."""
+    x = torch.randn(6, 3, 10, dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([1.3, -0.7, 0.4], dtype=torch.float64, requires_grad=True) if affine else None
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True) if affine else None
+    out, mean, var = GF.batch_norm_relu(x, w, b, 1e-5)
+    reference = torch.relu(F.batch_norm(x, None, None, w, b, True, 0.0, 1e-5))
+    torch.testing.assert_close(out, reference, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(mean, x.mean((0, 2)), rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(var, x.var((0, 2), correction=0), rtol=1e-13, atol=1e-13)
+    inputs = [t for t in (x, w, b) if t is not None]
+    grad = torch.randn_like(reference)
+    want = torch.autograd.grad(reference, inputs, grad)
+    for got, expected in zip(torch.autograd.grad(out, inputs, grad), want):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    torch.autograd.gradcheck(lambda v, *affine: GF.batch_norm_relu(v, *(affine or (None, None)), 1e-5)[0],
+                             tuple(inputs))
+    conv_output = x * 1
+    out = GF.batch_norm_relu(conv_output, w, b, 1e-5, consume=True)[0]
+    got = torch.autograd.grad(out, [conv_output, *inputs[1:]], grad, retain_graph=True)
+    assert got[0].data_ptr() == conv_output.data_ptr()
+    for got_one, expected in zip(got, want):
+        torch.testing.assert_close(got_one, expected, rtol=1e-10, atol=1e-12)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(out, [conv_output], grad)
+
+
+@requires_native
+def test_batch_norm_relu_keeps_a_nan():
+    x = torch.randn(2, 2, 5)
+    x[0, 0, 0] = float("nan")
+    out = GF.batch_norm_relu(x, None, None, 1e-5)[0]
+    assert out[:, 0].isnan().all() and not out[:, 1].isnan().any()     # the channel's statistics are NaN
