@@ -1,19 +1,20 @@
-"""Native CPU kernels (native.c) for the 2 x 2 max pooling of the image-grid fast path and the
-batch norms of its layers.
+"""Native CPU kernels (native.c) for the image-grid fast path: the 2 x 2 max pooling, the batch
+statistics, and the training batch norm + ReLU of its layers.
 
 The torch composition of :func:`gmcnn.functional.max_pool2x2` and
 :func:`gmcnn.functional.batch_norm_max_pool2x2` reads the four strided quarter images a dozen
 times to find each window's argmax; native.c does it in one pass and keeps the argmax as one
 byte per window, its offset ``code = 2 * lower + right`` (0 top left, 1 top right, 2 bottom left,
 3 bottom right, F.max_pool2d's tie rule). The backward passes read the byte instead of an int64
-index.
+index. The batch norm + ReLU (:func:`gmcnn.functional.batch_norm_relu`) is one pass forward
+and two backward, where BatchNorm1d and ReLU take five.
 
 The first call in a process compiles native.c with the system C compiler (``$CC``, else ``cc``
-or ``gcc``; about a second) into a private temporary directory, never a shared cache that
+or ``gcc``; under a second) into a private temporary directory, never a shared cache that
 another user could write, and loads it with ctypes. OpenMP is the one torch loaded (the same
 ``libgomp.so.1``), and the kernels run on ``torch.get_num_threads()`` threads. Without a compiler,
-or with ``GMCNN_NATIVE=0``, :func:`applies` is False and the callers take the torch path, which
-computes the same values and gradients.
+or with ``GMCNN_NATIVE=0``, :func:`takes` is False and the callers compute the same functions
+with torch operations.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -43,15 +45,15 @@ _library: list[ctypes.CDLL | None] = []          # empty until the first call ha
 
 def _compile() -> ctypes.CDLL | None:
     """native.c built and loaded, or None (no compiler, or every flag set failed: logged once)."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        log.info("no C compiler found: the 2 x 2 pooling uses its torch composition")
+    compiler = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc")]
+    if compiler[0] is None:
+        log.info("no C compiler found: the image-grid layers use torch operations")
         return None
     directory = tempfile.mkdtemp(prefix="gmcnn-native-")
     try:
         target = os.path.join(directory, "native.so")
         for flags in FLAG_SETS:
-            command = [compiler, "-O3", "-shared", "-fPIC", *flags, str(SOURCE), "-o", target]
+            command = [*compiler, "-O3", "-shared", "-fPIC", *flags, str(SOURCE), "-o", target]
             try:
                 subprocess.run(command, check=True, capture_output=True, timeout=300)
                 library = ctypes.CDLL(target)
@@ -62,8 +64,8 @@ def _compile() -> ctypes.CDLL | None:
                 for suffix in SUFFIX.values():
                     getattr(library, f"{name}_{suffix}").restype = None
             return library
-        log.warning("could not compile %s with %s: the 2 x 2 pooling uses its torch composition",
-                    SOURCE.name, compiler)
+        log.warning("could not compile %s with %s: the image-grid layers use torch operations",
+                    SOURCE.name, " ".join(compiler))
         return None
     finally:
         shutil.rmtree(directory, ignore_errors=True)     # the loaded library stays mapped
