@@ -1,13 +1,17 @@
-/* 2 x 2 max pooling kernels for the image-grid fast path (gmcnn/native.py, which compiles
- * this file with the system C compiler and falls back to the torch composition without one).
+/* CPU kernels of the image-grid fast path (gmcnn/native.py compiles this file with the system C
+ * compiler; without one the callers use torch operations): the 2 x 2 max pooling and its
+ * backwards, the batch statistics, and the training batch norm + ReLU.
  *
- * Every array is contiguous: `planes` images of height x width (both even), and per image the
- * (height / 2) x (width / 2) windows. A window's entries are tl, tr (upper row) and bl, br
+ * Pooling: every array is contiguous, `planes` images of height x width (both even), and per
+ * image the (height / 2) x (width / 2) windows. A window's entries are tl, tr (upper row) and bl, br
  * (lower row); its code is 2 * lower + right, the offset of its argmax (0 tl, 1 tr, 2 bl, 3 br).
  * The argmax is F.max_pool2d's: the first maximum in row-major order, from the comparisons
  * tr > tl, br > bl and bottom > top; a window with a NaN has the value NaN.
  *
- * The loops over images run on `threads` OpenMP threads (torch's, the same runtime).
+ * Batch norms: x is (batch, channels, inner), contiguous; channel sums in 16 interleaved partial
+ * sums of the input's type per row, then in double.
+ *
+ * The loops run on `threads` OpenMP threads (torch's, the same runtime).
  *
  * Selections are bit blends, so that the compiler vectorises the loops (a branch per window is
  * mispredicted on random data); with GMCNN_CLONES the loops are also built for AVX2 and AVX-512

@@ -9,6 +9,7 @@ import hydra
 import pytest
 import torch
 
+from gmcnn import native
 from gmcnn.equivariance import equivariance_error, image_transform_element
 from gmcnn.groups import make_group
 from gmcnn.models import GMCNN, GMDynamics
@@ -370,9 +371,20 @@ def randomise_batch_norms(model):
                 norm.bias.normal_()
 
 
+@pytest.fixture(params=["compiled", "torch"])
+def cpu_kernels(request, monkeypatch):
+    """Both CPU implementations of the image-grid path's pooling and batch norms: the compiled
+    kernels (gmcnn/native.py; skipped without a C compiler) and torch operations."""
+    if request.param == "torch":
+        monkeypatch.setenv("GMCNN_NATIVE", "0")
+    elif native.library() is None:
+        pytest.skip("no C compiler: the compiled kernels are not built")
+    return request.param
+
+
 @pytest.mark.parametrize("kind,boundary", [("p4", "zero"), ("p4", "circular"), ("p4m", "zero"),
                                            ("p4m", "circular")])
-def test_image_grid_fast_path_matches_the_reference(kind, boundary):
+def test_image_grid_fast_path_matches_the_reference(kind, boundary, cpu_kernels):
     """ImageGridStages' "image_grid" path (vendor conv2d on the image layout, max_pool2d, in-place
     ReLU, batch norm folded in eval) = the composed modules: values and every gradient in float64,
     in eval mode (the whole model) and in train mode (the stages, batch statistics)."""
@@ -391,7 +403,7 @@ def test_image_grid_fast_path_matches_the_reference(kind, boundary):
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])
-def test_image_grid_train_mode_batch_norm_statistics_and_hooks(momentum):
+def test_image_grid_train_mode_batch_norm_statistics_and_hooks(momentum, cpu_kernels):
     """In train mode the pooled lifting's batch norm (normalised and pooled in one kernel) updates
     its running statistics as the module does (momentum or the cumulative average); with a
     forward hook on it (precise_bn) the module itself runs, so the hook sees its input."""
