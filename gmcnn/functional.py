@@ -329,20 +329,22 @@ def channel_mean_var(x: Tensor, chunk: int = 2 ** 20) -> tuple[Tensor, Tensor]:
 
 class _BatchNormMaxPool2x2(torch.autograd.Function):
     """max_pool2d(batch_norm(h), 2) with batch statistics, per channel c of C over the
-    (B, C, P, H, W) view of h (B, C P, H, W), without the normalised h: with
-    a_c = gamma_c / sqrt(var_c + eps) and b_c = beta_c - a_c mean_c, a window's maximum of
-    a_c h + b_c is a_c h* + b_c, h* its entry maximal in s_c h (s_c the sign of a_c; a_c = 0: the
-    first entry, a tie of the whole window). The backward is the batch norm's on the scattered
-    gradient: dy is g at the argmax and 0 elsewhere, so its channel sums over dy and dy xhat are
-    quarter-size (h* = s times the saved window maxima of s h; gathered from h where some a_c = 0),
-    and dh = a dy + k_c h + k'_c is one pass over h and a scatter-add (one pass of the compiled
-    kernel where :func:`gmcnn.native.applies`, the argmax then a byte per window; ``consume``:
-    written over h, which then must not be read elsewhere; a second backward finds h modified and
-    autograd raises)."""
+    (B, C, P, H, W) view of h (B, C P, H, W), without the normalised h, and a ReLU after it if
+    ``relu``: with a_c = gamma_c / sqrt(var_c + eps) and b_c = beta_c - a_c mean_c, a window's
+    maximum of a_c h + b_c is a_c h* + b_c, h* its entry maximal in s_c h (s_c the sign of a_c;
+    a_c = 0: the first entry, a tie of the whole window). The backward is the batch norm's on the
+    scattered gradient: dy is g (where the ReLU passed) at the argmax and 0 elsewhere, so its
+    channel sums over dy and dy xhat are quarter-size (h* = s times the saved window maxima of
+    s h; gathered from h where some a_c = 0), and dh = a dy + k_c h + k'_c is one pass over h and a
+    scatter-add. Where :func:`gmcnn.native.applies`, compiled kernels: the argmax a byte per
+    window, the pooled output with its ReLU one pass, and with every a_c > 0 the sums one pass
+    and dh one pass (the ReLU's mask recomputed from the window maxima). ``consume``: dh written
+    over h, which then must not be read elsewhere; a second backward finds h modified and autograd
+    raises."""
 
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor | None, bias: Tensor | None, channels: int,
-                eps: float, consume: bool) -> tuple[Tensor, Tensor, Tensor]:
+                eps: float, consume: bool, relu: bool) -> tuple[Tensor, Tensor, Tensor]:
         batch = h.shape[0]
         grouped = h.view(batch, channels, -1)
         mean, var = channel_mean_var(grouped)
@@ -353,59 +355,73 @@ class _BatchNormMaxPool2x2(torch.autograd.Function):
         signed = h if positive else (grouped * scale.sign()[:, None]).view_as(h)
         ctx.native = native.applies(signed)       # index: the argmax's offset code (uint8)
         values, index = (native.max_pool2x2 if ctx.native else _max_pool2x2_with_index)(signed)
-        points = h.shape[1] // channels
-        out = torch.addcmul(shift.repeat_interleave(points)[:, None, None], values,
-                            scale.abs().repeat_interleave(points)[:, None, None])
-        ctx.save_for_backward(h, index, values, mean, invstd, scale)
+        if ctx.native and relu:
+            out = native.batch_norm_relu(values.view(batch, channels, -1), scale.abs(), shift).view_as(values)
+        else:
+            points = h.shape[1] // channels
+            out = torch.addcmul(shift.repeat_interleave(points)[:, None, None], values,
+                                scale.abs().repeat_interleave(points)[:, None, None])
+            if relu:
+                out = out.relu_()
+        ctx.save_for_backward(h, index, values, mean, invstd, scale, shift, out if relu else None)
         ctx.channels, ctx.affine, ctx.consume = channels, (weight is not None, bias is not None), consume
-        ctx.positive = positive
+        ctx.positive, ctx.relu = positive, relu
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor, _grad_mean: Tensor, _grad_var: Tensor):
-        h, index, values, mean, invstd, scale = ctx.saved_tensors
+        h, index, values, mean, invstd, scale, shift, out = ctx.saved_tensors
         batch, channels = h.shape[0], ctx.channels
         grouped = h.view(batch, channels, -1)
         count = grouped.shape[0] * grouped.shape[2]
-        at_max = values.view(batch, channels, -1)                  # max of s h = s h*, s = +-1
-        if not ctx.positive:
-            if (scale == 0).any():     # a window's tie: h* is its first entry, not 0 s
-                flat = _index_from_code(index, h.shape[-1]) if ctx.native else index
-                at_max = h.flatten(-2).gather(-1, flat.flatten(-2)).view(batch, channels, -1)
-            else:
-                at_max = at_max * scale.sign()[:, None]
-        g = grad.reshape(batch, channels, -1)
-        sum_g = g.sum((0, 2))
-        sum_g_xhat = ((at_max * g).sum((0, 2)) - mean * sum_g) * invstd
+        masked_here = ctx.native and ctx.positive and ctx.relu    # the kernels apply the ReLU's mask
+        if masked_here:
+            sum_g, sum_g_centred = native.batch_norm_relu_sums(
+                grad.reshape(batch, channels, -1), values.view(batch, channels, -1), scale, shift, mean)
+            sum_g_xhat = sum_g_centred * invstd
+        else:
+            if ctx.relu:
+                grad = torch.ops.aten.threshold_backward(grad, out, 0)
+            at_max = values.view(batch, channels, -1)              # max of s h = s h*, s = +-1
+            if not ctx.positive:
+                if (scale == 0).any():     # a window's tie: h* is its first entry, not 0 s
+                    flat = _index_from_code(index, h.shape[-1]) if ctx.native else index
+                    at_max = h.flatten(-2).gather(-1, flat.flatten(-2)).view(batch, channels, -1)
+                else:
+                    at_max = at_max * scale.sign()[:, None]
+            g = grad.reshape(batch, channels, -1)
+            sum_g = g.sum((0, 2))
+            sum_g_xhat = ((at_max * g).sum((0, 2)) - mean * sum_g) * invstd
         k_h = -scale * invstd * sum_g_xhat / count
         k_0 = -scale * sum_g / count - k_h * mean
-        if ctx.native:
-            target = h if ctx.consume else h.clone()
-            grad_h = native.batch_norm_unpool2x2_(target, (g * scale[:, None]).view(grad.shape), index,
-                                                  k_0, k_h, channels)
-            has_weight, has_bias = ctx.affine
-            return (grad_h, sum_g_xhat if has_weight else None, sum_g if has_bias else None,
-                    None, None, None)
-        grad_h = torch.addcmul(k_0[:, None], grouped, k_h[:, None], out=grouped if ctx.consume else None)
-        grad_h.view(h.shape[0], h.shape[1], -1).scatter_add_(
-            -1, index.flatten(-2), (g * scale[:, None]).view(index.shape[0], index.shape[1], -1))
         has_weight, has_bias = ctx.affine
+        if ctx.native:
+            grad_h = native.batch_norm_unpool2x2_(h if ctx.consume else h.clone(), grad, index, k_0, k_h,
+                                                  scale, channels, values if masked_here else None,
+                                                  scale.abs(), shift)
+        else:
+            grad_h = torch.addcmul(k_0[:, None], grouped, k_h[:, None], out=grouped if ctx.consume else None)
+            grad_h.view(h.shape[0], h.shape[1], -1).scatter_add_(
+                -1, index.flatten(-2), (grad.reshape(batch, channels, -1) * scale[:, None]).view(
+                    index.shape[0], index.shape[1], -1))
         return (grad_h.view_as(h), sum_g_xhat if has_weight else None, sum_g if has_bias else None,
-                None, None, None)
+                None, None, None, None)
 
 
 def batch_norm_max_pool2x2(h: Tensor, weight: Tensor | None, bias: Tensor | None, channels: int,
-                           eps: float, consume: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """``F.max_pool2d(batch_norm(h), 2)`` with the batch statistics of each of ``channels``
-    channels over the (B, channels, P, H, W) view of h (B, channels P, H, W) (even H, W) and the
-    affine ``weight`` / ``bias`` (or None), and those statistics: (pooled, mean, biased variance).
-    The same values, and the gradients of F.max_pool2d after the batch norm (a window's gradient
-    to the first of tied maxima), without the normalised h (:class:`_BatchNormMaxPool2x2`; once
-    differentiable). ``consume``: the backward writes h's gradient over h (no new buffer; for an h
-    that nothing else reads, such as a convolution's output; a second backward raises)."""
-    return _BatchNormMaxPool2x2.apply(h, weight, bias, channels, eps, consume)
+                           eps: float, consume: bool = False,
+                           relu: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """``F.max_pool2d(batch_norm(h), 2)`` (``relu``: then a ReLU) with the batch statistics of each
+    of ``channels`` channels over the (B, channels, P, H, W) view of h (B, channels P, H, W) (even
+    H, W) and the affine ``weight`` / ``bias`` (or None), and those statistics: (pooled, mean,
+    biased variance). The same values, and the gradients of F.max_pool2d after the batch norm (a
+    window's gradient to the first of tied maxima), without the normalised h
+    (:class:`_BatchNormMaxPool2x2`; once differentiable). ``consume``: the backward writes h's
+    gradient over h (no new buffer; for an h that nothing else reads, such as a convolution's
+    output; a second backward raises)."""
+    return _BatchNormMaxPool2x2.apply(h, weight, bias, channels, eps, consume, relu)
 
 
 class _BatchNormReLU(torch.autograd.Function):

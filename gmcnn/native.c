@@ -91,32 +91,47 @@ KERNEL void max_unpool2x2_##SUFFIX(const T *restrict grad, const uint8_t *restri
 }
 
 /* The batch norm's backward after the pooling, over h in place: h = shift[c] + slope[c] h, plus
- * grad at each window's argmax, for the channel c = (p / points) % channels of image p. */
-#define NORM_UNPOOL(T, SUFFIX)                                                                      \
-KERNEL void batch_norm_unpool2x2_##SUFFIX(T *restrict h, const T *restrict grad,                    \
-                                          const uint8_t *restrict code, const T *restrict shift,    \
-                                          const T *restrict slope, int64_t planes, int64_t channels, \
-                                          int64_t points, int64_t height, int64_t width, int threads) { \
-    const int64_t rows = height / 2, cols = width / 2;                                              \
-    _Pragma("omp parallel for schedule(static) num_threads(threads)")                               \
-    for (int64_t p = 0; p < planes; p++) {                                                          \
-        const int64_t channel = (p / points) % channels;                                            \
-        const T a = slope[channel], b = shift[channel];                                             \
-        for (int64_t i = 0; i < rows; i++) {                                                        \
-            T *restrict upper = h + (p * height + 2 * i) * width;                                   \
-            T *restrict lower_row = upper + width;                                                  \
-            const T *restrict g = grad + (p * rows + i) * cols;                                     \
-            const uint8_t *restrict where = code + (p * rows + i) * cols;                           \
-            for (int64_t j = 0; j < cols; j++) {                                                    \
-                uint32_t c = where[j];                                                              \
-                T v = g[j];                                                                         \
-                upper[2 * j] = (b + a * upper[2 * j]) + select_##SUFFIX(c == 0, v, 0);              \
-                upper[2 * j + 1] = (b + a * upper[2 * j + 1]) + select_##SUFFIX(c == 1, v, 0);      \
-                lower_row[2 * j] = (b + a * lower_row[2 * j]) + select_##SUFFIX(c == 2, v, 0);      \
-                lower_row[2 * j + 1] = (b + a * lower_row[2 * j + 1]) + select_##SUFFIX(c == 3, v, 0); \
-            }                                                                                       \
-        }                                                                                           \
-    }                                                                                               \
+ * gain[c] grad at each window's argmax, for the channel c = (p / points) % channels of image p;
+ * with relu, only where the pooled output value_scale[c] values + value_shift[c] is > 0 (the
+ * ReLU after the pooling, its mask recomputed as batch_norm_relu computes it). */
+#define UNPOOL_ROW(T, SUFFIX, MASK)                                                                \
+    for (int64_t j = 0; j < cols; j++) {                                                           \
+        uint32_t c = where[j];                                                                     \
+        T v = g[j] * k;                                                                            \
+        MASK                                                                                       \
+        upper[2 * j] = (b + a * upper[2 * j]) + select_##SUFFIX(c == 0, v, 0);                     \
+        upper[2 * j + 1] = (b + a * upper[2 * j + 1]) + select_##SUFFIX(c == 1, v, 0);             \
+        lower_row[2 * j] = (b + a * lower_row[2 * j]) + select_##SUFFIX(c == 2, v, 0);             \
+        lower_row[2 * j + 1] = (b + a * lower_row[2 * j + 1]) + select_##SUFFIX(c == 3, v, 0);     \
+    }
+#define NORM_UNPOOL(T, SUFFIX)                                                                     \
+KERNEL void batch_norm_unpool2x2_##SUFFIX(T *restrict h, const T *restrict grad,                  \
+                                          const uint8_t *restrict code, const T *restrict shift,   \
+                                          const T *restrict slope, const T *restrict gain,         \
+                                          int relu, const T *restrict values,                      \
+                                          const T *restrict value_scale,                           \
+                                          const T *restrict value_shift, int64_t planes,           \
+                                          int64_t channels, int64_t points, int64_t height,        \
+                                          int64_t width, int threads) {                            \
+    const int64_t rows = height / 2, cols = width / 2;                                             \
+    _Pragma("omp parallel for schedule(static) num_threads(threads)")                              \
+    for (int64_t p = 0; p < planes; p++) {                                                         \
+        const int64_t channel = (p / points) % channels;                                           \
+        const T a = slope[channel], b = shift[channel], k = gain[channel];                         \
+        for (int64_t i = 0; i < rows; i++) {                                                       \
+            T *restrict upper = h + (p * height + 2 * i) * width;                                  \
+            T *restrict lower_row = upper + width;                                                 \
+            const T *restrict g = grad + (p * rows + i) * cols;                                    \
+            const uint8_t *restrict where = code + (p * rows + i) * cols;                          \
+            if (relu) {                                                                            \
+                const T *restrict pooled = values + (p * rows + i) * cols;                         \
+                const T vs = value_scale[channel], vb = value_shift[channel];                      \
+                UNPOOL_ROW(T, SUFFIX, v = select_##SUFFIX(vs * pooled[j] + vb <= 0, 0, v);)        \
+            } else {                                                                               \
+                UNPOOL_ROW(T, SUFFIX, )                                                            \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
 }
 
 /* Sums of a row in LANES interleaved partial sums (each one in order, so that the compiler

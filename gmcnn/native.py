@@ -108,6 +108,10 @@ def _threads() -> ctypes.c_int:
     return ctypes.c_int(torch.get_num_threads())
 
 
+def _channels(*values: Tensor, dtype: torch.dtype) -> list[Tensor]:
+    return [v.to(dtype).contiguous() for v in values]
+
+
 def max_pool2x2(x: Tensor) -> tuple[Tensor, Tensor]:
     """(values, code) of the 2 x 2 windows of x (:func:`applies`): F.max_pool2d(x, 2)'s values,
     and per window the offset of its argmax in one byte (uint8)."""
@@ -131,16 +135,24 @@ def max_unpool2x2(grad: Tensor, code: Tensor) -> Tensor:
 
 
 def batch_norm_unpool2x2_(h: Tensor, grad: Tensor, code: Tensor, shift: Tensor, slope: Tensor,
-                          channels: int) -> Tensor:
-    """h (B, channels P, H, W), in place: ``shift[c] + slope[c] h`` plus ``grad`` (B, channels P,
-    H/2, W/2) at each window's argmax ``code``, for the channel c of the (B, channels, P, H, W)
-    view; returns h."""
+                          gain: Tensor, channels: int, values: Tensor | None = None,
+                          value_scale: Tensor | None = None, value_shift: Tensor | None = None) -> Tensor:
+    """h (B, channels P, H, W), in place: ``shift[c] + slope[c] h`` plus ``gain[c] grad`` (grad
+    (B, channels P, H/2, W/2)) at each window's argmax ``code``, for the channel c of the
+    (B, channels, P, H, W) view; with ``values`` (the window maxima) only where
+    ``value_scale[c] values + value_shift[c] > 0`` (a ReLU after the pooling); returns h."""
+    relu = values is not None
     grad = grad.contiguous()
-    shift, slope = shift.to(h.dtype).contiguous(), slope.to(h.dtype).contiguous()
+    shift, slope, gain = _channels(shift, slope, gain, dtype=h.dtype)
+    if relu:
+        values = values.contiguous()
+        value_scale, value_shift = _channels(value_scale, value_shift, dtype=h.dtype)
     planes, height, width = _sizes(h)
     getattr(library(), f"batch_norm_unpool2x2_{SUFFIX[h.dtype]}")(
-        _pointer(h), _pointer(grad), _pointer(code), _pointer(shift), _pointer(slope), planes,
-        ctypes.c_int64(channels), ctypes.c_int64(h.shape[1] // channels), height, width, _threads())
+        _pointer(h), _pointer(grad), _pointer(code), _pointer(shift), _pointer(slope), _pointer(gain),
+        ctypes.c_int(relu), *(_pointer(t) if relu else None for t in (values, value_scale, value_shift)),
+        planes, ctypes.c_int64(channels), ctypes.c_int64(h.shape[1] // channels), height, width,
+        _threads())
     torch.autograd.graph.increment_version(h)       # an in-place write, as autograd must see it
     return h
 
@@ -155,10 +167,6 @@ def channel_mean_var(rows: Tensor) -> tuple[Tensor, Tensor]:
         _pointer(rows), _pointer(mean), _pointer(var), ctypes.c_int64(batch), ctypes.c_int64(channels),
         ctypes.c_int64(inner), _threads())
     return mean.to(rows.dtype), var.to(rows.dtype)
-
-
-def _channels(*values: Tensor, dtype: torch.dtype) -> list[Tensor]:
-    return [v.to(dtype).contiguous() for v in values]
 
 
 def _rows(x: Tensor) -> tuple[ctypes.c_int64, ...]:

@@ -464,7 +464,7 @@ class ImageGridStages(FastPathModule, nn.Sequential):
                 x = out + stage.shortcut(x)
             elif (type(stage.activation) is nn.ReLU and i + 1 < len(stages)
                     and type(stages[i + 1]) is GMPool):   # max(relu) = relu(max): a quarter of the ReLU
-                x = torch.relu_(grid_conv_norm_pool(stage, x, stages[i + 1].group.n))
+                x = grid_conv_norm_pool_relu(stage, x, stages[i + 1].group.n)
                 i += 1
             else:
                 x = grid_conv_norm_act(stage, x)
@@ -489,18 +489,19 @@ def batch_statistics_norm(norm: nn.Module | None, x: Tensor) -> bool:
                      or nn.modules.module._global_forward_pre_hooks or nn.modules.module._global_forward_hooks))
 
 
-def grid_conv_norm_pool(layer: ConvNormAct, x: Tensor, n: int) -> Tensor:
-    """The 2 x 2 max pooling of every image of norm(conv(x)) (:class:`ImageGridStages`, before a
-    ReLU): with a batch-statistics BatchNorm (:func:`batch_statistics_norm`), pooled and
-    normalised in one kernel (:func:`gmcnn.functional.batch_norm_max_pool2x2`, which never writes
-    the normalised activations and writes the gradient over the convolution's output, which only
-    it reads) and the running statistics updated as the module would."""
+def grid_conv_norm_pool_relu(layer: ConvNormAct, x: Tensor, n: int) -> Tensor:
+    """relu of the 2 x 2 max pooling of every image of norm(conv(x)) (:class:`ImageGridStages`;
+    max and ReLU commute, so the ReLU runs on a quarter of the values): with a batch-statistics
+    BatchNorm (:func:`batch_statistics_norm`), pooled, normalised and activated in one Function
+    (:func:`gmcnn.functional.batch_norm_max_pool2x2`, which never writes the normalised
+    activations and writes the gradient over the convolution's output, which only it reads) and
+    the running statistics updated as the module would."""
     norm = layer.norm
     if not (batch_statistics_norm(norm, x) and norm.num_features == layer.conv.out_channels):
-        return max_pool_images(grid_conv_norm_act(layer, x, activate=False), n)
+        return torch.relu(max_pool_images(grid_conv_norm_act(layer, x, activate=False), n))
     h = grid_conv_norm_act(layer, x, activate=False, normalise=False)
     pooled, mean, var = GF.batch_norm_max_pool2x2(h.view(h.shape[0], -1, n, n), norm.weight, norm.bias,
-                                                  norm.num_features, norm.eps, consume=True)
+                                                  norm.num_features, norm.eps, consume=True, relu=True)
     if norm.training and norm.track_running_stats:
         update_running_statistics(norm, mean, var, h.numel() // h.shape[1])
     return pooled.view(*h.shape[:2], -1)

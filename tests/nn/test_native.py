@@ -50,7 +50,7 @@ def test_a_window_with_a_nan_pools_to_nan():
 
 @requires_native
 def test_batch_norm_unpool_is_the_torch_composition():
-    """shift + slope h plus the gradient at each window's argmax, per channel of the
+    """shift + slope h plus gain times the gradient at each window's argmax, per channel of the
     (B, channels, P, H, W) view, written over h, which autograd then sees as modified."""
     batch, channels, points, n = 4, 3, 4, 6
     h = torch.randn(batch, channels * points, n, n, dtype=torch.float64)
@@ -58,10 +58,12 @@ def test_batch_norm_unpool_is_the_torch_composition():
     shift, slope = torch.randn(channels, dtype=torch.float64), torch.randn(channels, dtype=torch.float64)
     _, code = native.max_pool2x2(h)
     _, index = F.max_pool2d(h, 2, return_indices=True)
+    gain = torch.randn(channels, dtype=torch.float64)
+    gained = (grad.view(batch, channels, -1) * gain[:, None]).view_as(grad)
     expected = torch.addcmul(shift[:, None], h.view(batch, channels, -1), slope[:, None]).view_as(h)
-    expected = expected.flatten(-2).scatter_add(-1, index.flatten(-2), grad.flatten(-2)).view_as(h)
+    expected = expected.flatten(-2).scatter_add(-1, index.flatten(-2), gained.flatten(-2)).view_as(h)
     version = h._version
-    out = native.batch_norm_unpool2x2_(h, grad, code, shift, slope, channels)
+    out = native.batch_norm_unpool2x2_(h, grad, code, shift, slope, gain, channels)
     assert out.data_ptr() == h.data_ptr() and h._version > version
     torch.testing.assert_close(out, expected, rtol=1e-15, atol=1e-15)
 
@@ -169,3 +171,27 @@ def test_batch_norm_relu_keeps_a_nan():
     x[0, 0, 0] = float("nan")
     out = GF.batch_norm_relu(x, None, None, 1e-5)[0]
     assert out[:, 0].isnan().all() and not out[:, 1].isnan().any()     # the channel's statistics are NaN
+
+
+@pytest.mark.parametrize("kernels", ["compiled", "torch"])
+@pytest.mark.parametrize("weight", [(1.3, 0.5, 2.0), (1.3, -0.7, 0.4), (1.3, -0.7, 0.0)])
+def test_batch_norm_max_pool2x2_with_relu_is_relu_after_it(kernels, weight, monkeypatch):
+    """relu=True: values and every gradient of relu(max_pool2d(batch_norm(h))) in float64, with
+    positive scales (the compiled kernels' own masked sums), a negative and a zero one."""
+    if kernels == "torch":
+        monkeypatch.setenv("GMCNN_NATIVE", "0")
+    elif native.library() is None:
+        pytest.skip("no C compiler")
+    batch, channels, points, n = 3, 3, 4, 6
+    h = torch.randn(batch, channels * points, n, n, dtype=torch.float64, requires_grad=True)
+    w = torch.tensor(weight, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64, requires_grad=True)
+    pooled = GF.batch_norm_max_pool2x2(h, w, b, channels, 1e-5, relu=True)[0]
+    normalised = F.batch_norm(h.view(batch, channels, -1), None, None, w, b, True, 0.0, 1e-5)
+    reference = torch.relu(F.max_pool2d(normalised.view_as(h), 2))
+    torch.testing.assert_close(pooled, reference, rtol=1e-12, atol=1e-12)
+    assert (pooled == 0).any() and (pooled > 0).any()
+    grad = torch.randn_like(reference)
+    for got, expected in zip(torch.autograd.grad(pooled, [h, w, b], grad),
+                             torch.autograd.grad(reference, [h, w, b], grad)):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
