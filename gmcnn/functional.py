@@ -469,6 +469,30 @@ def batch_norm_relu(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: 
     return _BatchNormReLU.apply(x, weight, bias, eps, consume)
 
 
+class _PointMaxMean(torch.autograd.Function):
+    """``x.unflatten(-1, (points, -1)).amax(-2).mean(-1)`` of x (B, C, points P) by the compiled
+    kernels (:func:`gmcnn.native.takes` x): one pass each way, amax's gradient (shared equally by
+    tied maxima)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, points: int) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.points = points
+        return native.point_max_mean(x, points)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        (x,) = ctx.saved_tensors
+        return native.point_max_mean_backward(x, grad, ctx.points), None
+
+
+def point_max_mean(x: Tensor, points: int) -> Tensor:
+    """``x.unflatten(-1, (points, -1)).amax(-2).mean(-1)`` of x (B, C, points P) where
+    :func:`gmcnn.native.takes` x, by the compiled kernels (:class:`_PointMaxMean`)."""
+    return _PointMaxMean.apply(x, points)
+
+
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 

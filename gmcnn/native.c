@@ -1,6 +1,7 @@
 /* CPU kernels of the image-grid fast path (gmcnn/native.py compiles this file with the system C
  * compiler; without one the callers use torch operations): the 2 x 2 max pooling and its
- * backwards, the batch statistics, and the training batch norm + ReLU.
+ * backwards, the batch statistics, the training batch norm + ReLU, and the readout's max over
+ * the point group and mean over the positions.
  *
  * Pooling: every array is contiguous, `planes` images of height x width (both even), and per
  * image the (height / 2) x (width / 2) windows. A window's entries are tl, tr (upper row) and bl, br
@@ -252,6 +253,50 @@ KERNEL void batch_norm_relu_backward_##SUFFIX(T *restrict x, const T *restrict g
     }                                                                                              \
 }
 
+/* The readout of (rows, points, inner): out[r] = the mean over i of the maximum over q of
+ * x[r, q, i] (a NaN wins, as amax); its backward: grad[r] / inner shared equally by the entries
+ * equal to their column's maximum (amax's rule for ties). */
+#define POINT_MAX_MEAN(T, SUFFIX)                                                                  \
+KERNEL void point_max_mean_##SUFFIX(const T *restrict x, T *restrict out, int64_t rows,            \
+                                    int64_t points, int64_t inner, int threads) {                  \
+    _Pragma("omp parallel for schedule(static) num_threads(threads)")                              \
+    for (int64_t r = 0; r < rows; r++) {                                                           \
+        const T *restrict row = x + r * points * inner;                                            \
+        double total = 0;                                                                          \
+        for (int64_t i = 0; i < inner; i++) {                                                      \
+            T m = row[i];                                                                          \
+            for (int64_t q = 1; q < points; q++) {                                                 \
+                T v = row[q * inner + i];                                                          \
+                m = select_##SUFFIX((v > m) | (v != v), v, m);                                     \
+            }                                                                                      \
+            total += m;                                                                            \
+        }                                                                                          \
+        out[r] = (T)(total / (double)inner);                                                       \
+    }                                                                                              \
+}                                                                                                  \
+KERNEL void point_max_mean_backward_##SUFFIX(const T *restrict x, const T *restrict grad,          \
+                                             T *restrict grad_x, int64_t rows, int64_t points,     \
+                                             int64_t inner, int threads) {                         \
+    _Pragma("omp parallel for schedule(static) num_threads(threads)")                              \
+    for (int64_t r = 0; r < rows; r++) {                                                           \
+        const T *restrict row = x + r * points * inner;                                            \
+        T *restrict out = grad_x + r * points * inner;                                             \
+        const T share = grad[r] / (T)inner;                                                        \
+        for (int64_t i = 0; i < inner; i++) {                                                      \
+            T m = row[i];                                                                          \
+            for (int64_t q = 1; q < points; q++) {                                                 \
+                T v = row[q * inner + i];                                                          \
+                m = select_##SUFFIX((v > m) | (v != v), v, m);                                     \
+            }                                                                                      \
+            T ties = 0;                                                                            \
+            for (int64_t q = 0; q < points; q++) ties += row[q * inner + i] == m;                  \
+            const T v = share / ties;                                                              \
+            for (int64_t q = 0; q < points; q++)                                                   \
+                out[q * inner + i] = select_##SUFFIX(row[q * inner + i] == m, v, 0);               \
+        }                                                                                          \
+    }                                                                                              \
+}
+
 MAX_POOL(float, f32)
 MAX_POOL(double, f64)
 MAX_UNPOOL(float, f32)
@@ -268,3 +313,5 @@ NORM_RELU_SUMS(float, f32)
 NORM_RELU_SUMS(double, f64)
 NORM_RELU_BACKWARD(float, f32)
 NORM_RELU_BACKWARD(double, f64)
+POINT_MAX_MEAN(float, f32)
+POINT_MAX_MEAN(double, f64)

@@ -1,5 +1,5 @@
 """Native CPU kernels (native.c) for the image-grid fast path: the 2 x 2 max pooling, the batch
-statistics, and the training batch norm + ReLU of its layers.
+statistics, the training batch norm + ReLU of its layers, and the readout.
 
 The torch composition of :func:`gmcnn.functional.max_pool2x2` and
 :func:`gmcnn.functional.batch_norm_max_pool2x2` reads the four strided quarter images a dozen
@@ -61,7 +61,8 @@ def _compile() -> ctypes.CDLL | None:
             except (OSError, subprocess.SubprocessError):
                 continue
             for name in ("max_pool2x2", "max_unpool2x2", "batch_norm_unpool2x2", "channel_mean_var",
-                         "batch_norm_relu", "batch_norm_relu_sums", "batch_norm_relu_backward"):
+                         "batch_norm_relu", "batch_norm_relu_sums", "batch_norm_relu_backward",
+                         "point_max_mean", "point_max_mean_backward"):
                 for suffix in SUFFIX.values():
                     getattr(library, f"{name}_{suffix}").restype = None
             return library
@@ -207,3 +208,24 @@ def batch_norm_relu_backward_(x: Tensor, grad: Tensor, scale: Tensor, shift: Ten
         *_rows(x), _threads())
     torch.autograd.graph.increment_version(x)
     return x
+
+
+def point_max_mean(x: Tensor, points: int) -> Tensor:
+    """x (B, C, points P) (:func:`takes`) -> (B, C): the mean over P of the maximum over the
+    points (``x.unflatten(-1, (points, -1)).amax(-2).mean(-1)``, the mean summed in double)."""
+    out = x.new_empty(x.shape[:2])
+    getattr(library(), f"point_max_mean_{SUFFIX[x.dtype]}")(
+        _pointer(x), _pointer(out), ctypes.c_int64(x.shape[0] * x.shape[1]), ctypes.c_int64(points),
+        ctypes.c_int64(x.shape[2] // points), _threads())
+    return out
+
+
+def point_max_mean_backward(x: Tensor, grad: Tensor, points: int) -> Tensor:
+    """The gradient of :func:`point_max_mean` at x for the output gradient ``grad`` (B, C): amax's
+    (a column's share to its maxima in equal parts) after the mean's."""
+    grad = grad.contiguous()
+    grad_x = torch.empty_like(x)
+    getattr(library(), f"point_max_mean_backward_{SUFFIX[x.dtype]}")(
+        _pointer(x), _pointer(grad), _pointer(grad_x), ctypes.c_int64(x.shape[0] * x.shape[1]),
+        ctypes.c_int64(points), ctypes.c_int64(x.shape[2] // points), _threads())
+    return grad_x

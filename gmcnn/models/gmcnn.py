@@ -56,10 +56,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from gmcnn import functional as GF
+from gmcnn import native
 from gmcnn.groups import WallpaperGroup
 from gmcnn.models.grid import model_group
 from gmcnn.nn import EquivariantModule, GMConv, GMLifting, GMPool, PointwiseConv
-from gmcnn.nn.blocks import ConvNormAct, FusedFlag, GlobalMaxTail, ImageGridStages, ResidualBlock
+from gmcnn.nn.blocks import ConvNormAct, FastPathModule, FusedFlag, GlobalMaxTail, ImageGridStages, ResidualBlock
 from gmcnn.spaces import BOUNDARIES, num_points, symmetry_space
 
 TAIL_BLOCKS = 2  # the blocks that the global max's kernels can take with it
@@ -95,14 +97,21 @@ def pool_after(pool: bool | Sequence[int], num_blocks: int) -> set[int]:
     return after
 
 
-class PointMaxTranslationMean(nn.Module):
-    """(B, C, |H| P) on a wallpaper group -> (B, C): max over the point group, mean over P."""
+class PointMaxTranslationMean(FastPathModule):
+    """(B, C, |H| P) on a wallpaper group -> (B, C): max over the point group, mean over P; the
+    fast path ``"point_max_mean"``: the compiled kernels on CPU (:func:`gmcnn.functional.point_max_mean`)."""
 
     def __init__(self, points: int):
         super().__init__()
         self.points = points
 
+    def fast_path(self, x: Tensor) -> str | None:
+        return ("point_max_mean" if self.fused and x.dim() == 3 and x.shape[2] % self.points == 0
+                and native.takes(x) else None)
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.fast_path(x) == "point_max_mean":
+            return GF.point_max_mean(x, self.points)
         return x.unflatten(-1, (self.points, -1)).amax(-2).mean(-1)
 
 

@@ -386,14 +386,19 @@ def cpu_kernels(request, monkeypatch):
                                            ("p4m", "circular")])
 def test_image_grid_fast_path_matches_the_reference(kind, boundary, cpu_kernels):
     """ImageGridStages' "image_grid" path (vendor conv2d on the image layout, max_pool2d, in-place
-    ReLU, batch norm folded in eval) = the composed modules: values and every gradient in float64,
-    in eval mode (the whole model) and in train mode (the stages, batch statistics)."""
+    ReLU, batch norm folded in eval) and the compiled readout = the composed modules: values and
+    every gradient in float64, in eval mode (the whole model) and in train mode (the stages, batch
+    statistics; the readout)."""
     torch.manual_seed(0)
     model = image_classifier(kind, norm="batch", activation="relu", readout="max_mean", boundary=boundary)
     randomise_batch_norms(model)
     x = torch.randn(3, 1, 16, 16)
-    assert assert_fast_path_matches_reference(model, [x]) == {"image_grid"}
+    readout = {"point_max_mean"} if cpu_kernels == "compiled" else set()      # the compiled readout
+    assert assert_fast_path_matches_reference(model, [x]) == {"image_grid", *readout}
     assert assert_fast_path_matches_reference(model.blocks, [x.flatten(2)], training=True) == {"image_grid"}
+    if readout:
+        pooled = torch.randn(3, 5, model.tail.points * 9).round(decimals=1)          # with ties
+        assert assert_fast_path_matches_reference(model.tail, [pooled], training=True) == readout
     with torch.no_grad():                               # without gradients: the strided-maximum pooling
         fast = model(x.double())
         model.fused = False

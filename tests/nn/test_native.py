@@ -195,3 +195,21 @@ def test_batch_norm_max_pool2x2_with_relu_is_relu_after_it(kernels, weight, monk
     for got, expected in zip(torch.autograd.grad(pooled, [h, w, b], grad),
                              torch.autograd.grad(reference, [h, w, b], grad)):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+@requires_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_point_max_mean_is_amax_then_mean(dtype):
+    """The readout's values and amax's gradient (tied maxima share a column's gradient equally)."""
+    x = torch.randn(4, 3, 4 * 7, dtype=dtype).round(decimals=1)
+    x[0, 0] = 0.0                                                      # a row of ties
+    x.requires_grad_(True)
+    reference = x.unflatten(-1, (4, -1)).amax(-2).mean(-1)
+    out = GF.point_max_mean(x, 4)
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-14
+    torch.testing.assert_close(out, reference, rtol=tolerance, atol=tolerance)
+    grad = torch.randn_like(out)
+    got, = torch.autograd.grad(out, x, grad)
+    want, = torch.autograd.grad(reference, x, grad)
+    torch.testing.assert_close(got, want, rtol=tolerance, atol=tolerance)
+    assert torch.equal(got[0, 0], torch.full((28,), float(grad[0, 0]) / 7 / 4, dtype=dtype))
