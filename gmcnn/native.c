@@ -257,6 +257,14 @@ KERNEL void batch_norm_relu_backward_##SUFFIX(T *restrict x, const T *restrict g
  * x[r, q, i] (a NaN wins, as amax); its backward: grad[r] / inner shared equally by the entries
  * equal to their column's maximum (amax's rule for ties). */
 #define POINT_MAX_MEAN(T, SUFFIX)                                                                  \
+static inline T column_max_##SUFFIX(const T *restrict column, int64_t points, int64_t stride) {    \
+    T m = column[0];                                                                               \
+    for (int64_t q = 1; q < points; q++) {                                                         \
+        T v = column[q * stride];                                                                  \
+        m = select_##SUFFIX((v > m) | (v != v), v, m);                                             \
+    }                                                                                              \
+    return m;                                                                                      \
+}                                                                                                  \
 KERNEL void point_max_mean_##SUFFIX(const T *restrict x, T *restrict out, int64_t rows,            \
                                     int64_t points, int64_t inner, int threads) {                  \
     _Pragma("omp parallel for schedule(static) num_threads(threads)")                              \
@@ -264,11 +272,7 @@ KERNEL void point_max_mean_##SUFFIX(const T *restrict x, T *restrict out, int64_
         const T *restrict row = x + r * points * inner;                                            \
         double total = 0;                                                                          \
         for (int64_t i = 0; i < inner; i++) {                                                      \
-            T m = row[i];                                                                          \
-            for (int64_t q = 1; q < points; q++) {                                                 \
-                T v = row[q * inner + i];                                                          \
-                m = select_##SUFFIX((v > m) | (v != v), v, m);                                     \
-            }                                                                                      \
+            const T m = column_max_##SUFFIX(row + i, points, inner);                               \
             total += m;                                                                            \
         }                                                                                          \
         out[r] = (T)(total / (double)inner);                                                       \
@@ -283,11 +287,7 @@ KERNEL void point_max_mean_backward_##SUFFIX(const T *restrict x, const T *restr
         T *restrict out = grad_x + r * points * inner;                                             \
         const T share = grad[r] / (T)inner;                                                        \
         for (int64_t i = 0; i < inner; i++) {                                                      \
-            T m = row[i];                                                                          \
-            for (int64_t q = 1; q < points; q++) {                                                 \
-                T v = row[q * inner + i];                                                          \
-                m = select_##SUFFIX((v > m) | (v != v), v, m);                                     \
-            }                                                                                      \
+            const T m = column_max_##SUFFIX(row + i, points, inner);                               \
             T ties = 0;                                                                            \
             for (int64_t q = 0; q < points; q++) ties += row[q * inner + i] == m;                  \
             const T v = share / ties;                                                              \
