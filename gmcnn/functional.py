@@ -327,6 +327,24 @@ def channel_mean_var(x: Tensor, chunk: int = 2 ** 20) -> tuple[Tensor, Tensor]:
     return mean.flatten(), squares / (rows.shape[0] * rows.shape[2])
 
 
+def _batch_norm_affine(mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None,
+                       eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The training batch norm as a per-channel affine map a x + b of its input: (1 / sqrt(var +
+    eps), a = gamma / sqrt(var + eps), b = beta - a mean), gamma = 1 and beta = 0 where None."""
+    invstd = torch.rsqrt(var + eps)
+    scale = invstd if weight is None else invstd * weight
+    shift = -mean * scale if bias is None else bias - mean * scale
+    return invstd, scale, shift
+
+
+def _batch_norm_input_grad(scale: Tensor, invstd: Tensor, mean: Tensor, sum_g: Tensor,
+                           sum_g_xhat: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """(k, k') of the batch norm's input gradient dx = a g + k x + k' per channel, from the
+    channel sums of the output gradient g and of g xhat over ``count`` values."""
+    k_x = -scale * invstd * sum_g_xhat / count
+    return k_x, -scale * sum_g / count - k_x * mean
+
+
 class _BatchNormMaxPool2x2(torch.autograd.Function):
     """max_pool2d(batch_norm(h), 2) with batch statistics, per channel c of C over the
     (B, C, P, H, W) view of h (B, C P, H, W), without the normalised h, and a ReLU after it if
@@ -348,9 +366,7 @@ class _BatchNormMaxPool2x2(torch.autograd.Function):
         batch = h.shape[0]
         grouped = h.view(batch, channels, -1)
         mean, var = channel_mean_var(grouped)
-        invstd = torch.rsqrt(var + eps)
-        scale = invstd if weight is None else invstd * weight
-        shift = -mean * scale if bias is None else bias - mean * scale
+        invstd, scale, shift = _batch_norm_affine(mean, var, weight, bias, eps)
         positive = bool((scale > 0).all())
         signed = h if positive else (grouped * scale.sign()[:, None]).view_as(h)
         ctx.native = native.applies(signed)       # index: the argmax's offset code (uint8)
@@ -394,8 +410,7 @@ class _BatchNormMaxPool2x2(torch.autograd.Function):
             g = grad.reshape(batch, channels, -1)
             sum_g = g.sum((0, 2))
             sum_g_xhat = ((at_max * g).sum((0, 2)) - mean * sum_g) * invstd
-        k_h = -scale * invstd * sum_g_xhat / count
-        k_0 = -scale * sum_g / count - k_h * mean
+        k_h, k_0 = _batch_norm_input_grad(scale, invstd, mean, sum_g, sum_g_xhat, count)
         has_weight, has_bias = ctx.affine
         if ctx.native:
             grad_h = native.batch_norm_unpool2x2_(h if ctx.consume else h.clone(), grad, index, k_0, k_h,
@@ -437,9 +452,7 @@ class _BatchNormReLU(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
                 consume: bool) -> tuple[Tensor, Tensor, Tensor]:
         mean, var = channel_mean_var(x)
-        invstd = torch.rsqrt(var + eps)
-        scale = invstd if weight is None else invstd * weight
-        shift = -mean * scale if bias is None else bias - mean * scale
+        invstd, scale, shift = _batch_norm_affine(mean, var, weight, bias, eps)
         ctx.save_for_backward(x, mean, invstd, scale, shift)
         ctx.affine, ctx.consume = (weight is not None, bias is not None), consume
         ctx.mark_non_differentiable(mean, var)
@@ -452,8 +465,7 @@ class _BatchNormReLU(torch.autograd.Function):
         count = x.shape[0] * x.shape[2]
         sum_g, sum_g_centred = native.batch_norm_relu_sums(grad, x, scale, shift, mean)
         sum_g_xhat = sum_g_centred * invstd
-        k_x = -scale * invstd * sum_g_xhat / count
-        k_0 = -scale * sum_g / count - k_x * mean
+        k_x, k_0 = _batch_norm_input_grad(scale, invstd, mean, sum_g, sum_g_xhat, count)
         grad_x = native.batch_norm_relu_backward_(x if ctx.consume else x.clone(), grad, scale, shift,
                                                   k_x, k_0)
         has_weight, has_bias = ctx.affine
